@@ -1,0 +1,90 @@
+//! Sizes of a slot space: cluster size, number of slots, CPUs, directory shape.
+
+use crate::{Error, Result};
+
+/// Largest supported `log2(cluster size)` (8192-slot clusters, the kernel's
+/// `HPAGE_PMD_NR` with 64 KiB pages).
+pub const MAX_CLUSTER_SHIFT: u32 = 13;
+/// Number of orders a per-CPU cache keeps a cluster for (orders `0..=MAX_CLUSTER_SHIFT`).
+pub const MAX_ORDERS: usize = MAX_CLUSTER_SHIFT as usize + 1;
+/// Largest slot space: slots are 32-bit (the reverse map stores them in 4 bytes),
+/// so a space holds at most 2^32 slots, 16 TiB of 4 KiB pages.
+pub const MAX_SLOTS: u64 = 1 << 32;
+/// Largest number of CPUs.
+pub const MAX_CPUS: u32 = 4096;
+/// Largest number of clusters (cluster indices are kept in 28 bits of list links).
+pub const MAX_CLUSTERS: u64 = 1 << 28;
+
+/// The shape of a slot space.
+///
+/// ```
+/// use vswap_alloc::Geometry;
+/// let g = Geometry::default();
+/// assert_eq!(g.cluster_slots(), 512);
+/// assert_eq!(g.slots(), 1 << 32);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// `log2` of the slots in a cluster (default 9: 512 slots).
+    pub cluster_shift: u32,
+    /// Slots in the space, at most [`MAX_SLOTS`]; rounded up to whole clusters.
+    pub slots: u64,
+    /// CPU numbers accepted by per-CPU operations are `0..cpus`.
+    pub cpus: u32,
+    /// `log2` of the cluster entries in one directory leaf (default 7: 128
+    /// entries of 32 bytes, one 4 KiB page).
+    pub dir_leaf_shift: u32,
+    /// `log2` of the leaf pointers in one directory middle level (default 9: one
+    /// 4 KiB page).
+    pub dir_mid_shift: u32,
+}
+
+impl Default for Geometry {
+    fn default() -> Self {
+        Self { cluster_shift: 9, slots: MAX_SLOTS, cpus: 64, dir_leaf_shift: 7, dir_mid_shift: 9 }
+    }
+}
+
+impl Geometry {
+    /// A small geometry for models and tests: `cluster_slots` per cluster,
+    /// `slots` in all, `cpus` CPUs, and two-entry directory levels.
+    pub fn tiny(cluster_shift: u32, slots: u64, cpus: u32) -> Self {
+        Self { cluster_shift, slots, cpus, dir_leaf_shift: 1, dir_mid_shift: 1 }
+    }
+
+    /// Slots per cluster.
+    pub const fn cluster_slots(&self) -> u32 {
+        1 << self.cluster_shift
+    }
+
+    /// Slots in the space (whole clusters).
+    pub fn slots(&self) -> u64 {
+        self.clusters() << self.cluster_shift
+    }
+
+    /// Clusters in the space.
+    pub fn clusters(&self) -> u64 {
+        let c = 1u64 << self.cluster_shift.min(MAX_CLUSTER_SHIFT);
+        self.slots.div_ceil(c)
+    }
+
+    /// Entries in the directory's top level.
+    pub(crate) fn top_len(&self) -> usize {
+        let per_top = 1u64 << (self.dir_leaf_shift + self.dir_mid_shift);
+        self.clusters().div_ceil(per_top) as usize
+    }
+
+    /// Check every bound.
+    pub fn validate(&self) -> Result<()> {
+        let ok = (1..=MAX_CLUSTER_SHIFT).contains(&self.cluster_shift)
+            && self.slots >= 1
+            && self.slots <= MAX_SLOTS
+            && (1..=MAX_CPUS).contains(&self.cpus)
+            && (1..=12).contains(&self.dir_leaf_shift)
+            && (1..=12).contains(&self.dir_mid_shift)
+            && self.clusters() <= MAX_CLUSTERS
+            && self.slots() <= MAX_SLOTS
+            && self.top_len() <= 1 << 16;
+        if ok { Ok(()) } else { Err(Error::BadConfig) }
+    }
+}

@@ -1,0 +1,29 @@
+//! `vswap-alloc`: the `no_std` cluster machinery of the vswap engine.
+//!
+//! - [`sync`]: the atomics/lock shim that loom can swap out;
+//! - [`Provider`]: the host's fallible memory source (no global allocator);
+//! - [`SlotSpace`]: a lock-free, per-CPU cluster allocator of 64-bit slot words,
+//!   naturally aligned for orders `0..=log2(cluster size)`, with clusters made on
+//!   demand and freed when empty behind a three-level directory.
+//!
+//! Requires 64-bit atomics (`target_has_atomic = "64"`).
+#![no_std]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
+
+#[cfg(not(target_has_atomic = "64"))]
+compile_error!("vswap needs 64-bit atomics (target_has_atomic = \"64\")");
+
+mod error;
+mod ext;
+mod geometry;
+mod provider;
+mod space;
+pub mod sync;
+
+pub use error::{Error, Result};
+pub use geometry::{Geometry, MAX_CLUSTER_SHIFT, MAX_CPUS, MAX_ORDERS, MAX_SLOTS};
+pub use provider::{Ctx, MemError, Provider};
+#[cfg(feature = "std")]
+pub use provider::StdProvider;
+pub use space::{Pin, SlotSpace, SpaceMemory};
