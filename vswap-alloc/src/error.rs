@@ -75,7 +75,9 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
             Error::NoMem => "out of memory",
-            Error::Again => "memory not available without sleeping; retry where sleeping is allowed",
+            Error::Again => {
+                "memory not available without sleeping; retry where sleeping is allowed"
+            }
             Error::NoSpace => "no free slot",
             Error::BadOrder => "order above the cluster order",
             Error::Misaligned => "range not naturally aligned or out of the space",

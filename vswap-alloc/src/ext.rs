@@ -16,7 +16,9 @@
 use core::ptr::{self, NonNull};
 
 use crate::provider::{Ctx, Provider};
-use crate::sync::{AtomicPtr, AtomicU16, AtomicU32, AtomicU64, Ordering, ZeroInit, drop_table, init_table};
+use crate::sync::{
+    AtomicPtr, AtomicU16, AtomicU32, AtomicU64, Ordering, ZeroInit, drop_table, init_table,
+};
 use crate::{Error, Result};
 
 const UNIFORM: u32 = 1 << 16;
@@ -34,12 +36,20 @@ pub struct ClusterExt {
 // SAFETY: all-zero is two null pointers and an EMPTY uniform word.
 unsafe impl ZeroInit for ClusterExt {
     fn zeroed() -> Self {
-        Self { cache: AtomicPtr::zeroed(), memcg: AtomicPtr::zeroed(), uniform: AtomicU32::new(0) }
+        Self {
+            cache: AtomicPtr::zeroed(),
+            memcg: AtomicPtr::zeroed(),
+            uniform: AtomicU32::new(0),
+        }
     }
 }
 
 /// Allocate and initialise a table of `n` zeroed `T`s.
-pub(crate) fn alloc_table<T: ZeroInit, P: Provider>(p: &P, n: usize, ctx: Ctx) -> Result<NonNull<T>> {
+pub(crate) fn alloc_table<T: ZeroInit, P: Provider>(
+    p: &P,
+    n: usize,
+    ctx: Ctx,
+) -> Result<NonNull<T>> {
     let size = n * core::mem::size_of::<T>();
     let b = p.alloc_zeroed(size, TABLE_ALIGN.max(core::mem::align_of::<T>()), ctx)?;
     let t = b.cast::<T>();
@@ -77,12 +87,22 @@ impl ClusterExt {
 
     /// The cache word table, made on first use. Returns the table and the bytes
     /// this call added.
-    pub(crate) fn cache_or_create<P: Provider>(&self, p: &P, n: usize, ctx: Ctx) -> Result<(&[AtomicU64], usize)> {
+    pub(crate) fn cache_or_create<P: Provider>(
+        &self,
+        p: &P,
+        n: usize,
+        ctx: Ctx,
+    ) -> Result<(&[AtomicU64], usize)> {
         if let Some(t) = self.cache(n) {
             return Ok((t, 0));
         }
         let t = alloc_table::<AtomicU64, P>(p, n, ctx)?;
-        let added = match self.cache.compare_exchange(ptr::null_mut(), t.as_ptr(), Ordering::AcqRel, Ordering::Acquire) {
+        let added = match self.cache.compare_exchange(
+            ptr::null_mut(),
+            t.as_ptr(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
             Ok(_) => n * core::mem::size_of::<AtomicU64>(),
             Err(_) => {
                 // SAFETY: we lost the race; `t` was never published.
@@ -107,21 +127,35 @@ impl ClusterExt {
     }
 
     /// Give slot `off` the memcg id `id`. Returns the bytes this call added.
-    pub(crate) fn memcg_set<P: Provider>(&self, p: &P, off: usize, n: usize, id: u16, ctx: Ctx) -> Result<usize> {
+    pub(crate) fn memcg_set<P: Provider>(
+        &self,
+        p: &P,
+        off: usize,
+        n: usize,
+        id: u16,
+        ctx: Ctx,
+    ) -> Result<usize> {
         let mut added = 0;
         loop {
             let t = self.memcg.load(Ordering::Acquire);
             if !t.is_null() {
                 // SAFETY: as in `memcg_get`.
                 let tbl = unsafe { core::slice::from_raw_parts(t, n) };
-                tbl.get(off).ok_or(Error::OutOfRange)?.store(id, Ordering::Release);
+                tbl.get(off)
+                    .ok_or(Error::OutOfRange)?
+                    .store(id, Ordering::Release);
                 return Ok(added);
             }
             let u = self.uniform.load(Ordering::Acquire);
             if u == 0 {
                 if self
                     .uniform
-                    .compare_exchange(0, UNIFORM | u32::from(id), Ordering::AcqRel, Ordering::Acquire)
+                    .compare_exchange(
+                        0,
+                        UNIFORM | u32::from(id),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
                     .is_ok()
                 {
                     return Ok(added);
@@ -138,7 +172,12 @@ impl ClusterExt {
             for a in s {
                 a.store(u as u16, Ordering::Relaxed);
             }
-            match self.memcg.compare_exchange(ptr::null_mut(), tbl.as_ptr(), Ordering::AcqRel, Ordering::Acquire) {
+            match self.memcg.compare_exchange(
+                ptr::null_mut(),
+                tbl.as_ptr(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => added += n * core::mem::size_of::<AtomicU16>(),
                 // SAFETY: lost the race; our table was never published.
                 Err(_) => unsafe { free_table(p, tbl, n) },

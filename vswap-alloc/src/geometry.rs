@@ -41,7 +41,13 @@ pub struct Geometry {
 
 impl Default for Geometry {
     fn default() -> Self {
-        Self { cluster_shift: 9, slots: MAX_SLOTS, cpus: 64, dir_leaf_shift: 7, dir_mid_shift: 9 }
+        Self {
+            cluster_shift: 9,
+            slots: MAX_SLOTS,
+            cpus: 64,
+            dir_leaf_shift: 7,
+            dir_mid_shift: 9,
+        }
     }
 }
 
@@ -49,7 +55,13 @@ impl Geometry {
     /// A small geometry for models and tests: `cluster_slots` per cluster,
     /// `slots` in all, `cpus` CPUs, and two-entry directory levels.
     pub fn tiny(cluster_shift: u32, slots: u64, cpus: u32) -> Self {
-        Self { cluster_shift, slots, cpus, dir_leaf_shift: 1, dir_mid_shift: 1 }
+        Self {
+            cluster_shift,
+            slots,
+            cpus,
+            dir_leaf_shift: 1,
+            dir_mid_shift: 1,
+        }
     }
 
     /// Slots per cluster.

@@ -8,8 +8,21 @@
 //!
 //! Requires 64-bit atomics (`target_has_atomic = "64"`).
 #![no_std]
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 #[cfg(not(target_has_atomic = "64"))]
 compile_error!("vswap needs 64-bit atomics (target_has_atomic = \"64\")");
@@ -23,7 +36,7 @@ pub mod sync;
 
 pub use error::{Error, Result};
 pub use geometry::{Geometry, MAX_CLUSTER_SHIFT, MAX_CPUS, MAX_ORDERS, MAX_SLOTS};
-pub use provider::{Ctx, MemError, Provider};
 #[cfg(feature = "std")]
 pub use provider::StdProvider;
+pub use provider::{Ctx, MemError, Provider};
 pub use space::{Pin, SlotSpace, SpaceMemory};

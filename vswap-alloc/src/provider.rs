@@ -111,7 +111,10 @@ mod std_provider {
     impl StdProvider {
         /// A provider that never fails by itself.
         pub fn new() -> Self {
-            Self { fail_budget: AtomicI64::new(-1), ..Default::default() }
+            Self {
+                fail_budget: AtomicI64::new(-1),
+                ..Default::default()
+            }
         }
 
         /// Bytes currently handed out.
@@ -137,7 +140,8 @@ mod std_provider {
         /// Let `n` more allocations succeed, then fail every one with `NoMem`
         /// (`None`: never fail).
         pub fn fail_after(&self, n: Option<u32>) {
-            self.fail_budget.store(n.map_or(-1, i64::from), Ordering::SeqCst);
+            self.fail_budget
+                .store(n.map_or(-1, i64::from), Ordering::SeqCst);
         }
 
         /// Fail every [`Ctx::NoSleep`] allocation with `Again`.
@@ -149,7 +153,12 @@ mod std_provider {
     // SAFETY: blocks come from the global allocator with the requested layout,
     // zeroed, and are returned only through `free` with the same layout.
     unsafe impl Provider for StdProvider {
-        fn alloc_zeroed(&self, size: usize, align: usize, ctx: Ctx) -> Result<NonNull<u8>, MemError> {
+        fn alloc_zeroed(
+            &self,
+            size: usize,
+            align: usize,
+            ctx: Ctx,
+        ) -> Result<NonNull<u8>, MemError> {
             if ctx == Ctx::NoSleep && self.again_on_nosleep.load(Ordering::Relaxed) {
                 return Err(MemError::Again);
             }
@@ -158,12 +167,18 @@ mod std_provider {
                 if budget == 0 {
                     return Err(MemError::NoMem);
                 }
-                match self.fail_budget.compare_exchange(budget, budget - 1, Ordering::Relaxed, Ordering::Relaxed) {
+                match self.fail_budget.compare_exchange(
+                    budget,
+                    budget - 1,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
                     Ok(_) => break,
                     Err(b) => budget = b,
                 }
             }
-            let layout = Layout::from_size_align(size.max(1), align.max(1)).map_err(|_| MemError::NoMem)?;
+            let layout =
+                Layout::from_size_align(size.max(1), align.max(1)).map_err(|_| MemError::NoMem)?;
             // SAFETY: the layout has a non-zero size.
             let p = unsafe { alloc_zeroed(layout) };
             let p = NonNull::new(p).ok_or(MemError::NoMem)?;
@@ -176,7 +191,9 @@ mod std_provider {
 
         unsafe fn free(&self, ptr: NonNull<u8>, size: usize, align: usize) {
             // The layout was valid when the block was allocated.
-            let Ok(layout) = Layout::from_size_align(size.max(1), align.max(1)) else { return };
+            let Ok(layout) = Layout::from_size_align(size.max(1), align.max(1)) else {
+                return;
+            };
             // SAFETY: the caller passes a block from `alloc_zeroed` with this layout.
             unsafe { dealloc(ptr.as_ptr(), layout) };
             self.bytes.fetch_sub(size as u64, Ordering::Relaxed);

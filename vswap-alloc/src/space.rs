@@ -118,7 +118,10 @@ impl DirEntry {
                     return false;
                 }
             }
-            match self.state.compare_exchange_weak(s, s + n, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .state
+                .compare_exchange_weak(s, s + n, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return true,
                 Err(x) => s = x,
             }
@@ -132,7 +135,8 @@ impl DirEntry {
         self.links.load(Ordering::Relaxed) as u32
     }
     fn set_links(&self, prev: u32, next: u32) {
-        self.links.store(u64::from(prev) | (u64::from(next) << 32), Ordering::Relaxed);
+        self.links
+            .store(u64::from(prev) | (u64::from(next) << 32), Ordering::Relaxed);
     }
 }
 
@@ -152,7 +156,12 @@ struct PerCpu {
 // SAFETY: all-zero is "no cluster cached" with zero cursors.
 unsafe impl ZeroInit for PerCpu {
     fn zeroed() -> Self {
-        Self { orders: core::array::from_fn(|_| CpuOrder { cur: AtomicU32::new(0), cursor: AtomicU32::new(0) }) }
+        Self {
+            orders: core::array::from_fn(|_| CpuOrder {
+                cur: AtomicU32::new(0),
+                cursor: AtomicU32::new(0),
+            }),
+        }
     }
 }
 
@@ -249,7 +258,9 @@ impl<P: Provider> Pin<'_, P> {
     pub fn cache_table_or_create(&self, ctx: Ctx) -> Result<&[AtomicU64]> {
         let e = self.ext_or_create(ctx)?;
         let (t, added) = e.cache_or_create(&self.space.provider, self.words.len(), ctx)?;
-        self.space.mem_cache.fetch_add(added as u64, Ordering::Relaxed);
+        self.space
+            .mem_cache
+            .fetch_add(added as u64, Ordering::Relaxed);
         Ok(t)
     }
     /// The memcg id of slot `off` of this cluster, if set.
@@ -263,7 +274,9 @@ impl<P: Provider> Pin<'_, P> {
         }
         let e = self.ext_or_create(ctx)?;
         let added = e.memcg_set(&self.space.provider, off, self.words.len(), id, ctx)?;
-        self.space.mem_memcg.fetch_add(added as u64, Ordering::Relaxed);
+        self.space
+            .mem_memcg
+            .fetch_add(added as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -279,9 +292,16 @@ impl<P: Provider> Pin<'_, P> {
             return Ok(e);
         }
         let rec = alloc_table::<ClusterExt, P>(&self.space.provider, 1, ctx)?;
-        match self.entry.ext.compare_exchange(ptr::null_mut(), rec.as_ptr(), Ordering::AcqRel, Ordering::Acquire) {
+        match self.entry.ext.compare_exchange(
+            ptr::null_mut(),
+            rec.as_ptr(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
             Ok(_) => {
-                self.space.mem_memcg.fetch_add(ClusterExt::record_bytes() as u64, Ordering::Relaxed);
+                self.space
+                    .mem_memcg
+                    .fetch_add(ClusterExt::record_bytes() as u64, Ordering::Relaxed);
             }
             // SAFETY: lost the race; our record was never published.
             Err(_) => unsafe { free_table(&self.space.provider, rec, 1) },
@@ -293,7 +313,8 @@ impl<P: Provider> Pin<'_, P> {
     /// cluster whose words the caller has set back to 0.
     pub fn release(self, freed: u32) {
         let this = ManuallyDrop::new(self);
-        this.space.unref(this.idx, this.entry, 1 + u64::from(freed), freed > 0);
+        this.space
+            .unref(this.idx, this.entry, 1 + u64::from(freed), freed > 0);
     }
 }
 
@@ -327,7 +348,11 @@ impl<P: Provider> SlotSpace<P> {
             top,
             top_len,
             percpu,
-            lists: Mutex::new(Lists { nonfull: [0; MAX_ORDERS], free_head: 0, bump: 0 }),
+            lists: Mutex::new(Lists {
+                nonfull: [0; MAX_ORDERS],
+                free_head: 0,
+                bump: 0,
+            }),
             reserved,
             mem_dir: AtomicU64::new((top_len * core::mem::size_of::<AtomicPtr<Mid>>()) as u64),
             mem_words: AtomicU64::new(0),
@@ -408,9 +433,15 @@ impl<P: Provider> SlotSpace<P> {
             return Ok(cur);
         }
         let page = alloc_table::<T, P>(&self.provider, n, ctx)?;
-        match slot.compare_exchange(ptr::null_mut(), page.as_ptr(), Ordering::AcqRel, Ordering::Acquire) {
+        match slot.compare_exchange(
+            ptr::null_mut(),
+            page.as_ptr(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
             Ok(_) => {
-                self.mem_dir.fetch_add((n * core::mem::size_of::<T>()) as u64, Ordering::Relaxed);
+                self.mem_dir
+                    .fetch_add((n * core::mem::size_of::<T>()) as u64, Ordering::Relaxed);
                 Ok(page.as_ptr())
             }
             Err(other) => {
@@ -447,7 +478,12 @@ impl<P: Provider> SlotSpace<P> {
         if !entry.try_ref(1, None) {
             return None;
         }
-        Some(Pin { space: self, entry, idx, words: self.words_of(entry) })
+        Some(Pin {
+            space: self,
+            entry,
+            idx,
+            words: self.words_of(entry),
+        })
     }
 
     /// Allocate `2^order` naturally aligned slots on `cpu`, writing `init`
@@ -553,7 +589,8 @@ impl<P: Provider> SlotSpace<P> {
         if pc.cur.load(Ordering::Relaxed) != seen {
             // Lost to another refill on this CPU number: give the index back.
             garbage.words = NonNull::new(e.words.swap(ptr::null_mut(), Ordering::AcqRel));
-            self.mem_words.fetch_sub((self.csize() * 8) as u64, Ordering::Relaxed);
+            self.mem_words
+                .fetch_sub((self.csize() * 8) as u64, Ordering::Relaxed);
             self.push_free(&mut l, idx);
             drop(l);
             self.collect(garbage);
@@ -566,7 +603,10 @@ impl<P: Provider> SlotSpace<P> {
                 refs += 1; // slot 0 is allocated forever
             }
         }
-        e.state.store(LIVE | CACHED | (u64::from(order) << ORDER_SHIFT) | refs, Ordering::Release);
+        e.state.store(
+            LIVE | CACHED | (u64::from(order) << ORDER_SHIFT) | refs,
+            Ordering::Release,
+        );
         self.live.fetch_add(1, Ordering::Relaxed);
         let old = pc.cur.swap(idx + 1, Ordering::AcqRel);
         pc.cursor.store(0, Ordering::Relaxed);
@@ -582,7 +622,8 @@ impl<P: Provider> SlotSpace<P> {
         let e = self.entry_or_create(idx, ctx)?;
         let words = alloc_table::<AtomicU64, P>(&self.provider, self.csize(), ctx)?;
         e.words.store(words.as_ptr(), Ordering::Release);
-        self.mem_words.fetch_add((self.csize() * 8) as u64, Ordering::Relaxed);
+        self.mem_words
+            .fetch_add((self.csize() * 8) as u64, Ordering::Relaxed);
         Ok(e)
     }
 
@@ -607,7 +648,10 @@ impl<P: Provider> SlotSpace<P> {
         loop {
             // Listed clusters are LIVE with slots (teardown needs the lock we hold).
             let new = (s & !LISTED) | CACHED;
-            match e.state.compare_exchange_weak(s, new + 1, Ordering::AcqRel, Ordering::Acquire) {
+            match e
+                .state
+                .compare_exchange_weak(s, new + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return Some(idx),
                 Err(x) => s = x,
             }
@@ -644,7 +688,10 @@ impl<P: Provider> SlotSpace<P> {
         let mut s = e.state.load(Ordering::Acquire);
         loop {
             let new = (s & !CACHED) - 1;
-            match e.state.compare_exchange_weak(s, new, Ordering::AcqRel, Ordering::Acquire) {
+            match e
+                .state
+                .compare_exchange_weak(s, new, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => {
                     if refs(new) == 0 {
                         self.teardown_locked(l, idx, e, garbage);
@@ -674,13 +721,18 @@ impl<P: Provider> SlotSpace<P> {
             if s & (LIVE | DYING | CACHED | LISTED) != LIVE || refs(s) == 0 {
                 return;
             }
-            match e.state.compare_exchange_weak(s, s | LISTED, Ordering::AcqRel, Ordering::Acquire) {
+            match e
+                .state
+                .compare_exchange_weak(s, s | LISTED, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => break,
                 Err(x) => s = x,
             }
         }
         // The order field is 4 bits and every order fits MAX_ORDERS.
-        let Some(head) = l.nonfull.get_mut(order_of(s) as usize) else { return };
+        let Some(head) = l.nonfull.get_mut(order_of(s) as usize) else {
+            return;
+        };
         e.set_links(0, *head);
         if let Some(h) = head.checked_sub(1).and_then(|h| self.entry(h)) {
             h.set_links(idx + 1, h.next());
@@ -701,7 +753,14 @@ impl<P: Provider> SlotSpace<P> {
         if s & (LIVE | DYING | CACHED) != LIVE || refs(s) != 0 {
             return;
         }
-        if e.state.compare_exchange(s, DYING | (s & (LISTED | ORDER_MASK)), Ordering::AcqRel, Ordering::Acquire).is_err()
+        if e.state
+            .compare_exchange(
+                s,
+                DYING | (s & (LISTED | ORDER_MASK)),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
         {
             return; // somebody pinned it; their unref will try again
         }
@@ -729,7 +788,8 @@ impl<P: Provider> SlotSpace<P> {
             let freed = unsafe { x.as_ref().free_tables(&self.provider, n) };
             let (cache, memcg) = split_ext_bytes(freed, n);
             self.mem_cache.fetch_sub(cache, Ordering::Relaxed);
-            self.mem_memcg.fetch_sub(memcg + ClusterExt::record_bytes() as u64, Ordering::Relaxed);
+            self.mem_memcg
+                .fetch_sub(memcg + ClusterExt::record_bytes() as u64, Ordering::Relaxed);
             // SAFETY: as above.
             unsafe { free_table(&self.provider, x, 1) };
         }
@@ -769,19 +829,28 @@ fn split_ext_bytes(freed: usize, n: usize) -> (u64, u64) {
 /// offset of the run, or `Err(kept)`: the number of words a failed claim had to
 /// keep allocated (and whose references the caller must keep).
 #[inline]
-fn claim(words: &[AtomicU64], hint: usize, n: usize, init: u64) -> core::result::Result<usize, u64> {
+fn claim(
+    words: &[AtomicU64],
+    hint: usize,
+    n: usize,
+    init: u64,
+) -> core::result::Result<usize, u64> {
     let len = words.len();
     let groups = len / n;
     let first = (hint % len) / n;
     for g in 0..groups {
         let at = ((first + g) % groups) * n;
-        let Some(group) = words.get(at..at + n) else { break };
+        let Some(group) = words.get(at..at + n) else {
+            break;
+        };
         if group.iter().any(|w| w.load(Ordering::Relaxed) != 0) {
             continue;
         }
         let mut got = 0;
         for w in group {
-            if w.compare_exchange(0, init, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            if w.compare_exchange(0, init, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
                 break;
             }
             got += 1;
@@ -794,7 +863,9 @@ fn claim(words: &[AtomicU64], hint: usize, n: usize, init: u64) -> core::result:
         // and keeps its reference, so the accounting stays exact.
         let mut kept = 0;
         for w in group.iter().take(got) {
-            if w.compare_exchange(init, 0, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            if w.compare_exchange(init, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
                 kept += 1;
             }
         }
@@ -820,7 +891,9 @@ impl<P: Provider> Drop for SlotSpace<P> {
         let mid_n = 1usize << self.geo.dir_mid_shift;
         let leaf_n = 1usize << self.geo.dir_leaf_shift;
         for t in self.top() {
-            let Some(mid) = NonNull::new(t.swap(ptr::null_mut(), Ordering::AcqRel)) else { continue };
+            let Some(mid) = NonNull::new(t.swap(ptr::null_mut(), Ordering::AcqRel)) else {
+                continue;
+            };
             for m in 0..mid_n {
                 // SAFETY: the middle page holds `mid_n` pointers.
                 let slot = unsafe { &*mid.as_ptr().add(m) };

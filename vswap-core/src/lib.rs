@@ -1,1 +1,38 @@
+//! `vswap-core`: the virtual swap map.
+//!
+//! One 8-byte core word per virtual slot holds the backend (none, zero,
+//! same-filled, zswap, physical), the inline swap count, and the cache and lock
+//! flags; every order-0 state change is one CAS. Optional per-cluster tables
+//! hold the swap-cache word and memcg ids; counts above 62 overflow into a side
+//! table. Memory comes from a host [`Provider`]; released backends go to the
+//! host through [`Host`].
+//!
+//! `#![no_std]`, no `alloc`, no global allocator; requires 64-bit atomics.
 #![no_std]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+mod host;
+mod map;
+mod side;
+pub mod word;
+
+pub use host::{Host, NoHost};
+pub use map::{BatchError, CacheState, MAX_COUNT, MapConfig, MapStats, Put, VswapMap};
+#[cfg(feature = "std")]
+pub use vswap_alloc::StdProvider;
+pub use vswap_alloc::{Ctx, Error, Geometry, MemError, Provider, Result, SpaceMemory};
+pub use word::{Backend, BackendKind, Entry, INLINE_COUNT_MAX};

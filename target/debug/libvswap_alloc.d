@@ -1,1 +1,0 @@
-/work/main/target/debug/libvswap_alloc.rlib: /work/main/vswap-alloc/src/error.rs /work/main/vswap-alloc/src/ext.rs /work/main/vswap-alloc/src/geometry.rs /work/main/vswap-alloc/src/lib.rs /work/main/vswap-alloc/src/provider.rs /work/main/vswap-alloc/src/space.rs /work/main/vswap-alloc/src/sync.rs

@@ -1,0 +1,851 @@
+//! The virtual swap map: slot lifecycle over the lock-free slot space.
+//!
+//! # Protocol
+//! Every slot is one core word (see [`crate::word`]); every state change of an
+//! order-0 slot is one CAS on that word, made while the slot's cluster is pinned
+//! (a CAS on the cluster's lifetime word, see `vswap_alloc::SlotSpace`).
+//!
+//! ```text
+//!              alloc                      dup / put (count > 0 or CACHED)
+//!   FREE (0) ---------> LIVE (count 0, CACHED) <-------------------------+
+//!      ^                  |  lock                                        |
+//!      |                  v                                              |
+//!      |               LOCKED ---- commit_unlock / unlock ---------------+
+//!      |                  |  last count or CACHED dropped while locked
+//!      |                  v
+//!      |               ZOMBIE (count 0, !CACHED, LOCKED) -- unlock/commit --+
+//!      |                                                                    |
+//!      +---- store 0 <--- FREEING (owned by the freer) <--- last reference -+
+//!                          (clears the cache word)          dropped unlocked
+//! ```
+//! The backend a slot held is released through the [`Host`] after the word is
+//! 0 (so after any lock bit is dropped), never under an internal lock. Moves that
+//! release an old location (writeback, relocation) are done by the lock holder
+//! with [`VswapMap::commit_unlock`], which commits and unlocks in one CAS; a
+//! move that finds its slot dead (a zombie) loses gracefully with
+//! [`Error::Gone`]. Range operations (mTHP) lock every slot of the range first,
+//! then commit: all or nothing.
+//!
+//! # What cannot be detected
+//! Page tables carry no generation: a stale put (or cache change) on a slot
+//! that was freed and handed to a new owner acts on the new owner's slot.
+//! Two threads changing the swap cache state of one slot at once must be
+//! serialised by the host (the kernel's folio lock does this); the cache word is
+//! written without ordering against other writers of the same slot.
+
+use vswap_alloc::{Ctx, Error, Geometry, Pin, Provider, Result, SlotSpace, SpaceMemory};
+
+use crate::host::{Host, Releaser};
+use crate::side::SideTable;
+use crate::word::*;
+
+/// Configuration of a [`VswapMap`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapConfig {
+    /// Shape of the virtual slot space.
+    pub geometry: Geometry,
+}
+
+/// Largest swap count (inline or in the side table).
+pub const MAX_COUNT: u32 = u32::MAX;
+
+/// What a reference drop did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    /// The slot is still live.
+    Live,
+    /// The slot was freed and its backend released.
+    Freed,
+}
+
+/// A batch that stopped early: `done` slots were processed before `error`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchError {
+    /// Slots processed (from the start of the batch) before the failure.
+    pub done: u32,
+    /// Why the next slot failed; it and every later slot are untouched.
+    pub error: Error,
+}
+
+/// The cache word and flag of a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheState {
+    /// A folio is in the swap cache.
+    pub cached: bool,
+    /// The folio cookie while cached, else a workingset shadow (0: none).
+    pub word: u64,
+}
+
+/// Occupancy and memory of a map, derived by scanning (never counted on the
+/// hot path).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapStats {
+    /// Allocated slots (live and zombie).
+    pub live_slots: u64,
+    /// Live slots by backend kind: none, zero, same, zswap, phys.
+    pub by_kind: [u64; 5],
+    /// Slots with the cache flag.
+    pub cached: u64,
+    /// Slots with the lock bit.
+    pub locked: u64,
+    /// Slots whose count is in the side table.
+    pub overflowed: u64,
+    /// Memory of the slot space, by kind.
+    pub memory: SpaceMemory,
+    /// Bytes of the count side table.
+    pub side_bytes: u64,
+}
+
+impl MapStats {
+    /// All metadata bytes.
+    pub fn total_bytes(&self) -> u64 {
+        self.memory.total() + self.side_bytes
+    }
+}
+
+/// The virtual swap map.
+///
+/// ```
+/// use vswap_core::{Backend, Ctx, MapConfig, NoHost, Put, StdProvider, VswapMap};
+/// let map = VswapMap::new(MapConfig::default(), StdProvider::new(), NoHost).unwrap();
+/// let s = map.alloc(0, 0, Ctx::MaySleep).unwrap();      // count 0, cached
+/// map.dup(s, 1, Ctx::MaySleep).unwrap();                // one page-table reference
+/// map.store(s, Backend::None, Backend::Zero).unwrap();  // written out: all zeroes
+/// assert_eq!(map.cache_clear(s, 0, Ctx::MaySleep).unwrap(), Put::Live);
+/// assert_eq!(map.lookup(s).unwrap().backend, Backend::Zero);
+/// assert_eq!(map.put(s, 1).unwrap(), Put::Freed);       // last reference: freed
+/// ```
+pub struct VswapMap<P: Provider, H: Host> {
+    space: SlotSpace<P>,
+    host: H,
+    side: SideTable,
+}
+
+impl<P: Provider, H: Host> VswapMap<P, H> {
+    /// A new, empty map.
+    pub fn new(cfg: MapConfig, provider: P, host: H) -> Result<Self> {
+        Ok(Self {
+            space: SlotSpace::new(cfg.geometry, provider, RESERVED)?,
+            host,
+            side: SideTable::new(),
+        })
+    }
+
+    /// The host callbacks.
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
+    /// The memory provider.
+    pub fn provider(&self) -> &P {
+        self.space.provider()
+    }
+
+    /// The geometry.
+    pub fn geometry(&self) -> &Geometry {
+        self.space.geometry()
+    }
+
+    fn pin(&self, slot: u32) -> Result<(Pin<'_, P>, usize)> {
+        if slot == 0 {
+            return Err(Error::OutOfRange);
+        }
+        let pin = self.space.pin(slot)?;
+        let off = (slot - pin.base()) as usize;
+        Ok((pin, off))
+    }
+
+    fn range(&self, start: u32, order: u32) -> Result<u32> {
+        if order > self.geometry().cluster_shift {
+            return Err(Error::BadOrder);
+        }
+        let n = 1u32 << order;
+        if start % n != 0 || u64::from(start) + u64::from(n) > self.geometry().slots() {
+            return Err(Error::Misaligned);
+        }
+        if start == 0 {
+            return Err(Error::OutOfRange);
+        }
+        Ok(n)
+    }
+
+    /// Allocate `2^order` naturally aligned slots on `cpu`. Each has no backend,
+    /// count 0, and the cache flag set (the folio is in the swap cache); the
+    /// caller adds one count per page-table reference with [`dup`](Self::dup).
+    pub fn alloc(&self, order: u32, cpu: u32, ctx: Ctx) -> Result<u32> {
+        self.space.alloc(order, cpu, ctx, INIT)
+    }
+
+    /// Add `n` swap counts to a live slot.
+    pub fn dup(&self, slot: u32, n: u32, ctx: Ctx) -> Result<()> {
+        let (pin, off) = self.pin(slot)?;
+        let word = word(&pin, off)?;
+        let mut w = word.load(Ordering::Acquire);
+        loop {
+            if !is_live(w) {
+                return Err(Error::NotAllocated);
+            }
+            let f = count_field(w);
+            if f == COUNT_CONT || f + u64::from(n) > u64::from(INLINE_COUNT_MAX) {
+                break;
+            }
+            match word.compare_exchange_weak(
+                w,
+                with_count(w, f + u64::from(n)),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(x) => w = x,
+            }
+        }
+        self.count_slow(&pin, off, slot, i64::from(n), ctx, false)
+            .map(|_| ())
+    }
+
+    /// Take one count on `slot` if it is still live (a lookup racing a free
+    /// either gets a reference or `NotAllocated`), and return its state.
+    pub fn try_get(&self, slot: u32, ctx: Ctx) -> Result<Entry> {
+        self.dup(slot, 1, ctx)?;
+        self.lookup(slot)
+    }
+
+    /// Drop `n` swap counts. When the count reaches 0 and no folio is cached,
+    /// the slot is freed and its backend released (deferred to the unlock if
+    /// the slot is locked).
+    pub fn put(&self, slot: u32, n: u32) -> Result<Put> {
+        let (pin, off) = self.pin(slot)?;
+        let word = word(&pin, off)?;
+        let mut w = word.load(Ordering::Acquire);
+        loop {
+            if !is_live(w) {
+                return Err(Error::NotAllocated);
+            }
+            let f = count_field(w);
+            if f == COUNT_CONT {
+                break;
+            }
+            if f < u64::from(n) {
+                return Err(Error::CountUnderflow);
+            }
+            match settle(&pin, off, word, w, with_count(w, f - u64::from(n))) {
+                Ok(freed) => return Ok(self.finish(pin, freed)),
+                Err(x) => w = x,
+            }
+        }
+        self.count_slow(&pin, off, slot, -i64::from(n), Ctx::NoSleep, false)
+            .map(|freed| self.finish(pin, freed))
+    }
+
+    /// Release what a settle freed, then the pin.
+    fn finish(&self, pin: Pin<'_, P>, freed: Option<Backend>) -> Put {
+        match freed {
+            Some(b) => {
+                Releaser::new(&self.host).release(b);
+                pin.release(1);
+                Put::Freed
+            }
+            None => Put::Live,
+        }
+    }
+
+    /// Count changes that involve the side table, under its lock. `unlock`
+    /// also clears the lock bit in the same CAS.
+    fn count_slow(
+        &self,
+        pin: &Pin<'_, P>,
+        off: usize,
+        slot: u32,
+        delta: i64,
+        ctx: Ctx,
+        unlock: bool,
+    ) -> Result<Option<Backend>> {
+        let word = word(pin, off)?;
+        let mut spare = None;
+        let result = loop {
+            let mut chain = self.side.lock();
+            let w = word.load(Ordering::Acquire);
+            if !is_live(w) || (unlock && w & LOCKED == 0) {
+                break Err(if unlock && is_live(w) {
+                    Error::NotLocked
+                } else {
+                    Error::NotAllocated
+                });
+            }
+            let f = count_field(w);
+            let cur = if f == COUNT_CONT {
+                i64::from(chain.get(slot).unwrap_or(0))
+            } else {
+                f as i64
+            };
+            let new = cur + delta;
+            if new < 0 {
+                break Err(Error::CountUnderflow);
+            }
+            if new > i64::from(MAX_COUNT) {
+                break Err(Error::CountOverflow);
+            }
+            let clear = if unlock { LOCKED } else { 0 };
+            if new > i64::from(INLINE_COUNT_MAX) {
+                if f == COUNT_CONT {
+                    if unlock
+                        && word
+                            .compare_exchange(w, w & !LOCKED, Ordering::AcqRel, Ordering::Acquire)
+                            .is_err()
+                    {
+                        continue;
+                    }
+                    chain.update(slot, new as u32);
+                    break Ok(None);
+                }
+                if chain.insert(slot, new as u32, &mut spare).is_err() {
+                    drop(chain);
+                    match SideTable::new_page(self.space.provider(), ctx) {
+                        Ok(p) => spare = Some(p),
+                        Err(e) => break Err(e),
+                    }
+                    continue;
+                }
+                if word
+                    .compare_exchange(
+                        w,
+                        with_count(w, COUNT_CONT) & !clear,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_err()
+                {
+                    let page = chain.remove(slot);
+                    drop(chain);
+                    SideTable::free_page(self.space.provider(), page);
+                    continue;
+                }
+                break Ok(None);
+            }
+            // The new count fits inline.
+            match settle(pin, off, word, w, with_count(w, new as u64) & !clear) {
+                Ok(freed) => {
+                    if f == COUNT_CONT {
+                        let page = chain.remove(slot);
+                        drop(chain);
+                        SideTable::free_page(self.space.provider(), page);
+                    }
+                    break Ok(freed);
+                }
+                Err(_) => continue,
+            }
+        };
+        if let Some(p) = spare {
+            SideTable::free_page(self.space.provider(), crate::side::FreePage::from_raw(p));
+        }
+        result
+    }
+
+    /// Put one count of every slot of the naturally aligned range
+    /// `start..start + 2^order`, all or nothing: every slot is locked first;
+    /// if any is not live, locked by someone else, or has count 0, nothing
+    /// changes. Returns how many slots were freed.
+    pub fn put_range(&self, start: u32, order: u32) -> Result<u32> {
+        let n = self.range(start, order)?;
+        self.lock_range(start, order)?;
+        let (pin, base) = self.pin(start)?;
+        for i in 0..n {
+            let w = word(&pin, base + i as usize)?.load(Ordering::Acquire);
+            if count_field(w) == 0 {
+                drop(pin);
+                let _ = self.unlock_range(start, order);
+                return Err(Error::CountUnderflow);
+            }
+        }
+        let mut rel = Releaser::new(&self.host);
+        let mut freed = 0;
+        for i in 0..n {
+            let off = base + i as usize;
+            let word = word(&pin, off)?;
+            let mut w = word.load(Ordering::Acquire);
+            let done = loop {
+                let f = count_field(w);
+                if f == COUNT_CONT {
+                    break self.count_slow(&pin, off, start + i, -1, Ctx::NoSleep, true)?;
+                }
+                match settle(
+                    &pin,
+                    off,
+                    word,
+                    w,
+                    with_count(w, f.saturating_sub(1)) & !LOCKED,
+                ) {
+                    Ok(x) => break x,
+                    Err(x) => w = x,
+                }
+            };
+            if let Some(b) = done {
+                rel.release(b);
+                freed += 1;
+            }
+        }
+        rel.flush();
+        pin.release(freed);
+        Ok(freed)
+    }
+
+    /// Put one count of each slot in `start..start + len`, batched per cluster
+    /// (the cluster is pinned once, freed backends are released in coalesced
+    /// runs). Not atomic: on a failure, the slots before it have been put and
+    /// none after it (see [`BatchError`]). Returns how many slots were freed.
+    pub fn put_many(&self, start: u32, len: u32) -> core::result::Result<u32, BatchError> {
+        let mut rel = Releaser::new(&self.host);
+        let mut done = 0u32;
+        let mut freed_total = 0;
+        let csize = self.geometry().cluster_slots();
+        while done < len {
+            let slot = start.wrapping_add(done);
+            let (pin, off0) = self.pin(slot).map_err(|error| BatchError { done, error })?;
+            let chunk = (csize - off0 as u32).min(len - done);
+            let mut freed = 0;
+            let mut err = None;
+            for i in 0..chunk {
+                let off = off0 + i as usize;
+                let Ok(word) = word(&pin, off) else {
+                    err = Some(Error::OutOfRange);
+                    break;
+                };
+                let mut w = word.load(Ordering::Acquire);
+                let r = loop {
+                    if !is_live(w) {
+                        break Err(Error::NotAllocated);
+                    }
+                    let f = count_field(w);
+                    if f == COUNT_CONT {
+                        break self.count_slow(&pin, off, slot + i, -1, Ctx::NoSleep, false);
+                    }
+                    if f == 0 {
+                        break Err(Error::CountUnderflow);
+                    }
+                    match settle(&pin, off, word, w, with_count(w, f - 1)) {
+                        Ok(x) => break Ok(x),
+                        Err(x) => w = x,
+                    }
+                };
+                match r {
+                    Ok(Some(b)) => {
+                        rel.release(b);
+                        freed += 1;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        err = Some(e);
+                        break;
+                    }
+                }
+                done += 1;
+            }
+            pin.release(freed);
+            freed_total += freed;
+            if let Some(error) = err {
+                return Err(BatchError { done, error });
+            }
+        }
+        Ok(freed_total)
+    }
+
+    /// Set the cache flag (a folio entered the swap cache) and store `cookie`
+    /// in the cache word. `WrongState` if the flag is already set.
+    pub fn cache_add(&self, slot: u32, cookie: u64, ctx: Ctx) -> Result<()> {
+        let (pin, off) = self.pin(slot)?;
+        let word = word(&pin, off)?;
+        let table = if cookie != 0 {
+            Some(pin.cache_table_or_create(ctx)?)
+        } else {
+            pin.cache_table()
+        };
+        let mut w = word.load(Ordering::Acquire);
+        loop {
+            if !is_live(w) {
+                return Err(Error::NotAllocated);
+            }
+            if w & CACHED != 0 {
+                return Err(Error::WrongState);
+            }
+            match word.compare_exchange_weak(w, w | CACHED, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(x) => w = x,
+            }
+        }
+        if let Some(c) = table.and_then(|t| t.get(off)) {
+            c.store(cookie, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Write the cache word of a live slot (the folio cookie after
+    /// [`alloc`](Self::alloc), or a new shadow).
+    pub fn cache_store(&self, slot: u32, value: u64, ctx: Ctx) -> Result<()> {
+        let (pin, off) = self.pin(slot)?;
+        if !is_live(word(&pin, off)?.load(Ordering::Acquire)) {
+            return Err(Error::NotAllocated);
+        }
+        let table = if value != 0 {
+            Some(pin.cache_table_or_create(ctx)?)
+        } else {
+            pin.cache_table()
+        };
+        if let Some(c) = table.and_then(|t| t.get(off)) {
+            c.store(value, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Clear the cache flag (the folio left the swap cache), leaving `shadow`
+    /// (0: none) in the cache word. Frees the slot if its count is 0.
+    pub fn cache_clear(&self, slot: u32, shadow: u64, ctx: Ctx) -> Result<Put> {
+        let (pin, off) = self.pin(slot)?;
+        let word = word(&pin, off)?;
+        let mut w = word.load(Ordering::Acquire);
+        if !is_live(w) {
+            return Err(Error::NotAllocated);
+        }
+        if w & CACHED == 0 {
+            return Err(Error::WrongState);
+        }
+        if count_field(w) != 0 || w & LOCKED != 0 {
+            let table = if shadow != 0 {
+                Some(pin.cache_table_or_create(ctx)?)
+            } else {
+                pin.cache_table()
+            };
+            if let Some(c) = table.and_then(|t| t.get(off)) {
+                c.store(shadow, Ordering::Release);
+            }
+        }
+        loop {
+            if !is_live(w) {
+                return Err(Error::NotAllocated);
+            }
+            if w & CACHED == 0 {
+                return Err(Error::WrongState);
+            }
+            match settle(&pin, off, word, w, w & !CACHED) {
+                Ok(freed) => return Ok(self.finish(pin, freed)),
+                Err(x) => w = x,
+            }
+        }
+    }
+
+    /// The cache flag and cache word of a slot.
+    pub fn cache_get(&self, slot: u32) -> Result<CacheState> {
+        let (pin, off) = self.pin(slot)?;
+        let w = word(&pin, off)?.load(Ordering::Acquire);
+        if !is_slot(w) {
+            return Err(Error::NotAllocated);
+        }
+        let v = pin
+            .cache_table()
+            .and_then(|t| t.get(off))
+            .map_or(0, |c| c.load(Ordering::Acquire));
+        Ok(CacheState {
+            cached: w & CACHED != 0,
+            word: v,
+        })
+    }
+
+    /// Take the slot's lock bit. `Busy` if someone holds it.
+    pub fn lock(&self, slot: u32) -> Result<()> {
+        let (pin, off) = self.pin(slot)?;
+        let word = word(&pin, off)?;
+        let mut w = word.load(Ordering::Acquire);
+        loop {
+            if !is_live(w) {
+                return Err(Error::NotAllocated);
+            }
+            if w & LOCKED != 0 {
+                return Err(Error::Busy);
+            }
+            match word.compare_exchange_weak(w, w | LOCKED, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(x) => w = x,
+            }
+        }
+    }
+
+    /// Drop the slot's lock bit; frees the slot if it died while locked.
+    pub fn unlock(&self, slot: u32) -> Result<Put> {
+        let (pin, off) = self.pin(slot)?;
+        let word = word(&pin, off)?;
+        let mut w = word.load(Ordering::Acquire);
+        loop {
+            if !is_slot(w) {
+                return Err(Error::NotAllocated);
+            }
+            if w & LOCKED == 0 {
+                return Err(Error::NotLocked);
+            }
+            match settle(&pin, off, word, w, w & !LOCKED) {
+                Ok(freed) => return Ok(self.finish(pin, freed)),
+                Err(x) => w = x,
+            }
+        }
+    }
+
+    /// Lock every slot of a naturally aligned range, all or nothing.
+    pub fn lock_range(&self, start: u32, order: u32) -> Result<()> {
+        let n = self.range(start, order)?;
+        for i in 0..n {
+            if let Err(e) = self.lock(start + i) {
+                for j in 0..i {
+                    let _ = self.unlock(start + j);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Unlock every slot of a naturally aligned range. `NotLocked` (and nothing
+    /// changed) if any slot of it is not locked.
+    pub fn unlock_range(&self, start: u32, order: u32) -> Result<u32> {
+        let n = self.range(start, order)?;
+        let (pin, base) = self.pin(start)?;
+        for i in 0..n {
+            let w = word(&pin, base + i as usize)?.load(Ordering::Acquire);
+            if !is_slot(w) {
+                return Err(Error::NotAllocated);
+            }
+            if w & LOCKED == 0 {
+                return Err(Error::NotLocked);
+            }
+        }
+        drop(pin);
+        let mut freed = 0;
+        for i in 0..n {
+            if self.unlock(start + i)? == Put::Freed {
+                freed += 1;
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Replace the backend of an unlocked live slot by compare-and-set from
+    /// `expected` (the writeout transition `None -> Zero | Same | Zswap | Phys`,
+    /// or any other). The old backend's resource, if any, is released. `Busy`
+    /// if the slot is locked: a lock holder moves data with
+    /// [`commit_unlock`](Self::commit_unlock) instead.
+    pub fn store(&self, slot: u32, expected: Backend, new: Backend) -> Result<()> {
+        let (exp, nw) = (expected.encode()?, new.encode()?);
+        let (pin, off) = self.pin(slot)?;
+        let word = word(&pin, off)?;
+        let mut w = word.load(Ordering::Acquire);
+        loop {
+            if !is_live(w) {
+                return Err(Error::NotAllocated);
+            }
+            if w & LOCKED != 0 {
+                return Err(Error::Busy);
+            }
+            if backend_bits(w) != exp {
+                return Err(Error::WrongState);
+            }
+            match word.compare_exchange_weak(
+                w,
+                (w & !backend_bits(w)) | nw,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(x) => w = x,
+            }
+        }
+        drop(pin);
+        if exp != nw {
+            Releaser::new(&self.host).release(expected);
+        }
+        Ok(())
+    }
+
+    /// For the holder of the slot's lock: replace the backend `expected` by
+    /// `new` and drop the lock in one CAS, then release the old location.
+    /// `WrongState` (lock still held) if the backend is not `expected`;
+    /// `Gone` if the slot died while locked: then nothing is committed, the slot
+    /// is freed with its old backend, and the caller releases `new` itself.
+    pub fn commit_unlock(&self, slot: u32, expected: Backend, new: Backend) -> Result<()> {
+        let (exp, nw) = (expected.encode()?, new.encode()?);
+        let (pin, off) = self.pin(slot)?;
+        let word = word(&pin, off)?;
+        let mut w = word.load(Ordering::Acquire);
+        loop {
+            if !is_slot(w) {
+                return Err(Error::NotAllocated);
+            }
+            if w & LOCKED == 0 {
+                return Err(Error::NotLocked);
+            }
+            if !is_live(w) {
+                // A zombie: free it (unlock) and report the lost move.
+                match settle(&pin, off, word, w, w & !LOCKED) {
+                    Ok(freed) => {
+                        self.finish(pin, freed);
+                        return Err(Error::Gone);
+                    }
+                    Err(x) => {
+                        w = x;
+                        continue;
+                    }
+                }
+            }
+            if backend_bits(w) != exp {
+                return Err(Error::WrongState);
+            }
+            match word.compare_exchange_weak(
+                w,
+                ((w & !backend_bits(w)) | nw) & !LOCKED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(x) => w = x,
+            }
+        }
+        drop(pin);
+        if exp != nw {
+            Releaser::new(&self.host).release(expected);
+        }
+        Ok(())
+    }
+
+    /// zswap writeback, for the lock holder: the slot's zswap object was
+    /// written to device slot `(dev, off)`; commit, unlock, release the handle.
+    pub fn writeback(&self, slot: u32, dev: u8, off: u64) -> Result<()> {
+        let e = self.lookup(slot)?;
+        match e.backend {
+            Backend::Zswap(_) => self.commit_unlock(slot, e.backend, Backend::Phys { dev, off }),
+            _ => Err(Error::WrongState),
+        }
+    }
+
+    /// Relocation (GC, tier move), for the lock holder: the data at `from` was
+    /// copied to `to`; commit, unlock, release `from`.
+    pub fn relocate(&self, slot: u32, from: (u8, u64), to: (u8, u64)) -> Result<()> {
+        self.commit_unlock(
+            slot,
+            Backend::Phys {
+                dev: from.0,
+                off: from.1,
+            },
+            Backend::Phys {
+                dev: to.0,
+                off: to.1,
+            },
+        )
+    }
+
+    /// A snapshot of a slot (stable only under its lock or a count taken with
+    /// [`try_get`](Self::try_get)).
+    pub fn lookup(&self, slot: u32) -> Result<Entry> {
+        let (pin, off) = self.pin(slot)?;
+        let w = word(&pin, off)?.load(Ordering::Acquire);
+        if !is_slot(w) {
+            return Err(Error::NotAllocated);
+        }
+        Ok(Entry {
+            backend: Backend::decode(w),
+            count: self.count_of(slot, w),
+            cached: w & CACHED != 0,
+            locked: w & LOCKED != 0,
+        })
+    }
+
+    fn count_of(&self, slot: u32, w: u64) -> u32 {
+        let f = count_field(w);
+        if f == COUNT_CONT {
+            self.side.lock().get(slot).unwrap_or(INLINE_COUNT_MAX + 1)
+        } else {
+            f as u32
+        }
+    }
+
+    /// Give every slot of a live, naturally aligned range the memcg id `id`.
+    /// All or nothing: `NotAllocated` (nothing changed) if any slot is not live.
+    /// A cluster whose slots all share one id keeps no table.
+    pub fn set_memcg(&self, start: u32, order: u32, id: u16, ctx: Ctx) -> Result<()> {
+        let n = self.range(start, order)?;
+        let (pin, base) = self.pin(start)?;
+        for i in 0..n {
+            if !is_live(word(&pin, base + i as usize)?.load(Ordering::Acquire)) {
+                return Err(Error::NotAllocated);
+            }
+        }
+        for i in 0..n {
+            pin.set_memcg(base + i as usize, id, ctx)?;
+        }
+        Ok(())
+    }
+
+    /// The memcg id of a live slot (`None` if never set).
+    pub fn memcg(&self, slot: u32) -> Result<Option<u16>> {
+        let (pin, off) = self.pin(slot)?;
+        if !is_slot(word(&pin, off)?.load(Ordering::Acquire)) {
+            return Err(Error::NotAllocated);
+        }
+        Ok(pin.memcg(off))
+    }
+
+    /// Occupancy and memory, derived by scanning every live cluster.
+    pub fn stats(&self) -> MapStats {
+        let mut st = MapStats::default();
+        self.space.for_each_cluster(|pin| {
+            for w in pin.words() {
+                let w = w.load(Ordering::Relaxed);
+                if !is_slot(w) {
+                    continue;
+                }
+                st.live_slots += 1;
+                let k = Backend::decode(w).kind() as usize;
+                if let Some(c) = st.by_kind.get_mut(k) {
+                    *c += 1;
+                }
+                st.cached += u64::from(w & CACHED != 0);
+                st.locked += u64::from(w & LOCKED != 0);
+                st.overflowed += u64::from(count_field(w) == COUNT_CONT);
+            }
+        });
+        st.memory = self.space.memory();
+        st.side_bytes = self.side.bytes();
+        st
+    }
+}
+
+impl<P: Provider, H: Host> Drop for VswapMap<P, H> {
+    fn drop(&mut self) {
+        self.side.clear(self.space.provider());
+    }
+}
+
+use vswap_alloc::sync::{AtomicU64, Ordering};
+
+#[inline]
+fn word<'a, P: Provider>(pin: &'a Pin<'_, P>, off: usize) -> Result<&'a AtomicU64> {
+    pin.words().get(off).ok_or(Error::OutOfRange)
+}
+
+/// Move word `w` to `new` by CAS. If `new` is dead and unlocked, free the slot
+/// instead: take it with the FREEING marker, clear its cache word, store 0, and
+/// return the backend it held. `Err(current)` if the word changed.
+#[inline]
+fn settle<P: Provider>(
+    pin: &Pin<'_, P>,
+    off: usize,
+    word: &AtomicU64,
+    w: u64,
+    new: u64,
+) -> core::result::Result<Option<Backend>, u64> {
+    if is_live(new) || new & LOCKED != 0 {
+        word.compare_exchange(w, new, Ordering::AcqRel, Ordering::Acquire)?;
+        return Ok(None);
+    }
+    word.compare_exchange(w, FREEING, Ordering::AcqRel, Ordering::Acquire)?;
+    if let Some(c) = pin.cache_table().and_then(|t| t.get(off)) {
+        c.store(0, Ordering::Relaxed);
+    }
+    word.store(0, Ordering::Release);
+    Ok(Some(Backend::decode(w)))
+}
