@@ -36,7 +36,7 @@ pub mod sync;
 
 pub use error::{Error, Result};
 pub use geometry::{Geometry, MAX_CLUSTER_SHIFT, MAX_CPUS, MAX_ORDERS, MAX_SLOTS};
-#[cfg(feature = "std")]
+#[cfg(any(feature = "std", test))]
 pub use provider::StdProvider;
 pub use provider::{Ctx, MemError, Provider};
 pub use space::{Pin, SlotSpace, SpaceMemory};

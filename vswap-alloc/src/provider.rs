@@ -75,7 +75,7 @@ unsafe impl<P: Provider + ?Sized> Provider for &P {
     }
 }
 
-#[cfg(feature = "std")]
+#[cfg(any(feature = "std", test))]
 mod std_provider {
     extern crate std;
 
@@ -89,6 +89,7 @@ mod std_provider {
     /// fault injection, for userspace hosts and tests.
     ///
     /// ```
+    /// # #[cfg(feature = "std")] {
     /// use vswap_alloc::{Ctx, Provider, StdProvider};
     /// let p = StdProvider::new();
     /// let b = p.alloc_zeroed(4096, 4096, Ctx::MaySleep).unwrap();
@@ -96,6 +97,7 @@ mod std_provider {
     /// // SAFETY: `b` came from `p` with this size and alignment.
     /// unsafe { p.free(b, 4096, 4096) };
     /// assert_eq!(p.bytes_in_use(), 0);
+    /// # }
     /// ```
     #[derive(Debug, Default)]
     pub struct StdProvider {
@@ -202,5 +204,5 @@ mod std_provider {
     }
 }
 
-#[cfg(feature = "std")]
+#[cfg(any(feature = "std", test))]
 pub use std_provider::StdProvider;

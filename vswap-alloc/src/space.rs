@@ -490,12 +490,14 @@ impl<P: Provider> SlotSpace<P> {
     /// (non-zero) into each slot word. Returns the first slot.
     ///
     /// ```
+    /// # #[cfg(feature = "std")] {
     /// use vswap_alloc::{Ctx, Geometry, SlotSpace, StdProvider};
     /// let s = SlotSpace::new(Geometry::default(), StdProvider::new(), u64::MAX).unwrap();
     /// let a = s.alloc(0, 0, Ctx::MaySleep, 1).unwrap();
     /// assert_ne!(a, 0); // slot 0 is reserved
     /// let b = s.alloc(4, 1, Ctx::MaySleep, 1).unwrap();
     /// assert_eq!(b % 16, 0);
+    /// # }
     /// ```
     pub fn alloc(&self, order: u32, cpu: u32, ctx: Ctx, init: u64) -> Result<u32> {
         if order > self.geo.cluster_shift {
@@ -563,18 +565,30 @@ impl<P: Provider> SlotSpace<P> {
             self.collect(garbage);
             return Ok(());
         }
-        // A new cluster: take an index, then make its tables without the lock.
-        let idx = if l.free_head != 0 {
-            let idx = l.free_head - 1;
-            let e = self.entry(idx).ok_or(Error::NoMem)?;
-            l.free_head = e.next();
-            e.set_links(0, 0);
-            idx
-        } else if u64::from(l.bump) < self.geo.clusters() {
-            l.bump += 1;
-            l.bump - 1
-        } else {
-            return Err(Error::NoSpace);
+        // A new cluster: take an index whose directory pages exist (made with
+        // the lock dropped), then make its slot table without the lock.
+        let idx = loop {
+            if l.free_head != 0 {
+                let idx = l.free_head - 1;
+                let e = self.entry(idx).ok_or(Error::NoMem)?;
+                l.free_head = e.next();
+                e.set_links(0, 0);
+                break idx;
+            }
+            if u64::from(l.bump) >= self.geo.clusters() {
+                return Err(Error::NoSpace);
+            }
+            let peek = l.bump;
+            if self.entry(peek).is_some() {
+                l.bump += 1;
+                break peek;
+            }
+            drop(l);
+            self.entry_or_create(peek, ctx)?;
+            l = self.lists.lock();
+            if pc.cur.load(Ordering::Relaxed) != seen {
+                return Ok(());
+            }
         };
         drop(l);
         let made = self.make_tables(idx, ctx);
@@ -619,7 +633,7 @@ impl<P: Provider> SlotSpace<P> {
     }
 
     fn make_tables(&self, idx: u32, ctx: Ctx) -> Result<&DirEntry> {
-        let e = self.entry_or_create(idx, ctx)?;
+        let e = self.entry(idx).ok_or(Error::NoMem)?;
         let words = alloc_table::<AtomicU64, P>(&self.provider, self.csize(), ctx)?;
         e.words.store(words.as_ptr(), Ordering::Release);
         self.mem_words
@@ -910,5 +924,179 @@ impl<P: Provider> Drop for SlotSpace<P> {
             free_table(&self.provider, self.top, self.top_len);
             free_table(&self.provider, self.percpu, self.geo.cpus as usize);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::collections::HashSet;
+    use std::vec::Vec;
+
+    use super::*;
+    use crate::StdProvider;
+
+    const INIT: u64 = 0x20;
+
+    fn free(s: &SlotSpace<&StdProvider>, slot: u32, n: u32) {
+        let pin = s.pin(slot).unwrap();
+        let off = (slot - pin.base()) as usize;
+        for w in &pin.words()[off..off + n as usize] {
+            assert_eq!(w.swap(0, Ordering::AcqRel), INIT);
+        }
+        pin.release(n);
+    }
+
+    #[test]
+    fn alloc_is_aligned_unique_and_skips_slot_zero() {
+        let p = StdProvider::new();
+        let s = SlotSpace::new(Geometry::tiny(3, 64, 2), &p, u64::MAX).unwrap();
+        let mut seen = HashSet::new();
+        for order in [0u32, 1, 2, 3, 0, 1] {
+            let a = s.alloc(order, order % 2, Ctx::MaySleep, INIT).unwrap();
+            assert_ne!(a, 0);
+            assert_eq!(a % (1 << order), 0);
+            for i in 0..(1 << order) {
+                assert!(seen.insert(a + i), "slot {} handed out twice", a + i);
+            }
+        }
+    }
+
+    #[test]
+    fn space_fills_then_reports_nospace_and_recovers() {
+        let p = StdProvider::new();
+        let s = SlotSpace::new(Geometry::tiny(2, 16, 2), &p, u64::MAX).unwrap();
+        let mut got = Vec::new();
+        loop {
+            match s.alloc(0, got.len() as u32 % 2, Ctx::MaySleep, INIT) {
+                Ok(a) => got.push(a),
+                Err(e) => {
+                    assert_eq!(e, Error::NoSpace);
+                    break;
+                }
+            }
+        }
+        assert_eq!(got.len(), 15, "16 slots minus the reserved slot 0");
+        let last = got.pop().unwrap();
+        free(&s, last, 1);
+        assert_eq!(s.alloc(0, 1, Ctx::MaySleep, INIT).unwrap(), last);
+    }
+
+    #[test]
+    fn empty_clusters_are_returned_and_reused() {
+        let p = StdProvider::new();
+        let s = SlotSpace::new(Geometry::tiny(2, 64, 1), &p, u64::MAX).unwrap();
+        let base = p.bytes_in_use();
+        let a: Vec<u32> = (0..12)
+            .map(|_| s.alloc(0, 0, Ctx::MaySleep, INIT).unwrap())
+            .collect();
+        assert!(s.memory().live_clusters >= 3);
+        for &x in &a {
+            free(&s, x, 1);
+        }
+        // Only cluster 0 (reserved slot) and the CPU's cached cluster stay.
+        assert!(s.memory().live_clusters <= 2, "{:?}", s.memory());
+        let again: Vec<u32> = (0..12)
+            .map(|_| s.alloc(0, 0, Ctx::MaySleep, INIT).unwrap())
+            .collect();
+        let max = again.iter().max().unwrap();
+        assert!(*max < 20, "indices reused, not bumped forever: {again:?}");
+        for &x in &again {
+            free(&s, x, 1);
+        }
+        drop(s);
+        assert_eq!(p.bytes_in_use(), 0);
+        let _ = base;
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        let p = StdProvider::new();
+        let s = SlotSpace::new(Geometry::tiny(2, 16, 2), &p, u64::MAX).unwrap();
+        assert_eq!(s.alloc(3, 0, Ctx::MaySleep, INIT), Err(Error::BadOrder));
+        assert_eq!(s.alloc(0, 2, Ctx::MaySleep, INIT), Err(Error::BadCpu));
+        assert_eq!(s.alloc(0, 0, Ctx::MaySleep, 0), Err(Error::BadConfig));
+        assert!(matches!(s.pin(16), Err(Error::OutOfRange)));
+        assert!(matches!(s.pin(5), Err(Error::NotAllocated)));
+        assert!(SlotSpace::new(Geometry::tiny(0, 16, 1), &p, 1).is_err());
+        assert!(
+            SlotSpace::new(
+                Geometry {
+                    slots: (1 << 32) + 1,
+                    ..Geometry::default()
+                },
+                &p,
+                1
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn out_of_memory_leaves_state_unchanged() {
+        let p = StdProvider::new();
+        let s = SlotSpace::new(Geometry::tiny(2, 64, 1), &p, u64::MAX).unwrap();
+        let bytes = p.bytes_in_use();
+        p.fail_after(Some(0));
+        assert_eq!(s.alloc(0, 0, Ctx::MaySleep, INIT), Err(Error::NoMem));
+        assert_eq!(p.bytes_in_use(), bytes);
+        p.fail_after(None);
+        p.again_on_nosleep(true);
+        assert_eq!(s.alloc(0, 0, Ctx::NoSleep, INIT), Err(Error::Again));
+        p.again_on_nosleep(false);
+        let a = s.alloc(0, 0, Ctx::NoSleep, INIT).unwrap();
+        assert_eq!(a, 1);
+    }
+
+    #[test]
+    fn orders_do_not_share_clusters() {
+        let p = StdProvider::new();
+        let s = SlotSpace::new(Geometry::tiny(3, 64, 1), &p, u64::MAX).unwrap();
+        let a = s.alloc(0, 0, Ctx::MaySleep, INIT).unwrap();
+        let b = s.alloc(2, 0, Ctx::MaySleep, INIT).unwrap();
+        assert_ne!(a >> 3, b >> 3);
+        free(&s, b, 4);
+        free(&s, a, 1);
+    }
+
+    #[test]
+    fn threads_never_share_a_slot() {
+        let p = StdProvider::new();
+        let s = SlotSpace::new(Geometry::tiny(4, 4096, 2), &p, u64::MAX).unwrap();
+        let rounds = if cfg!(miri) { 50 } else { 20_000 };
+        std::thread::scope(|sc| {
+            for t in 0..2u32 {
+                let s = &s;
+                sc.spawn(move || {
+                    let mut held = Vec::new();
+                    for i in 0..rounds {
+                        if i % 3 == 2 {
+                            if let Some(x) = held.pop() {
+                                free(s, x, 1);
+                            }
+                        } else {
+                            let a = s.alloc(0, t, Ctx::MaySleep, INIT + u64::from(t)).unwrap();
+                            // Our value, not the other thread's: nobody else got it.
+                            let pin = s.pin(a).unwrap();
+                            assert_eq!(
+                                pin.words()[(a - pin.base()) as usize].swap(INIT, Ordering::AcqRel),
+                                INIT + u64::from(t)
+                            );
+                            drop(pin);
+                            held.push(a);
+                        }
+                        if held.len() > 200 {
+                            for x in held.drain(..) {
+                                free(s, x, 1);
+                            }
+                        }
+                    }
+                    for x in held {
+                        free(s, x, 1);
+                    }
+                });
+            }
+        });
+        assert!(s.memory().live_clusters <= 3, "{:?}", s.memory());
     }
 }
