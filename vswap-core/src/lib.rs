@@ -36,3 +36,6 @@ pub use map::{BatchError, CacheState, MAX_COUNT, MapConfig, MapStats, Put, Vswap
 pub use vswap_alloc::StdProvider;
 pub use vswap_alloc::{Ctx, Error, Geometry, MemError, Provider, Result, SpaceMemory};
 pub use word::{Backend, BackendKind, Entry, INLINE_COUNT_MAX};
+
+#[cfg(test)]
+mod tests;

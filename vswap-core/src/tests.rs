@@ -1,0 +1,247 @@
+//! Unit tests of the map's lifecycle (also run under miri).
+
+extern crate std;
+use std::sync::Mutex;
+use std::vec::Vec;
+
+use vswap_alloc::StdProvider;
+
+use crate::*;
+
+#[derive(Default)]
+struct Rec {
+    zswap: Mutex<Vec<u64>>,
+    phys: Mutex<Vec<(u8, u64, u64)>>,
+}
+
+impl Host for Rec {
+    fn release_zswap(&self, h: u64) {
+        self.zswap.lock().unwrap().push(h);
+    }
+    fn release_phys(&self, d: u8, o: u64, l: u64) {
+        self.phys.lock().unwrap().push((d, o, l));
+    }
+}
+
+fn map(p: &StdProvider) -> VswapMap<&StdProvider, Rec> {
+    VswapMap::new(
+        MapConfig {
+            geometry: Geometry::tiny(3, 256, 2),
+        },
+        p,
+        Rec::default(),
+    )
+    .unwrap()
+}
+
+const S: Ctx = Ctx::MaySleep;
+
+#[test]
+fn lifecycle_over_every_backend() {
+    let p = StdProvider::new();
+    let m = map(&p);
+    for (i, b) in [
+        Backend::Zero,
+        Backend::Same(u64::MAX),
+        Backend::Same(7),
+        Backend::Zswap(0xffff_8880_0000_1000),
+        Backend::Phys { dev: 3, off: 99 },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let s = m.alloc(0, (i % 2) as u32, S).unwrap();
+        assert_eq!(
+            m.lookup(s).unwrap(),
+            Entry {
+                backend: Backend::None,
+                count: 0,
+                cached: true,
+                locked: false
+            }
+        );
+        m.dup(s, 2, S).unwrap();
+        m.store(s, Backend::None, b).unwrap();
+        assert_eq!(m.store(s, Backend::None, b), Err(Error::WrongState));
+        assert_eq!(m.cache_clear(s, 0xabc1, S).unwrap(), Put::Live);
+        assert_eq!(
+            m.cache_get(s).unwrap(),
+            CacheState {
+                cached: false,
+                word: 0xabc1
+            }
+        );
+        assert_eq!(m.put(s, 1).unwrap(), Put::Live);
+        assert_eq!(m.put(s, 1).unwrap(), Put::Freed);
+        assert_eq!(m.lookup(s), Err(Error::NotAllocated));
+        assert_eq!(m.put(s, 1), Err(Error::NotAllocated));
+    }
+    assert_eq!(*m.host().zswap.lock().unwrap(), [0xffff_8880_0000_1000]);
+    assert_eq!(*m.host().phys.lock().unwrap(), [(3, 99, 1)]);
+    assert_eq!(
+        m.stats().live_slots,
+        0,
+        "the reserved slot 0 is not counted"
+    );
+}
+
+#[test]
+fn counts_overflow_into_the_side_table_and_back() {
+    let p = StdProvider::new();
+    let m = map(&p);
+    let s = m.alloc(0, 0, S).unwrap();
+    m.dup(s, 60, S).unwrap();
+    m.dup(s, 5, S).unwrap();
+    assert_eq!(m.lookup(s).unwrap().count, 65);
+    assert_eq!(m.stats().overflowed, 1);
+    assert!(m.stats().side_bytes > 0);
+    assert_eq!(m.dup(s, u32::MAX, S), Err(Error::CountOverflow));
+    assert_eq!(m.put(s, 66), Err(Error::CountUnderflow));
+    assert_eq!(m.put(s, 10).unwrap(), Put::Live);
+    assert_eq!(m.lookup(s).unwrap().count, 55);
+    assert_eq!(m.stats().side_bytes, 0, "side page freed when empty");
+    m.dup(s, 100, S).unwrap();
+    m.cache_clear(s, 0, S).unwrap();
+    assert_eq!(m.put(s, 155).unwrap(), Put::Freed);
+    assert_eq!(m.stats().side_bytes, 0);
+}
+
+#[test]
+fn lock_writeback_relocate_and_zombies() {
+    let p = StdProvider::new();
+    let m = map(&p);
+    let s = m.alloc(0, 0, S).unwrap();
+    m.dup(s, 1, S).unwrap();
+    m.store(s, Backend::None, Backend::Zswap(5)).unwrap();
+    assert_eq!(m.writeback(s, 1, 10), Err(Error::NotLocked));
+    m.lock(s).unwrap();
+    assert_eq!(m.lock(s), Err(Error::Busy));
+    assert_eq!(
+        m.store(s, Backend::Zswap(5), Backend::Zero),
+        Err(Error::Busy)
+    );
+    m.writeback(s, 1, 10).unwrap();
+    assert_eq!(*m.host().zswap.lock().unwrap(), [5]);
+    m.lock(s).unwrap();
+    assert_eq!(m.relocate(s, (1, 11), (2, 20)), Err(Error::WrongState));
+    m.relocate(s, (1, 10), (2, 20)).unwrap();
+    assert_eq!(*m.host().phys.lock().unwrap(), [(1, 10, 1)]);
+    // Dies while locked: the unlock frees it; a commit loses with Gone.
+    m.lock(s).unwrap();
+    m.cache_clear(s, 0, S).unwrap();
+    assert_eq!(m.put(s, 1).unwrap(), Put::Live, "zombie until unlocked");
+    assert_eq!(m.dup(s, 1, S), Err(Error::NotAllocated));
+    assert_eq!(m.relocate(s, (2, 20), (3, 30)), Err(Error::Gone));
+    assert_eq!(m.host().phys.lock().unwrap().last(), Some(&(2, 20, 1)));
+    assert_eq!(m.lookup(s), Err(Error::NotAllocated));
+}
+
+#[test]
+fn ranges_are_all_or_nothing() {
+    let p = StdProvider::new();
+    let m = map(&p);
+    let s = m.alloc(2, 0, S).unwrap();
+    assert_eq!(s % 4, 0);
+    for i in 0..4 {
+        m.dup(s + i, 1, S).unwrap();
+        m.store(
+            s + i,
+            Backend::None,
+            Backend::Phys {
+                dev: 0,
+                off: 100 + u64::from(i),
+            },
+        )
+        .unwrap();
+        m.cache_clear(s + i, 0, S).unwrap();
+    }
+    assert_eq!(m.put_range(s + 1, 2), Err(Error::Misaligned));
+    assert_eq!(m.put_range(s, 9), Err(Error::BadOrder));
+    m.lock(s + 2).unwrap();
+    assert_eq!(m.put_range(s, 2), Err(Error::Busy));
+    for i in [0, 1, 3] {
+        assert!(!m.lookup(s + i).unwrap().locked, "rolled back");
+    }
+    m.unlock(s + 2).unwrap();
+    assert_eq!(m.put_range(s, 2).unwrap(), 4);
+    assert_eq!(
+        *m.host().phys.lock().unwrap(),
+        [(0, 100, 4)],
+        "one coalesced run"
+    );
+}
+
+#[test]
+fn put_many_stops_at_the_first_bad_slot() {
+    let p = StdProvider::new();
+    let m = map(&p);
+    let a: Vec<u32> = (0..6).map(|_| m.alloc(0, 0, S).unwrap()).collect();
+    assert_eq!(a, [1, 2, 3, 4, 5, 6]);
+    for &s in &a {
+        m.dup(s, 1, S).unwrap();
+        m.cache_clear(s, 0, S).unwrap();
+    }
+    m.put(4, 1).unwrap();
+    assert_eq!(
+        m.put_many(1, 6),
+        Err(BatchError {
+            done: 3,
+            error: Error::NotAllocated
+        })
+    );
+    assert_eq!(m.lookup(5).unwrap().count, 1);
+    assert_eq!(m.put_many(5, 2), Ok(2));
+}
+
+#[test]
+fn cache_words_and_memcg() {
+    let p = StdProvider::new();
+    let m = map(&p);
+    let s = m.alloc(1, 1, S).unwrap();
+    m.cache_store(s, 0x1000, S).unwrap();
+    assert_eq!(
+        m.cache_get(s).unwrap(),
+        CacheState {
+            cached: true,
+            word: 0x1000
+        }
+    );
+    assert_eq!(m.cache_add(s, 0x2000, S), Err(Error::WrongState));
+    m.dup(s, 1, S).unwrap();
+    m.cache_clear(s, 0x77, S).unwrap();
+    m.cache_add(s, 0x3000, S).unwrap();
+    assert_eq!(
+        m.cache_get(s).unwrap(),
+        CacheState {
+            cached: true,
+            word: 0x3000
+        }
+    );
+    assert_eq!(m.memcg(s).unwrap(), None);
+    m.set_memcg(s, 1, 9, S).unwrap();
+    let uniform = m.stats().memory.memcg;
+    assert_eq!(m.memcg(s + 1).unwrap(), Some(9));
+    m.set_memcg(s + 1, 0, 4, S).unwrap();
+    assert!(m.stats().memory.memcg > uniform, "a table once ids differ");
+    assert_eq!(
+        (m.memcg(s).unwrap(), m.memcg(s + 1).unwrap()),
+        (Some(9), Some(4))
+    );
+    m.cache_clear(s + 1, 0, S).unwrap();
+    assert_eq!(m.memcg(s + 1), Err(Error::NotAllocated));
+}
+
+#[test]
+fn map_drop_returns_all_memory() {
+    let p = StdProvider::new();
+    {
+        let m = map(&p);
+        for _ in 0..40 {
+            let s = m.alloc(0, 0, S).unwrap();
+            m.dup(s, 70, S).unwrap();
+            m.cache_store(s, 1, S).unwrap();
+            m.set_memcg(s, 0, 1, S).unwrap();
+        }
+    }
+    assert_eq!(p.bytes_in_use(), 0);
+}
