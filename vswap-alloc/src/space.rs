@@ -210,6 +210,8 @@ type Mid = AtomicPtr<DirEntry>;
 pub struct SlotSpace<P: Provider> {
     provider: P,
     geo: Geometry,
+    /// `geo.slots()`, kept to avoid a division on every lookup.
+    slots: u64,
     top: NonNull<AtomicPtr<Mid>>,
     top_len: usize,
     percpu: NonNull<PerCpu>,
@@ -345,6 +347,7 @@ impl<P: Provider> SlotSpace<P> {
         Ok(Self {
             provider,
             geo,
+            slots: geo.slots(),
             top,
             top_len,
             percpu,
@@ -391,11 +394,18 @@ impl<P: Provider> SlotSpace<P> {
         Some(unsafe { &*self.percpu.as_ptr().add(cpu as usize) })
     }
 
+    /// Top, middle and leaf position of cluster `idx`. Within a leaf, even
+    /// indices fill the first half and odd ones the second, so that clusters
+    /// made one after the other (usually for different CPUs) do not share the
+    /// cache line of their lifetime words.
+    #[inline]
     fn split(&self, idx: u32) -> (usize, usize, usize) {
         let l = self.geo.dir_leaf_shift;
         let m = self.geo.dir_mid_shift;
         let i = idx as usize;
-        (i >> (l + m), (i >> l) & ((1 << m) - 1), i & ((1 << l) - 1))
+        let in_leaf = i & ((1 << l) - 1);
+        let spread = ((in_leaf & 1) << (l - 1)) | (in_leaf >> 1);
+        (i >> (l + m), (i >> l) & ((1 << m) - 1), spread)
     }
 
     /// The directory entry of cluster `idx`, if its pages exist.
@@ -466,7 +476,7 @@ impl<P: Provider> SlotSpace<P> {
     /// [`Error::NotAllocated`] when the cluster holds no tables.
     #[inline]
     pub fn pin(&self, slot: u32) -> Result<Pin<'_, P>> {
-        if u64::from(slot) >= self.geo.slots() {
+        if u64::from(slot) >= self.slots {
             return Err(Error::OutOfRange);
         }
         let idx = slot >> self.geo.cluster_shift;
@@ -602,9 +612,8 @@ impl<P: Provider> SlotSpace<P> {
         };
         if pc.cur.load(Ordering::Relaxed) != seen {
             // Lost to another refill on this CPU number: give the index back.
+            // (`collect` frees the table and takes its bytes off `mem_words`.)
             garbage.words = NonNull::new(e.words.swap(ptr::null_mut(), Ordering::AcqRel));
-            self.mem_words
-                .fetch_sub((self.csize() * 8) as u64, Ordering::Relaxed);
             self.push_free(&mut l, idx);
             drop(l);
             self.collect(garbage);
@@ -849,11 +858,12 @@ fn claim(
     n: usize,
     init: u64,
 ) -> core::result::Result<usize, u64> {
+    // `len` and `n` are powers of two: masks, not divisions.
     let len = words.len();
-    let groups = len / n;
-    let first = (hint % len) / n;
+    let groups = len >> n.trailing_zeros();
+    let first = (hint & (len - 1)) >> n.trailing_zeros();
     for g in 0..groups {
-        let at = ((first + g) % groups) * n;
+        let at = ((first + g) & (groups - 1)) << n.trailing_zeros();
         let Some(group) = words.get(at..at + n) else {
             break;
         };

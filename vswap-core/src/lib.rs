@@ -39,3 +39,8 @@ pub use word::{Backend, BackendKind, Entry, INLINE_COUNT_MAX};
 
 #[cfg(test)]
 mod tests;
+
+/// The README's examples, compiled and run as doc-tests.
+#[cfg(all(doctest, feature = "std"))]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
