@@ -508,22 +508,29 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         if w & CACHED == 0 {
             return Err(Error::WrongState);
         }
-        if count_field(w) != 0 || w & LOCKED != 0 {
-            let table = if shadow != 0 {
-                Some(pin.cache_table_or_create(ctx)?)
-            } else {
-                pin.cache_table()
-            };
-            if let Some(c) = table.and_then(|t| t.get(off)) {
-                c.store(shadow, Ordering::Release);
-            }
-        }
+        let mut shadow_stored = false;
         loop {
             if !is_live(w) {
                 return Err(Error::NotAllocated);
             }
             if w & CACHED == 0 {
                 return Err(Error::WrongState);
+            }
+            // If the slot outlives the clear, the shadow must be in the cache
+            // word before the flag goes (checked on every try: a racing `dup`
+            // can turn a clear that would free into one that does not, and
+            // the old folio cookie must not be left behind as a "shadow").
+            // A clear that frees needs none: `settle` zeroes the cache word.
+            if !shadow_stored && (count_field(w) != 0 || w & LOCKED != 0) {
+                let table = if shadow != 0 {
+                    Some(pin.cache_table_or_create(ctx)?)
+                } else {
+                    pin.cache_table()
+                };
+                if let Some(c) = table.and_then(|t| t.get(off)) {
+                    c.store(shadow, Ordering::Release);
+                }
+                shadow_stored = true;
             }
             match settle(&pin, off, word, w, w & !CACHED) {
                 Ok(freed) => return Ok(self.finish(pin, freed)),
@@ -535,18 +542,29 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// The cache flag and cache word of a slot.
     pub fn cache_get(&self, slot: u32) -> Result<CacheState> {
         let (pin, off) = self.pin(slot)?;
-        let w = word(&pin, off)?.load(Ordering::Acquire);
-        if !is_slot(w) {
-            return Err(Error::NotAllocated);
+        let word = word(&pin, off)?;
+        let mut w = word.load(Ordering::Acquire);
+        loop {
+            if !is_slot(w) {
+                return Err(Error::NotAllocated);
+            }
+            let v = pin
+                .cache_table()
+                .and_then(|t| t.get(off))
+                .map_or(0, |c| c.load(Ordering::Acquire));
+            // The flag and the cache word are two words: keep the pair only if
+            // the core word did not change meanwhile (a free in between zeroes
+            // the cache word, and `cached` with 0 is a state the slot never
+            // had). The acquire load of `v` keeps this load after it.
+            let again = word.load(Ordering::Acquire);
+            if again == w {
+                return Ok(CacheState {
+                    cached: w & CACHED != 0,
+                    word: v,
+                });
+            }
+            w = again;
         }
-        let v = pin
-            .cache_table()
-            .and_then(|t| t.get(off))
-            .map_or(0, |c| c.load(Ordering::Acquire));
-        Ok(CacheState {
-            cached: w & CACHED != 0,
-            word: v,
-        })
     }
 
     /// Take the slot's lock bit. `Busy` if someone holds it.
@@ -742,25 +760,30 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// [`try_get`](Self::try_get)).
     pub fn lookup(&self, slot: u32) -> Result<Entry> {
         let (pin, off) = self.pin(slot)?;
-        let w = word(&pin, off)?.load(Ordering::Acquire);
+        let word = word(&pin, off)?;
+        let mut w = word.load(Ordering::Acquire);
+        let mut count = count_field(w) as u32;
+        if count_field(w) == COUNT_CONT {
+            // Count fields move to and from "continued" only under the side
+            // lock: read the word again under it, so that the word and the
+            // table's count are one snapshot (a count read after the slot went
+            // back inline would be a value the slot never had).
+            let chain = self.side.lock();
+            w = word.load(Ordering::Acquire);
+            count = match count_field(w) {
+                COUNT_CONT => chain.get(slot).unwrap_or(INLINE_COUNT_MAX + 1),
+                f => f as u32,
+            };
+        }
         if !is_slot(w) {
             return Err(Error::NotAllocated);
         }
         Ok(Entry {
             backend: Backend::decode(w),
-            count: self.count_of(slot, w),
+            count,
             cached: w & CACHED != 0,
             locked: w & LOCKED != 0,
         })
-    }
-
-    fn count_of(&self, slot: u32, w: u64) -> u32 {
-        let f = count_field(w);
-        if f == COUNT_CONT {
-            self.side.lock().get(slot).unwrap_or(INLINE_COUNT_MAX + 1)
-        } else {
-            f as u32
-        }
     }
 
     /// Give every slot of a live, naturally aligned range the memcg id `id`.
@@ -844,7 +867,9 @@ fn settle<P: Provider>(
     }
     word.compare_exchange(w, FREEING, Ordering::AcqRel, Ordering::Acquire)?;
     if let Some(c) = pin.cache_table().and_then(|t| t.get(off)) {
-        c.store(0, Ordering::Relaxed);
+        // Release: a `cache_get` that reads this 0 then sees FREEING (or
+        // later) when it re-reads the core word, and retries.
+        c.store(0, Ordering::Release);
     }
     word.store(0, Ordering::Release);
     Ok(Some(Backend::decode(w)))
