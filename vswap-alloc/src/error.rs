@@ -27,7 +27,9 @@ pub enum Error {
     BadCpu,
     /// The slot is not allocated (free, or its cluster does not exist) (`-ENOENT`).
     NotAllocated,
-    /// The slot's lock bit is held by someone else (`-EBUSY`).
+    /// The slot's lock bit is held by someone else; or a log device's staging
+    /// buffer holds a whole segment (flush first), or its GC victim is taken
+    /// (`-EBUSY`).
     Busy,
     /// The operation needs the slot's lock bit, and it is not held (`-EPERM`).
     NotLocked,

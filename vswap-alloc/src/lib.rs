@@ -4,7 +4,9 @@
 //! - [`Provider`]: the host's fallible memory source (no global allocator);
 //! - [`SlotSpace`]: a lock-free, per-CPU cluster allocator of 64-bit slot words,
 //!   naturally aligned for orders `0..=log2(cluster size)`, with clusters made on
-//!   demand and freed when empty behind a three-level directory.
+//!   demand and freed when empty behind a three-level directory;
+//! - [`LogDevice`]: a flash log device written in whole segments, with staging,
+//!   lock-free invalidation and greedy / cost-benefit garbage collection.
 //!
 //! Requires 64-bit atomics (`target_has_atomic = "64"`).
 #![no_std]
@@ -30,12 +32,17 @@ compile_error!("vswap needs 64-bit atomics (target_has_atomic = \"64\")");
 mod error;
 mod ext;
 mod geometry;
+pub mod logdev;
 mod provider;
 mod space;
 pub mod sync;
 
 pub use error::{Error, Result};
 pub use geometry::{Geometry, MAX_CLUSTER_SHIFT, MAX_CPUS, MAX_ORDERS, MAX_SLOTS};
+pub use logdev::{
+    Flush, Flushed, GcPass, GcPolicy, GcStep, Live, LogConfig, LogDevice, LogStats, SegState,
+    SegmentInfo, Stream, Victim,
+};
 #[cfg(any(feature = "std", test))]
 pub use provider::StdProvider;
 pub use provider::{Ctx, MemError, Provider};
