@@ -50,6 +50,9 @@ pub enum Error {
     /// died while locked, the move was not committed, and the slot is now freed
     /// (`-ESTALE`). The caller releases the location it had prepared.
     Gone,
+    /// No free cluster until the host finishes pending discards
+    /// (`SlotSpace::take_discard` / `discard_done`); retry after them (`-EAGAIN`).
+    DiscardPending,
 }
 
 impl Error {
@@ -69,6 +72,7 @@ impl Error {
             Error::CountOverflow => -75,
             Error::PayloadTooWide => -7,
             Error::Gone => -116,
+            Error::DiscardPending => -11,
         }
     }
 }
@@ -94,6 +98,7 @@ impl fmt::Display for Error {
             Error::PayloadTooWide => "payload does not fit the core word",
             Error::BadConfig => "bad configuration",
             Error::Gone => "slot was freed while locked; move not committed",
+            Error::DiscardPending => "no free cluster until pending discards finish",
         };
         f.write_str(s)
     }

@@ -34,6 +34,7 @@ mod ext;
 mod geometry;
 pub mod logdev;
 mod provider;
+mod slotword;
 mod space;
 pub mod sync;
 
@@ -46,4 +47,5 @@ pub use logdev::{
 #[cfg(any(feature = "std", test))]
 pub use provider::StdProvider;
 pub use provider::{Ctx, MemError, Provider};
-pub use space::{Pin, SlotSpace, SpaceMemory};
+pub use slotword::SlotWord;
+pub use space::{ClusterState, ListCounts, Pin, Policy, SlotSpace, SpaceMemory};

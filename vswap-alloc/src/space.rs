@@ -1,39 +1,47 @@
-//! The cluster allocator: a space of slots, each a 64-bit word in a per-cluster
-//! table, allocated lock-free by claiming words with a CAS from 0.
+//! The cluster allocator: a space of slots, each an atomic word in a
+//! per-cluster table, allocated lock-free by claiming words with a CAS from 0.
+//! One mechanism serves the virtual slot space (tables made on demand and freed
+//! when a cluster empties) and physical devices (a fixed number of clusters,
+//! tables made up front, emptied clusters queued for discard); only the
+//! [`Policy`] differs.
 //!
 //! # Layout
 //! The space is cut into clusters of `2^cluster_shift` slots. A three-level
 //! directory (top array in the space, middle and leaf pages made on demand and
-//! kept until the space is dropped) maps a cluster index to its [`DirEntry`]: a
+//! kept until the space is dropped) maps a cluster index to its `DirEntry`: a
 //! 32-byte record holding the cluster's lifetime word, a pointer to its slot
-//! table (one page for 512 slots), list links and a pointer to its optional
-//! tables ([`ClusterExt`]). Slot tables and optional tables exist only while the
-//! cluster holds something; an empty map of 2^32 slots is the top array.
+//! table (one page for 512 64-bit slots), list links and a pointer to its
+//! optional tables (`ClusterExt`). An empty virtual map of 2^32 slots is the top
+//! array.
 //!
-//! A slot word of 0 means "free". Allocation claims free words by CAS (0 ->
-//! the caller's initial word); freeing is the owner of the slot storing or
-//! CAS-ing the word back to 0 and dropping the slot's reference.
+//! A slot word of 0 means "free". Allocation claims free words by CAS (0 -> the
+//! caller's initial word); freeing is the owner of the slot setting the word
+//! back to 0 and then dropping the slot's reference ([`Pin::release`]).
 //!
 //! # The lifetime word (`DirEntry::state`)
 //! ```text
-//!  63      44 43   40 39  36  35     34     33    32   31            0
-//! +----------+-------+------+------+------+-----+----+---------------+
-//! | reserved | order | rsvd |LISTED|CACHED|DYING|LIVE|     refs      |
-//! +----------+-------+------+------+------+-----+----+---------------+
+//!  63     48 47   44 43  42  41  40  39    37  36     35     34    33    32  31            0
+//! +---------+-------+-----+------------+--------+-------+------+-----+----+---------------+
+//! | rsvd    | order | rsvd| list (3b)  | rsvd   |DISCARD|CACHED|DYING|LIVE|     refs      |
+//! +---------+-------+-----+------------+--------+-------+------+-----+----+---------------+
 //! ```
-//! `refs` counts allocated slots + transient pins + 1 if a per-CPU cache holds
-//! the cluster. States and transitions:
-//! - `FREE` (0): no tables. Only the list lock moves it to `LIVE` (refill).
-//! - `LIVE, refs > 0`: tables valid. A *pin* (`try_ref`) is a CAS that adds to
-//!   `refs` only while `LIVE && !DYING` (and, for allocation, only if the order
-//!   matches). Whoever holds a pin or owns an allocated slot may touch the tables.
-//! - `LIVE, refs == 0`: the last `unref` saw `refs` reach 0 and calls
+//! `refs` counts allocated slots (reserved ones included) + transient pins + 1
+//! while a per-CPU cache holds the cluster. `list` says which list holds a live
+//! cluster: none, nonfull[order], frag[order] or full. States and transitions:
+//! - `FREE` (0): not allocatable; in the free FIFO or never used (above `bump`).
+//!   Only `refill`, under the list lock, makes it `LIVE | CACHED` with refs =
+//!   1 + reserved slots.
+//! - `LIVE`: tables valid. A *pin* (`try_ref`) is a CAS that adds to `refs` only
+//!   while `LIVE && !DYING` (and, for allocation, only if the order matches).
+//!   Whoever holds a pin or owns an allocated slot may touch the tables.
+//! - `LIVE, refs == 0`: the `unref` that saw `refs` reach 0 calls
 //!   `try_teardown`, which under the list lock CASes `LIVE, refs == 0` ->
 //!   `DYING`. The CAS fails if anyone pinned in between (that pinner's own
-//!   `unref` will try again). No slot can be allocated then: allocation needs a
-//!   pin first.
-//! - `DYING`: nobody can pin; the tearer unlinks the cluster, pushes the index on
-//!   the free stack, stores `FREE`, and frees the tables after dropping the lock.
+//!   `unref` tries again). No slot can be claimed then: claiming needs a pin.
+//! - `DYING`: nobody can pin. The tearer unlinks the cluster and then, for the
+//!   virtual space, frees its tables (after dropping the lock) and makes it
+//!   `FREE`; for a device with discard it makes it `DISCARD` and queues it for
+//!   the host, whose `discard_done` makes it `FREE`; without discard, `FREE`.
 //!
 //! Because a pin is a CAS on a word in a directory page that is never freed, a
 //! lookup of any slot (allocated, free, or in a cluster being torn down) is
@@ -43,16 +51,27 @@
 //! Each CPU number has, per order, the index of its current cluster (holding one
 //! reference and the `CACHED` flag) and a cursor hint. Allocation loads the
 //! index, pins the cluster for the slots it wants, and claims words from the
-//! cursor on: no lock. When the cluster is full the CPU *refills* under the list
-//! lock: first from the `nonfull[order]` list, else a new cluster (tables
-//! allocated with the lock dropped). A cluster that leaves a cache is not listed;
-//! the first later free in it lists it (`LISTED`). Frees into a cached or listed
-//! cluster take no lock. CPUs that share a number only slow each other down: the
-//! cache slot is touched by loads, and by stores under the list lock.
+//! cursor on: no lock. When the cluster has no room the CPU *refills* under the
+//! list lock: the kernel's order of preference, `nonfull[order]`, then a free
+//! cluster (tables made with the lock dropped), then `frag[order]`. The cluster
+//! it lets go of is filed as `full` or `frag[order]` by counting its words. The
+//! first free into a `full`, `frag` or unlisted cluster moves it to
+//! `nonfull[order]`; frees into a cached or nonfull cluster take no lock. CPUs
+//! that share a number only slow each other down: the cache slot is read
+//! without a lock and written only under the list lock.
 //!
-//! When no list cluster and no new index is left, allocation scans other CPUs'
-//! clusters and then every live cluster of its order before returning
-//! [`Error::NoSpace`].
+//! When nothing is left, allocation scans every live cluster of its order (an
+//! order-0 allocation takes a slot from a cluster of any order) before failing
+//! with [`Error::NoSpace`], or [`Error::DiscardPending`] when emptied clusters
+//! are waiting for the host's discard. A rotational device has one cursor:
+//! every CPU number uses CPU 0's cache, so slots go out in device order.
+//!
+//! # Performance notes
+//! An order-0 allocation is two locked RMWs (pin, claim); a free through the
+//! map is three (pin, the word CAS, the unpin that also drops the slot's
+//! reference). The pin is what keeps a lookup or put of a *free* slot from
+//! touching a table that is being returned to the provider, without RCU from
+//! the host; batch operations pin once per cluster.
 
 use core::mem::ManuallyDrop;
 use core::ptr::{self, NonNull};
@@ -60,6 +79,7 @@ use core::ptr::{self, NonNull};
 use crate::ext::{ClusterExt, alloc_table, free_table};
 use crate::geometry::{Geometry, MAX_ORDERS};
 use crate::provider::{Ctx, Provider};
+use crate::slotword::SlotWord;
 use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, Mutex, Ordering, ZeroInit};
 use crate::{Error, Result};
 
@@ -68,9 +88,21 @@ const REFS_LIMIT: u64 = 1 << 31;
 const LIVE: u64 = 1 << 32;
 const DYING: u64 = 1 << 33;
 const CACHED: u64 = 1 << 34;
-const LISTED: u64 = 1 << 35;
-const ORDER_SHIFT: u32 = 40;
+const DISCARD: u64 = 1 << 35;
+const LIST_SHIFT: u32 = 40;
+const LIST_MASK: u64 = 0x7 << LIST_SHIFT;
+const ORDER_SHIFT: u32 = 44;
 const ORDER_MASK: u64 = 0xf << ORDER_SHIFT;
+
+/// Which list holds a live cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum List {
+    None = 0,
+    Nonfull = 1,
+    Frag = 2,
+    Full = 3,
+}
 
 #[inline]
 const fn refs(s: u64) -> u64 {
@@ -80,20 +112,46 @@ const fn refs(s: u64) -> u64 {
 const fn order_of(s: u64) -> u32 {
     ((s & ORDER_MASK) >> ORDER_SHIFT) as u32
 }
+#[inline]
+const fn list_of(s: u64) -> List {
+    match (s & LIST_MASK) >> LIST_SHIFT {
+        1 => List::Nonfull,
+        2 => List::Frag,
+        3 => List::Full,
+        _ => List::None,
+    }
+}
+#[inline]
+const fn with_list(s: u64, l: List) -> u64 {
+    (s & !LIST_MASK) | ((l as u64) << LIST_SHIFT)
+}
+
+/// How a space gets and gives back its clusters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// A physical device: every table is made up front and kept; a cluster
+    /// that empties goes back to the free FIFO (or the discard queue).
+    pub fixed: bool,
+    /// (`fixed` only) emptied clusters wait for the host's discard
+    /// ([`SlotSpace::take_discard`], [`SlotSpace::discard_done`]) before reuse.
+    pub discard: bool,
+    /// One sequential allocation cursor for all CPUs (rotational disks).
+    pub rotational: bool,
+}
 
 /// One cluster's directory record. Lives in a leaf page that is never freed
 /// while the space exists.
-pub struct DirEntry {
+pub struct DirEntry<W> {
     state: AtomicU64,
-    words: AtomicPtr<AtomicU64>,
+    words: AtomicPtr<W>,
     /// List links under the list lock: `prev + 1` in the low half, `next + 1` in
-    /// the high half (0 = none). A free entry uses `next` for the free stack.
+    /// the high half (0 = none). The free and discard FIFOs use `next` only.
     links: AtomicU64,
     ext: AtomicPtr<ClusterExt>,
 }
 
 // SAFETY: all-zero is the FREE state with null pointers and no links.
-unsafe impl ZeroInit for DirEntry {
+unsafe impl<W> ZeroInit for DirEntry<W> {
     fn zeroed() -> Self {
         Self {
             state: AtomicU64::new(0),
@@ -104,7 +162,7 @@ unsafe impl ZeroInit for DirEntry {
     }
 }
 
-impl DirEntry {
+impl<W> DirEntry<W> {
     /// Add `n` references if the cluster is live (and of `order`, if given).
     #[inline]
     fn try_ref(&self, n: u64, order: Option<u32>) -> bool {
@@ -123,6 +181,22 @@ impl DirEntry {
                 .compare_exchange_weak(s, s + n, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => return true,
+                Err(x) => s = x,
+            }
+        }
+    }
+
+    /// Apply `f` to the state word until the CAS holds (under the list lock,
+    /// racing only pins and unrefs, which change `refs`).
+    fn update(&self, f: impl Fn(u64) -> u64) -> (u64, u64) {
+        let mut s = self.state.load(Ordering::Acquire);
+        loop {
+            let new = f(s);
+            match self
+                .state
+                .compare_exchange_weak(s, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return (s, new),
                 Err(x) => s = x,
             }
         }
@@ -165,18 +239,41 @@ unsafe impl ZeroInit for PerCpu {
     }
 }
 
-/// State under the list lock.
+/// A FIFO of cluster indices linked through `DirEntry::links` (next only).
+#[derive(Clone, Copy, Default)]
+struct Fifo {
+    head: u32,
+    tail: u32,
+    len: u32,
+}
+
+/// State under the list lock. Heads hold `index + 1`; 0 = empty.
 struct Lists {
     nonfull: [u32; MAX_ORDERS],
-    free_head: u32,
+    frag: [u32; MAX_ORDERS],
+    full: u32,
+    free: Fifo,
+    discard: Fifo,
+    /// Clusters taken from `discard` by the host and not yet done.
+    discarding: u32,
+    /// Clusters below `bump` have been used at least once.
     bump: u32,
+    counts: [u32; 4],
 }
 
 /// Tables to give back to the provider once the list lock is dropped.
-#[derive(Default)]
-struct Garbage {
-    words: Option<NonNull<AtomicU64>>,
+struct Garbage<W> {
+    words: Option<NonNull<W>>,
     ext: Option<NonNull<ClusterExt>>,
+}
+
+impl<W> Default for Garbage<W> {
+    fn default() -> Self {
+        Self {
+            words: None,
+            ext: None,
+        }
+    }
 }
 
 /// Memory a space holds, by kind, in bytes.
@@ -203,16 +300,57 @@ impl SpaceMemory {
     }
 }
 
-type Mid = AtomicPtr<DirEntry>;
+/// How many clusters each list holds (taken under the list lock).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListCounts {
+    /// Never used or back in the free FIFO.
+    pub free: u64,
+    /// On a `nonfull[order]` list.
+    pub nonfull: u64,
+    /// On a `frag[order]` list.
+    pub frag: u64,
+    /// On the full list.
+    pub full: u64,
+    /// Waiting for the host's discard, or being discarded.
+    pub discard: u64,
+    /// Held by a per-CPU cache or on no list.
+    pub other: u64,
+}
 
-/// A space of 64-bit slot words, allocated per CPU and in naturally aligned
-/// runs of `2^order` slots. See the module documentation for the protocol.
-pub struct SlotSpace<P: Provider> {
+/// What a cluster is doing, for invariant checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Not in use (never used, or back in the free FIFO).
+    Free,
+    /// Emptied and waiting for (or under) the host's discard.
+    Discard,
+    /// In use, of this order.
+    Live {
+        /// The order its allocations have.
+        order: u32,
+        /// A per-CPU cache holds it.
+        cached: bool,
+        /// On `nonfull[order]`.
+        nonfull: bool,
+        /// On `frag[order]`.
+        frag: bool,
+        /// On the full list.
+        full: bool,
+    },
+}
+
+type Mid<W> = AtomicPtr<DirEntry<W>>;
+
+/// A space of slot words, allocated per CPU and in naturally aligned runs of
+/// `2^order` slots. See the module documentation for the protocol.
+pub struct SlotSpace<P: Provider, W: SlotWord = AtomicU64> {
     provider: P,
     geo: Geometry,
+    policy: Policy,
     /// `geo.slots()`, kept to avoid a division on every lookup.
     slots: u64,
-    top: NonNull<AtomicPtr<Mid>>,
+    clusters: u64,
+    top: NonNull<AtomicPtr<Mid<W>>>,
     top_len: usize,
     percpu: NonNull<PerCpu>,
     lists: Mutex<Lists>,
@@ -227,19 +365,19 @@ pub struct SlotSpace<P: Provider> {
 
 // SAFETY: all shared state is reached through atomics or the list lock; raw
 // pointers point at provider memory owned by the space.
-unsafe impl<P: Provider + Send> Send for SlotSpace<P> {}
+unsafe impl<P: Provider + Send, W: SlotWord> Send for SlotSpace<P, W> {}
 // SAFETY: as above; `P: Provider` is `Sync`.
-unsafe impl<P: Provider> Sync for SlotSpace<P> {}
+unsafe impl<P: Provider, W: SlotWord> Sync for SlotSpace<P, W> {}
 
 /// A pinned cluster: its tables stay valid until the pin is released.
-pub struct Pin<'a, P: Provider> {
-    space: &'a SlotSpace<P>,
-    entry: &'a DirEntry,
+pub struct Pin<'a, P: Provider, W: SlotWord = AtomicU64> {
+    space: &'a SlotSpace<P, W>,
+    entry: &'a DirEntry<W>,
     idx: u32,
-    words: &'a [AtomicU64],
+    words: &'a [W],
 }
 
-impl<P: Provider> Pin<'_, P> {
+impl<P: Provider, W: SlotWord> Pin<'_, P, W> {
     /// The cluster's index.
     pub fn cluster(&self) -> u32 {
         self.idx
@@ -249,7 +387,7 @@ impl<P: Provider> Pin<'_, P> {
         self.idx << self.space.geo.cluster_shift
     }
     /// The cluster's slot words.
-    pub fn words(&self) -> &[AtomicU64] {
+    pub fn words(&self) -> &[W] {
         self.words
     }
     /// The cache word table, if made.
@@ -320,22 +458,39 @@ impl<P: Provider> Pin<'_, P> {
     }
 }
 
-impl<P: Provider> Drop for Pin<'_, P> {
+impl<P: Provider, W: SlotWord> Drop for Pin<'_, P, W> {
     fn drop(&mut self) {
         self.space.unref(self.idx, self.entry, 1, false);
     }
 }
 
-impl<P: Provider> SlotSpace<P> {
-    /// A new, empty space. `reserved` is stored in slot 0, which is never
-    /// handed out (a zero swap entry means "none").
+impl<P: Provider> SlotSpace<P, AtomicU64> {
+    /// A new, empty virtual space of 64-bit words. `reserved` is stored in
+    /// slot 0, which is never handed out (a zero swap entry means "none").
     pub fn new(geo: Geometry, provider: P, reserved: u64) -> Result<Self> {
+        Self::with_policy(geo, Policy::default(), provider, reserved, &[])
+    }
+}
+
+impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
+    /// A new space with `policy`. `reserved` (non-zero) marks slots that are
+    /// never handed out: slot 0 always, and the `bad` slots of a fixed space.
+    pub fn with_policy(
+        geo: Geometry,
+        policy: Policy,
+        provider: P,
+        reserved: u64,
+        bad: &[u64],
+    ) -> Result<Self> {
         geo.validate()?;
-        if reserved == 0 {
+        if reserved == 0
+            || (W::BITS < 64 && reserved >> W::BITS != 0)
+            || (!policy.fixed && (policy.discard || policy.rotational || !bad.is_empty()))
+        {
             return Err(Error::BadConfig);
         }
         let top_len = geo.top_len();
-        let top = alloc_table::<AtomicPtr<Mid>, P>(&provider, top_len, Ctx::MaySleep)?;
+        let top = alloc_table::<AtomicPtr<Mid<W>>, P>(&provider, top_len, Ctx::MaySleep)?;
         let percpu = match alloc_table::<PerCpu, P>(&provider, geo.cpus as usize, Ctx::MaySleep) {
             Ok(p) => p,
             Err(e) => {
@@ -344,30 +499,65 @@ impl<P: Provider> SlotSpace<P> {
                 return Err(e);
             }
         };
-        Ok(Self {
+        let space = Self {
             provider,
             geo,
+            policy,
             slots: geo.slots(),
+            clusters: geo.clusters(),
             top,
             top_len,
             percpu,
             lists: Mutex::new(Lists {
                 nonfull: [0; MAX_ORDERS],
-                free_head: 0,
+                frag: [0; MAX_ORDERS],
+                full: 0,
+                free: Fifo::default(),
+                discard: Fifo::default(),
+                discarding: 0,
                 bump: 0,
+                counts: [0; 4],
             }),
             reserved,
-            mem_dir: AtomicU64::new((top_len * core::mem::size_of::<AtomicPtr<Mid>>()) as u64),
+            mem_dir: AtomicU64::new((top_len * core::mem::size_of::<AtomicPtr<Mid<W>>>()) as u64),
             mem_words: AtomicU64::new(0),
             mem_cache: AtomicU64::new(0),
             mem_memcg: AtomicU64::new(0),
             live: AtomicU64::new(0),
-        })
+        };
+        if policy.fixed {
+            // Every table now (a device's size is fixed); dropping `space`
+            // on failure gives back what was made.
+            for idx in 0..space.clusters as u32 {
+                let e = space.entry_or_create(idx, Ctx::MaySleep)?;
+                space.make_words(e, Ctx::MaySleep)?;
+            }
+            for &b in bad.iter().chain(core::iter::once(&0)) {
+                if b >= space.slots {
+                    return Err(Error::OutOfRange);
+                }
+                let e = space
+                    .entry((b >> geo.cluster_shift) as u32)
+                    .ok_or(Error::NoMem)?;
+                let off = (b & (u64::from(geo.cluster_slots()) - 1)) as usize;
+                space
+                    .words_of(e)
+                    .get(off)
+                    .ok_or(Error::OutOfRange)?
+                    .put(reserved, Ordering::Relaxed);
+            }
+        }
+        Ok(space)
     }
 
     /// The space's geometry.
     pub fn geometry(&self) -> &Geometry {
         &self.geo
+    }
+
+    /// The space's policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     /// The memory provider.
@@ -380,7 +570,7 @@ impl<P: Provider> SlotSpace<P> {
         1 << self.geo.cluster_shift
     }
 
-    fn top(&self) -> &[AtomicPtr<Mid>] {
+    fn top(&self) -> &[AtomicPtr<Mid<W>>] {
         // SAFETY: the top array holds `top_len` initialised pointers for the
         // space's whole life.
         unsafe { core::slice::from_raw_parts(self.top.as_ptr(), self.top_len) }
@@ -390,6 +580,7 @@ impl<P: Provider> SlotSpace<P> {
         if cpu >= self.geo.cpus {
             return None;
         }
+        let cpu = if self.policy.rotational { 0 } else { cpu };
         // SAFETY: `cpu < cpus`, the array has `cpus` initialised entries.
         Some(unsafe { &*self.percpu.as_ptr().add(cpu as usize) })
     }
@@ -410,7 +601,7 @@ impl<P: Provider> SlotSpace<P> {
 
     /// The directory entry of cluster `idx`, if its pages exist.
     #[inline]
-    fn entry(&self, idx: u32) -> Option<&DirEntry> {
+    fn entry(&self, idx: u32) -> Option<&DirEntry<W>> {
         let (t, m, l) = self.split(idx);
         let mid = self.top().get(t)?.load(Ordering::Acquire);
         if mid.is_null() {
@@ -427,13 +618,13 @@ impl<P: Provider> SlotSpace<P> {
     }
 
     /// The directory entry of cluster `idx`, making missing directory pages.
-    fn entry_or_create(&self, idx: u32, ctx: Ctx) -> Result<&DirEntry> {
+    fn entry_or_create(&self, idx: u32, ctx: Ctx) -> Result<&DirEntry<W>> {
         let (t, m, _) = self.split(idx);
         let slot = self.top().get(t).ok_or(Error::OutOfRange)?;
         let mid = self.install(slot, 1 << self.geo.dir_mid_shift, ctx)?;
         // SAFETY: `mid` is a published middle page; `m` is in range.
         let leaf_slot = unsafe { &*mid.add(m) };
-        self.install::<DirEntry>(leaf_slot, 1 << self.geo.dir_leaf_shift, ctx)?;
+        self.install::<DirEntry<W>>(leaf_slot, 1 << self.geo.dir_leaf_shift, ctx)?;
         self.entry(idx).ok_or(Error::NoMem)
     }
 
@@ -462,20 +653,38 @@ impl<P: Provider> SlotSpace<P> {
         }
     }
 
-    fn words_of(&self, e: &DirEntry) -> &[AtomicU64] {
+    fn words_of(&self, e: &DirEntry<W>) -> &[W] {
         let p = e.words.load(Ordering::Acquire);
-        // SAFETY: callers hold a reference on a LIVE cluster, whose slot table of
-        // `csize` words was published before LIVE was set and is freed only after
-        // the cluster dies.
+        if p.is_null() {
+            return &[];
+        }
+        // SAFETY: callers hold a reference on a LIVE cluster (or own a fixed
+        // space's table), whose slot table of `csize` words was published
+        // before LIVE was set and is freed only after the cluster dies.
         unsafe { core::slice::from_raw_parts(p, self.csize()) }
+    }
+
+    fn table_bytes(&self) -> u64 {
+        (self.csize() * core::mem::size_of::<W>()) as u64
+    }
+
+    fn make_words(&self, e: &DirEntry<W>, ctx: Ctx) -> Result<()> {
+        if !e.words.load(Ordering::Acquire).is_null() {
+            return Ok(());
+        }
+        let words = alloc_table::<W, P>(&self.provider, self.csize(), ctx)?;
+        e.words.store(words.as_ptr(), Ordering::Release);
+        self.mem_words
+            .fetch_add(self.table_bytes(), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Pin the cluster that holds `slot`.
     ///
     /// Fails with [`Error::OutOfRange`] for a slot outside the space and
-    /// [`Error::NotAllocated`] when the cluster holds no tables.
+    /// [`Error::NotAllocated`] when the cluster is not live.
     #[inline]
-    pub fn pin(&self, slot: u32) -> Result<Pin<'_, P>> {
+    pub fn pin(&self, slot: u32) -> Result<Pin<'_, P, W>> {
         if u64::from(slot) >= self.slots {
             return Err(Error::OutOfRange);
         }
@@ -483,7 +692,7 @@ impl<P: Provider> SlotSpace<P> {
         self.pin_cluster(idx).ok_or(Error::NotAllocated)
     }
 
-    fn pin_cluster(&self, idx: u32) -> Option<Pin<'_, P>> {
+    fn pin_cluster(&self, idx: u32) -> Option<Pin<'_, P, W>> {
         let entry = self.entry(idx)?;
         if !entry.try_ref(1, None) {
             return None;
@@ -509,16 +718,29 @@ impl<P: Provider> SlotSpace<P> {
     /// assert_eq!(b % 16, 0);
     /// # }
     /// ```
+    #[inline]
     pub fn alloc(&self, order: u32, cpu: u32, ctx: Ctx, init: u64) -> Result<u32> {
+        self.alloc_with(order, cpu, ctx, init, 0)
+    }
+
+    /// As [`alloc`](Self::alloc), writing `init + i * step` into the `i`-th slot
+    /// of the run (a reverse map stores consecutive owners this way).
+    pub fn alloc_with(&self, order: u32, cpu: u32, ctx: Ctx, init: u64, step: u64) -> Result<u32> {
         if order > self.geo.cluster_shift {
             return Err(Error::BadOrder);
         }
+        let n = 1u64 << order;
         if init == 0 {
             return Err(Error::BadConfig);
         }
+        let last = step.checked_mul(n - 1).and_then(|d| init.checked_add(d));
+        if last.is_none_or(|v| W::BITS < 64 && v >> W::BITS != 0) {
+            return Err(Error::PayloadTooWide);
+        }
         let pc = self.percpu(cpu).ok_or(Error::BadCpu)?;
         let pc = pc.orders.get(order as usize).ok_or(Error::BadOrder)?;
-        let n = 1u64 << order;
+        // Fragmented clusters this call may still try (each at most once).
+        let mut frag_budget = None;
         loop {
             let cur = pc.cur.load(Ordering::Acquire);
             if cur != 0 {
@@ -526,72 +748,84 @@ impl<P: Provider> SlotSpace<P> {
                 if let Some(e) = self.entry(idx) {
                     if e.try_ref(n, Some(order)) {
                         let hint = pc.cursor.load(Ordering::Relaxed) as usize;
-                        match claim(self.words_of(e), hint, n as usize, init) {
+                        match claim(self.words_of(e), hint, n as usize, init, step) {
                             Ok(at) => {
                                 pc.cursor.store((at + n as usize) as u32, Ordering::Relaxed);
                                 return Ok((idx << self.geo.cluster_shift) | at as u32);
                             }
-                            // Full (for this order): give the references back.
+                            // No room for this order: give the references back.
                             Err(kept) => self.unref(idx, e, n - kept, false),
                         }
                     }
                 }
             }
-            match self.refill(pc, order, cur, ctx) {
+            match self.refill(pc, order, cur, ctx, &mut frag_budget) {
                 Ok(()) => {}
-                Err(Error::NoSpace) => return self.steal(order, init),
+                Err(err @ (Error::NoSpace | Error::DiscardPending)) => {
+                    return self.steal(order, init, step).ok_or(err);
+                }
                 Err(e) => return Err(e),
             }
         }
     }
 
-    /// Last resort before `NoSpace`: every live cluster of `order`.
-    fn steal(&self, order: u32, init: u64) -> Result<u32> {
+    /// Last resort: every live cluster of `order` (on a device, an order-0
+    /// allocation takes a slot from a cluster of any order, as the kernel's
+    /// does; the virtual space keeps one order per cluster).
+    fn steal(&self, order: u32, init: u64, step: u64) -> Option<u32> {
         let n = 1u64 << order;
         let bump = self.lists.lock().bump;
+        let want = if order == 0 && self.policy.fixed {
+            None
+        } else {
+            Some(order)
+        };
         for idx in 0..bump {
             let Some(e) = self.entry(idx) else { continue };
-            if !e.try_ref(n, Some(order)) {
+            if !e.try_ref(n, want) {
                 continue;
             }
-            match claim(self.words_of(e), 0, n as usize, init) {
-                Ok(at) => return Ok((idx << self.geo.cluster_shift) | at as u32),
+            match claim(self.words_of(e), 0, n as usize, init, step) {
+                Ok(at) => return Some((idx << self.geo.cluster_shift) | at as u32),
                 Err(kept) => self.unref(idx, e, n - kept, false),
             }
         }
-        Err(Error::NoSpace)
+        None
     }
 
     /// Give the CPU a cluster with room for `order`, replacing `seen`.
-    fn refill(&self, pc: &CpuOrder, order: u32, seen: u32, ctx: Ctx) -> Result<()> {
+    fn refill(
+        &self,
+        pc: &CpuOrder,
+        order: u32,
+        seen: u32,
+        ctx: Ctx,
+        frag_budget: &mut Option<u32>,
+    ) -> Result<()> {
         let mut garbage = Garbage::default();
         let mut l = self.lists.lock();
         if pc.cur.load(Ordering::Relaxed) != seen {
             return Ok(()); // another thread on this CPU number refilled
         }
-        if let Some(idx) = self.pop_nonfull(&mut l, order) {
+        if let Some(idx) = self.pop_listed(&mut l, List::Nonfull, order) {
             self.install_cache(&mut l, pc, idx, &mut garbage);
             drop(l);
             self.collect(garbage);
             return Ok(());
         }
-        // A new cluster: take an index whose directory pages exist (made with
+        // A free cluster: take an index whose directory pages exist (made with
         // the lock dropped), then make its slot table without the lock.
         let idx = loop {
-            if l.free_head != 0 {
-                let idx = l.free_head - 1;
-                let e = self.entry(idx).ok_or(Error::NoMem)?;
-                l.free_head = e.next();
-                e.set_links(0, 0);
-                break idx;
+            if let Some(idx) = self.fifo_pop(&mut l.free) {
+                break Some(idx);
             }
-            if u64::from(l.bump) >= self.geo.clusters() {
-                return Err(Error::NoSpace);
+            if u64::from(l.bump) >= self.clusters {
+                break None;
             }
             let peek = l.bump;
             if self.entry(peek).is_some() {
                 l.bump += 1;
-                break peek;
+                break Some(peek);
             }
             drop(l);
             self.entry_or_create(peek, ctx)?;
@@ -600,34 +834,60 @@ impl<P: Provider> SlotSpace<P> {
                 return Ok(());
             }
         };
-        drop(l);
-        let made = self.make_tables(idx, ctx);
-        let mut l = self.lists.lock();
-        let e = match made {
-            Ok(e) => e,
-            Err(err) => {
-                self.push_free(&mut l, idx);
+        let Some(idx) = idx else {
+            // The kernel's last resort before stealing: fragmented clusters,
+            // each tried once per allocation (a failed one is filed as
+            // fragmented again, so an unbounded loop would spin on it).
+            let budget =
+                frag_budget.get_or_insert(l.counts.get(List::Frag as usize).copied().unwrap_or(0));
+            let popped = if *budget > 0 {
+                self.pop_listed(&mut l, List::Frag, order)
+            } else {
+                None
+            };
+            if let Some(idx) = popped {
+                *budget -= 1;
+                self.install_cache(&mut l, pc, idx, &mut garbage);
+                drop(l);
+                self.collect(garbage);
+                return Ok(());
+            }
+            return Err(if l.discard.len + l.discarding > 0 {
+                Error::DiscardPending
+            } else {
+                Error::NoSpace
+            });
+        };
+        let e = self.entry(idx).ok_or(Error::NoMem)?;
+        if e.words.load(Ordering::Acquire).is_null() {
+            drop(l);
+            let made = self.make_words(e, ctx);
+            l = self.lists.lock();
+            if let Err(err) = made {
+                self.fifo_push_front(&mut l, idx);
                 return Err(err);
             }
-        };
-        if pc.cur.load(Ordering::Relaxed) != seen {
-            // Lost to another refill on this CPU number: give the index back.
-            // (`collect` frees the table and takes its bytes off `mem_words`.)
-            garbage.words = NonNull::new(e.words.swap(ptr::null_mut(), Ordering::AcqRel));
-            self.push_free(&mut l, idx);
-            drop(l);
-            self.collect(garbage);
-            return Ok(());
-        }
-        let mut refs = 1; // the cache's hold
-        if idx == 0 {
-            if let Some(w) = self.words_of(e).first() {
-                w.store(self.reserved, Ordering::Relaxed);
-                refs += 1; // slot 0 is allocated forever
+            if pc.cur.load(Ordering::Relaxed) != seen {
+                // Lost to another refill on this CPU number: give it back.
+                self.retire(&mut l, idx, e, &mut garbage);
+                drop(l);
+                self.collect(garbage);
+                return Ok(());
             }
         }
+        let words = self.words_of(e);
+        if idx == 0 && !self.policy.fixed {
+            if let Some(w) = words.first() {
+                w.put(self.reserved, Ordering::Relaxed);
+            }
+        }
+        // The cache's hold, plus slots that are never handed out.
+        let held = 1 + words
+            .iter()
+            .filter(|w| w.get(Ordering::Relaxed) != 0)
+            .count() as u64;
         e.state.store(
-            LIVE | CACHED | (u64::from(order) << ORDER_SHIFT) | refs,
+            LIVE | CACHED | (u64::from(order) << ORDER_SHIFT) | held,
             Ordering::Release,
         );
         self.live.fetch_add(1, Ordering::Relaxed);
@@ -641,16 +901,7 @@ impl<P: Provider> SlotSpace<P> {
         Ok(())
     }
 
-    fn make_tables(&self, idx: u32, ctx: Ctx) -> Result<&DirEntry> {
-        let e = self.entry(idx).ok_or(Error::NoMem)?;
-        let words = alloc_table::<AtomicU64, P>(&self.provider, self.csize(), ctx)?;
-        e.words.store(words.as_ptr(), Ordering::Release);
-        self.mem_words
-            .fetch_add((self.csize() * 8) as u64, Ordering::Relaxed);
-        Ok(e)
-    }
-
-    fn install_cache(&self, l: &mut Lists, pc: &CpuOrder, idx: u32, garbage: &mut Garbage) {
+    fn install_cache(&self, l: &mut Lists, pc: &CpuOrder, idx: u32, garbage: &mut Garbage<W>) {
         let old = pc.cur.swap(idx + 1, Ordering::AcqRel);
         pc.cursor.store(0, Ordering::Relaxed);
         if old != 0 && old != idx + 1 {
@@ -658,33 +909,55 @@ impl<P: Provider> SlotSpace<P> {
         }
     }
 
-    /// Pop the head of `nonfull[order]`, turning its `LISTED` into `CACHED` + 1 ref.
-    fn pop_nonfull(&self, l: &mut Lists, order: u32) -> Option<u32> {
-        let head = *l.nonfull.get(order as usize)?;
-        if head == 0 {
-            return None;
-        }
-        let idx = head - 1;
+    /// Pop the head of a `nonfull` or `frag` list of `order`, turning it into a
+    /// cached cluster with one more reference.
+    fn pop_listed(&self, l: &mut Lists, list: List, order: u32) -> Option<u32> {
+        let head = *self.head(l, list, order)?;
+        let idx = head.checked_sub(1)?;
         let e = self.entry(idx)?;
-        self.unlink(l, idx, e, order);
-        let mut s = e.state.load(Ordering::Acquire);
-        loop {
-            // Listed clusters are LIVE with slots (teardown needs the lock we hold).
-            let new = (s & !LISTED) | CACHED;
-            match e
-                .state
-                .compare_exchange_weak(s, new + 1, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return Some(idx),
-                Err(x) => s = x,
-            }
+        self.unlink(l, idx, e);
+        // Listed clusters are LIVE (teardown needs the lock we hold).
+        e.update(|s| with_list(s, List::None) | CACHED);
+        e.state.fetch_add(1, Ordering::AcqRel);
+        Some(idx)
+    }
+
+    fn head<'l>(&self, l: &'l mut Lists, list: List, order: u32) -> Option<&'l mut u32> {
+        match list {
+            List::Nonfull => l.nonfull.get_mut(order as usize),
+            List::Frag => l.frag.get_mut(order as usize),
+            List::Full => Some(&mut l.full),
+            List::None => None,
         }
     }
 
-    fn unlink(&self, l: &mut Lists, idx: u32, e: &DirEntry, order: u32) {
+    /// Link a live, uncached, unlisted cluster at the head of `list`.
+    fn link(&self, l: &mut Lists, idx: u32, e: &DirEntry<W>, list: List) {
+        let (_, s) = e.update(|s| with_list(s, list));
+        let Some(head) = self.head(l, list, order_of(s)) else {
+            return;
+        };
+        let old = *head;
+        *head = idx + 1;
+        e.set_links(0, old);
+        if let Some(h) = old.checked_sub(1).and_then(|h| self.entry(h)) {
+            h.set_links(idx + 1, h.next());
+        }
+        if let Some(c) = l.counts.get_mut(list as usize) {
+            *c += 1;
+        }
+    }
+
+    /// Take a listed cluster off its list (the list field becomes none).
+    fn unlink(&self, l: &mut Lists, idx: u32, e: &DirEntry<W>) {
+        let s = e.state.load(Ordering::Acquire);
+        let list = list_of(s);
+        if list == List::None {
+            return;
+        }
         let (prev, next) = (e.prev(), e.next());
         if prev == 0 {
-            if let Some(h) = l.nonfull.get_mut(order as usize) {
+            if let Some(h) = self.head(l, list, order_of(s)) {
                 if *h == idx + 1 {
                     *h = next;
                 }
@@ -696,74 +969,85 @@ impl<P: Provider> SlotSpace<P> {
             nx.set_links(prev, nx.next());
         }
         e.set_links(0, 0);
-    }
-
-    fn push_free(&self, l: &mut Lists, idx: u32) {
-        if let Some(e) = self.entry(idx) {
-            e.set_links(0, l.free_head);
-            l.free_head = idx + 1;
+        e.update(|s| with_list(s, List::None));
+        if let Some(c) = l.counts.get_mut(list as usize) {
+            *c -= 1;
         }
     }
 
-    /// A per-CPU cache lets go of cluster `idx`.
-    fn drop_hold(&self, l: &mut Lists, idx: u32, garbage: &mut Garbage) {
+    fn fifo_pop(&self, f: &mut Fifo) -> Option<u32> {
+        let idx = f.head.checked_sub(1)?;
+        let e = self.entry(idx)?;
+        f.head = e.next();
+        if f.head == 0 {
+            f.tail = 0;
+        }
+        f.len -= 1;
+        e.set_links(0, 0);
+        Some(idx)
+    }
+
+    fn fifo_push(&self, f: &mut Fifo, idx: u32) {
         let Some(e) = self.entry(idx) else { return };
-        let mut s = e.state.load(Ordering::Acquire);
-        loop {
-            let new = (s & !CACHED) - 1;
-            match e
-                .state
-                .compare_exchange_weak(s, new, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => {
-                    if refs(new) == 0 {
-                        self.teardown_locked(l, idx, e, garbage);
-                    }
-                    return;
-                }
-                Err(x) => s = x,
-            }
+        e.set_links(0, 0);
+        match f.tail.checked_sub(1).and_then(|t| self.entry(t)) {
+            Some(t) => t.set_links(0, idx + 1),
+            None => f.head = idx + 1,
         }
+        f.tail = idx + 1;
+        f.len += 1;
+    }
+
+    /// Give an index back to the front of the free FIFO (a refill that failed).
+    fn fifo_push_front(&self, l: &mut Lists, idx: u32) {
+        let Some(e) = self.entry(idx) else { return };
+        e.set_links(0, l.free.head);
+        if l.free.head == 0 {
+            l.free.tail = idx + 1;
+        }
+        l.free.head = idx + 1;
+        l.free.len += 1;
+    }
+
+    /// A per-CPU cache lets go of cluster `idx`; file it by its fill.
+    fn drop_hold(&self, l: &mut Lists, idx: u32, garbage: &mut Garbage<W>) {
+        let Some(e) = self.entry(idx) else { return };
+        let (_, new) = e.update(|s| (s & !CACHED) - 1);
+        if refs(new) == 0 {
+            self.teardown_locked(l, idx, e, garbage);
+            return;
+        }
+        let full = self
+            .words_of(e)
+            .iter()
+            .all(|w| w.get(Ordering::Relaxed) != 0);
+        self.link(l, idx, e, if full { List::Full } else { List::Frag });
     }
 
     /// Drop `n` references of cluster `idx`; `freed` says some were slots.
     #[inline]
-    fn unref(&self, idx: u32, e: &DirEntry, n: u64, freed: bool) {
+    fn unref(&self, idx: u32, e: &DirEntry<W>, n: u64, freed: bool) {
         let old = e.state.fetch_sub(n, Ordering::AcqRel);
         if refs(old) == n {
             self.try_teardown(idx, e);
-        } else if freed && old & (CACHED | LISTED) == 0 {
-            self.list_nonfull(idx, e);
+        } else if freed && old & CACHED == 0 && list_of(old) != List::Nonfull {
+            self.move_nonfull(idx, e);
         }
     }
 
-    fn list_nonfull(&self, idx: u32, e: &DirEntry) {
+    /// The first free into a full, fragmented or unlisted cluster moves it to
+    /// `nonfull[order]`.
+    fn move_nonfull(&self, idx: u32, e: &DirEntry<W>) {
         let mut l = self.lists.lock();
-        let mut s = e.state.load(Ordering::Acquire);
-        loop {
-            if s & (LIVE | DYING | CACHED | LISTED) != LIVE || refs(s) == 0 {
-                return;
-            }
-            match e
-                .state
-                .compare_exchange_weak(s, s | LISTED, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => break,
-                Err(x) => s = x,
-            }
-        }
-        // The order field is 4 bits and every order fits MAX_ORDERS.
-        let Some(head) = l.nonfull.get_mut(order_of(s) as usize) else {
+        let s = e.state.load(Ordering::Acquire);
+        if s & (LIVE | DYING | CACHED) != LIVE || refs(s) == 0 || list_of(s) == List::Nonfull {
             return;
-        };
-        e.set_links(0, *head);
-        if let Some(h) = head.checked_sub(1).and_then(|h| self.entry(h)) {
-            h.set_links(idx + 1, h.next());
         }
-        *head = idx + 1;
+        self.unlink(&mut l, idx, e);
+        self.link(&mut l, idx, e, List::Nonfull);
     }
 
-    fn try_teardown(&self, idx: u32, e: &DirEntry) {
+    fn try_teardown(&self, idx: u32, e: &DirEntry<W>) {
         let mut garbage = Garbage::default();
         let mut l = self.lists.lock();
         self.teardown_locked(&mut l, idx, e, &mut garbage);
@@ -771,40 +1055,71 @@ impl<P: Provider> SlotSpace<P> {
         self.collect(garbage);
     }
 
-    fn teardown_locked(&self, l: &mut Lists, idx: u32, e: &DirEntry, garbage: &mut Garbage) {
+    fn teardown_locked(&self, l: &mut Lists, idx: u32, e: &DirEntry<W>, garbage: &mut Garbage<W>) {
         let s = e.state.load(Ordering::Acquire);
         if s & (LIVE | DYING | CACHED) != LIVE || refs(s) != 0 {
             return;
         }
         if e.state
-            .compare_exchange(
-                s,
-                DYING | (s & (LISTED | ORDER_MASK)),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
+            .compare_exchange(s, s | DYING, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
             return; // somebody pinned it; their unref will try again
         }
-        if s & LISTED != 0 {
-            self.unlink(l, idx, e, order_of(s));
-        }
-        garbage.words = NonNull::new(e.words.swap(ptr::null_mut(), Ordering::AcqRel));
-        garbage.ext = NonNull::new(e.ext.swap(ptr::null_mut(), Ordering::AcqRel));
-        self.push_free(l, idx);
-        e.state.store(0, Ordering::Release);
+        self.unlink(l, idx, e);
         self.live.fetch_sub(1, Ordering::Relaxed);
+        self.retire(l, idx, e, garbage);
+    }
+
+    /// A dead (or never published) cluster goes back: its tables to `garbage`
+    /// (virtual) and its index to the free FIFO or the discard queue.
+    fn retire(&self, l: &mut Lists, idx: u32, e: &DirEntry<W>, garbage: &mut Garbage<W>) {
+        garbage.ext = NonNull::new(e.ext.swap(ptr::null_mut(), Ordering::AcqRel));
+        if self.policy.fixed && self.policy.discard {
+            e.state.store(DISCARD, Ordering::Release);
+            self.fifo_push(&mut l.discard, idx);
+            return;
+        }
+        if !self.policy.fixed {
+            garbage.words = NonNull::new(e.words.swap(ptr::null_mut(), Ordering::AcqRel));
+        }
+        e.state.store(0, Ordering::Release);
+        self.fifo_push(&mut l.free, idx);
+    }
+
+    /// (Discarding devices) take the next emptied cluster the host must
+    /// discard: slots `c << cluster_shift .. (c + 1) << cluster_shift`. Call
+    /// [`discard_done`](Self::discard_done) when the discard finished.
+    pub fn take_discard(&self) -> Option<u32> {
+        let mut l = self.lists.lock();
+        let idx = self.fifo_pop(&mut l.discard)?;
+        l.discarding += 1;
+        Some(idx)
+    }
+
+    /// The host finished discarding cluster `c`; it becomes free.
+    pub fn discard_done(&self, c: u32) -> Result<()> {
+        let mut l = self.lists.lock();
+        let e = self.entry(c).ok_or(Error::OutOfRange)?;
+        let s = e.state.load(Ordering::Acquire);
+        if s != DISCARD || l.discarding == 0 || e.next() != 0 || l.discard.tail == c + 1 {
+            return Err(Error::WrongState);
+        }
+        l.discarding -= 1;
+        e.state.store(0, Ordering::Release);
+        self.fifo_push(&mut l.free, c);
+        Ok(())
     }
 
     /// Give tables back to the provider (never under the list lock).
-    fn collect(&self, g: Garbage) {
+    fn collect(&self, g: Garbage<W>) {
         let n = self.csize();
         if let Some(w) = g.words {
             // SAFETY: the table was unpublished from a dead (or never published)
             // cluster, so nobody holds a reference into it.
             unsafe { free_table(&self.provider, w, n) };
-            self.mem_words.fetch_sub((n * 8) as u64, Ordering::Relaxed);
+            self.mem_words
+                .fetch_sub(self.table_bytes(), Ordering::Relaxed);
         }
         if let Some(x) = g.ext {
             // SAFETY: as above, the record and its tables are unreachable.
@@ -819,12 +1134,51 @@ impl<P: Provider> SlotSpace<P> {
     }
 
     /// Visit every live cluster, pinned.
-    pub fn for_each_cluster(&self, mut f: impl FnMut(&Pin<'_, P>)) {
+    pub fn for_each_cluster(&self, mut f: impl FnMut(&Pin<'_, P, W>)) {
         let bump = self.lists.lock().bump;
         for idx in 0..bump {
             if let Some(p) = self.pin_cluster(idx) {
                 f(&p);
             }
+        }
+    }
+
+    /// The state of cluster `c` (for invariant checks; racy while others run).
+    pub fn cluster_state(&self, c: u32) -> ClusterState {
+        let Some(e) = self.entry(c) else {
+            return ClusterState::Free;
+        };
+        let s = e.state.load(Ordering::Acquire);
+        if s & DISCARD != 0 {
+            return ClusterState::Discard;
+        }
+        if s & LIVE == 0 || s & DYING != 0 {
+            return ClusterState::Free;
+        }
+        let list = list_of(s);
+        ClusterState::Live {
+            order: order_of(s),
+            cached: s & CACHED != 0,
+            nonfull: list == List::Nonfull,
+            frag: list == List::Frag,
+            full: list == List::Full,
+        }
+    }
+
+    /// How many clusters each list holds.
+    pub fn list_counts(&self) -> ListCounts {
+        let l = self.lists.lock();
+        let never = self.clusters - u64::from(l.bump);
+        let [_, nonfull, frag, full] = l.counts.map(u64::from);
+        let free = never + u64::from(l.free.len);
+        let discard = u64::from(l.discard.len + l.discarding);
+        ListCounts {
+            free,
+            nonfull,
+            frag,
+            full,
+            discard,
+            other: self.clusters - free - discard - nonfull - frag - full,
         }
     }
 
@@ -848,36 +1202,42 @@ fn split_ext_bytes(freed: usize, n: usize) -> (u64, u64) {
     (cache as u64, (freed - cache) as u64)
 }
 
-/// Claim `n` naturally aligned free words, scanning from `hint`. Returns the
-/// offset of the run, or `Err(kept)`: the number of words a failed claim had to
-/// keep allocated (and whose references the caller must keep).
+/// Claim `n` naturally aligned free words, scanning from `hint`; word `i` of
+/// the run gets `init + i * step`. Returns the offset of the run, or
+/// `Err(kept)`: the number of words a failed claim had to keep allocated (and
+/// whose references the caller must keep).
 #[inline]
-fn claim(
-    words: &[AtomicU64],
+fn claim<W: SlotWord>(
+    words: &[W],
     hint: usize,
     n: usize,
     init: u64,
+    step: u64,
 ) -> core::result::Result<usize, u64> {
     // `len` and `n` are powers of two: masks, not divisions.
     let len = words.len();
-    let groups = len >> n.trailing_zeros();
-    let first = (hint & (len - 1)) >> n.trailing_zeros();
+    if len == 0 {
+        return Err(0);
+    }
+    let sh = n.trailing_zeros();
+    let groups = len >> sh;
+    let first = (hint & (len - 1)) >> sh;
     for g in 0..groups {
-        let at = ((first + g) & (groups - 1)) << n.trailing_zeros();
+        let at = ((first + g) & (groups - 1)) << sh;
         let Some(group) = words.get(at..at + n) else {
             break;
         };
-        if group.iter().any(|w| w.load(Ordering::Relaxed) != 0) {
+        if group.iter().any(|w| w.get(Ordering::Relaxed) != 0) {
             continue;
         }
         let mut got = 0;
+        let mut v = init;
         for w in group {
-            if w.compare_exchange(0, init, Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
-            {
+            if w.cas(0, v).is_err() {
                 break;
             }
             got += 1;
+            v += step;
         }
         if got == n {
             return Ok(at);
@@ -886,12 +1246,12 @@ fn claim(
         // (only a caller acting on a slot it does not own can) stays allocated
         // and keeps its reference, so the accounting stays exact.
         let mut kept = 0;
+        let mut v = init;
         for w in group.iter().take(got) {
-            if w.compare_exchange(init, 0, Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
-            {
+            if w.cas(v, 0).is_err() {
                 kept += 1;
             }
+            v += step;
         }
         if kept > 0 {
             return Err(kept); // kept < n: the refs cover them
@@ -900,16 +1260,21 @@ fn claim(
     Err(0)
 }
 
-impl<P: Provider> Drop for SlotSpace<P> {
+impl<P: Provider, W: SlotWord> Drop for SlotSpace<P, W> {
     fn drop(&mut self) {
-        let bump = self.lists.lock().bump;
-        for idx in 0..bump {
-            if let Some(e) = self.entry(idx) {
-                let g = Garbage {
-                    words: NonNull::new(e.words.swap(ptr::null_mut(), Ordering::AcqRel)),
-                    ext: NonNull::new(e.ext.swap(ptr::null_mut(), Ordering::AcqRel)),
-                };
-                self.collect(g);
+        let n = self.csize();
+        for idx in 0..self.clusters as u32 {
+            let Some(e) = self.entry(idx) else { continue };
+            if let Some(w) = NonNull::new(e.words.swap(ptr::null_mut(), Ordering::AcqRel)) {
+                // SAFETY: `&mut self`: nobody else can reach the table.
+                unsafe { free_table(&self.provider, w, n) };
+            }
+            if let Some(x) = NonNull::new(e.ext.swap(ptr::null_mut(), Ordering::AcqRel)) {
+                // SAFETY: as above.
+                unsafe {
+                    x.as_ref().free_tables(&self.provider, n);
+                    free_table(&self.provider, x, 1);
+                }
             }
         }
         let mid_n = 1usize << self.geo.dir_mid_shift;
@@ -1108,5 +1473,213 @@ mod tests {
             }
         });
         assert!(s.memory().live_clusters <= 3, "{:?}", s.memory());
+    }
+
+    type Dev<'a> = SlotSpace<&'a StdProvider, AtomicU32>;
+
+    fn dev<'a>(p: &'a StdProvider, shift: u32, slots: u64, policy: Policy, bad: &[u64]) -> Dev<'a> {
+        SlotSpace::with_policy(
+            Geometry::tiny(shift, slots, 2),
+            policy,
+            p,
+            u64::from(u32::MAX),
+            bad,
+        )
+        .unwrap()
+    }
+
+    fn dev_free(s: &Dev<'_>, slot: u32, n: u32) {
+        let pin = s.pin(slot).unwrap();
+        let off = (slot - pin.base()) as usize;
+        for w in &pin.words()[off..off + n as usize] {
+            assert_ne!(w.swap(0, Ordering::AcqRel), 0);
+        }
+        pin.release(n);
+    }
+
+    const FIXED: Policy = Policy {
+        fixed: true,
+        discard: false,
+        rotational: false,
+    };
+
+    #[test]
+    fn fixed_space_makes_every_table_up_front_and_keeps_them() {
+        let p = StdProvider::new();
+        let s = dev(&p, 2, 32, FIXED, &[]);
+        let made = p.bytes_in_use();
+        assert_eq!(s.memory().words, 32 * 4, "4-byte reverse-map words");
+        let a = s.alloc_with(1, 0, Ctx::MaySleep, 100, 1).unwrap();
+        let pin = s.pin(a).unwrap();
+        let off = (a - pin.base()) as usize;
+        assert_eq!(
+            (
+                pin.words()[off].load(Ordering::Relaxed),
+                pin.words()[off + 1].load(Ordering::Relaxed)
+            ),
+            (100, 101)
+        );
+        drop(pin);
+        dev_free(&s, a, 2);
+        assert_eq!(
+            p.bytes_in_use(),
+            made,
+            "no table is freed or made after creation"
+        );
+        assert_eq!(
+            s.alloc_with(0, 0, Ctx::MaySleep, 1 << 32, 0),
+            Err(Error::PayloadTooWide)
+        );
+        assert_eq!(
+            s.alloc_with(1, 0, Ctx::MaySleep, u64::from(u32::MAX), 1),
+            Err(Error::PayloadTooWide)
+        );
+    }
+
+    #[test]
+    fn bad_slots_are_never_handed_out() {
+        let p = StdProvider::new();
+        let bad = [3, 4, 9, 31];
+        let s = dev(&p, 2, 32, FIXED, &bad);
+        let mut got = HashSet::new();
+        while let Ok(a) = s.alloc_with(0, got.len() as u32 % 2, Ctx::MaySleep, 7, 0) {
+            assert!(got.insert(a));
+        }
+        assert_eq!(got.len(), 32 - 1 - bad.len());
+        for b in bad.iter().chain(&[0]) {
+            assert!(!got.contains(&(*b as u32)));
+        }
+        assert!(
+            SlotSpace::<_, AtomicU32>::with_policy(Geometry::tiny(2, 32, 1), FIXED, &p, 9, &[32])
+                .is_err()
+        );
+        assert!(
+            SlotSpace::<_, AtomicU64>::with_policy(
+                Geometry::tiny(2, 32, 1),
+                Policy::default(),
+                &p,
+                9,
+                &[3]
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn emptied_clusters_wait_for_discard() {
+        let p = StdProvider::new();
+        let policy = Policy {
+            discard: true,
+            ..FIXED
+        };
+        let s = dev(&p, 2, 16, policy, &[]);
+        let all: Vec<u32> =
+            core::iter::from_fn(|| s.alloc_with(0, 0, Ctx::MaySleep, 5, 0).ok()).collect();
+        assert_eq!(all.len(), 15);
+        assert_eq!(s.take_discard(), None);
+        // Empty cluster 1 (slots 4..8); it is not cached (the CPU moved on).
+        for a in 4..8 {
+            dev_free(&s, a, 1);
+        }
+        assert_eq!(s.cluster_state(1), ClusterState::Discard);
+        assert_eq!(s.list_counts().discard, 1);
+        assert_eq!(
+            s.alloc_with(0, 0, Ctx::MaySleep, 5, 0),
+            Err(Error::DiscardPending)
+        );
+        assert_eq!(s.discard_done(1), Err(Error::WrongState), "not taken yet");
+        assert_eq!(s.take_discard(), Some(1));
+        assert_eq!(
+            s.alloc_with(0, 0, Ctx::MaySleep, 5, 0),
+            Err(Error::DiscardPending),
+            "still discarding"
+        );
+        s.discard_done(1).unwrap();
+        assert_eq!(s.discard_done(1), Err(Error::WrongState));
+        assert_eq!(s.cluster_state(1), ClusterState::Free);
+        let a = s.alloc_with(0, 0, Ctx::MaySleep, 5, 0).unwrap();
+        assert_eq!(a >> 2, 1);
+    }
+
+    #[test]
+    fn rotational_devices_allocate_in_device_order() {
+        let p = StdProvider::new();
+        let s = dev(
+            &p,
+            2,
+            64,
+            Policy {
+                rotational: true,
+                ..FIXED
+            },
+            &[],
+        );
+        let got: Vec<u32> = (0..20)
+            .map(|i| s.alloc_with(0, i % 2, Ctx::MaySleep, 1, 0).unwrap())
+            .collect();
+        assert_eq!(got, (1..21).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn order0_steals_from_higher_order_clusters_on_devices_only() {
+        let p = StdProvider::new();
+        let s = dev(&p, 2, 16, FIXED, &[]);
+        // Every cluster but 0 taken by order-2 allocations, then half freed.
+        let big: Vec<u32> =
+            core::iter::from_fn(|| s.alloc_with(2, 1, Ctx::MaySleep, 1, 1).ok()).collect();
+        assert_eq!(big.len(), 3);
+        // Cluster 0 (slot 0 reserved) went to order 2 first and failed: frag.
+        let small: Vec<u32> =
+            core::iter::from_fn(|| s.alloc_with(0, 0, Ctx::MaySleep, 1, 0).ok()).collect();
+        assert_eq!(
+            small.len(),
+            3,
+            "order 0 takes the 3 free slots of cluster 0: {small:?}"
+        );
+        dev_free(&s, big[1], 4);
+        let c = s.list_counts();
+        assert_eq!(
+            c.free + c.nonfull + c.frag + c.full + c.discard + c.other,
+            4
+        );
+        // The virtual space never mixes orders in a cluster.
+        let v = SlotSpace::new(Geometry::tiny(2, 8, 1), &p, u64::MAX).unwrap();
+        assert_eq!(v.alloc(2, 0, Ctx::MaySleep, 1).unwrap(), 4);
+        assert_eq!(v.alloc(0, 0, Ctx::MaySleep, 1), Err(Error::NoSpace));
+    }
+
+    #[test]
+    fn full_and_frag_clusters_are_listed_and_move_to_nonfull_on_free() {
+        let p = StdProvider::new();
+        let s = dev(&p, 2, 32, FIXED, &[]);
+        let a: Vec<u32> = (0..7)
+            .map(|_| s.alloc_with(0, 0, Ctx::MaySleep, 1, 0).unwrap())
+            .collect();
+        // Cluster 0 (3 slots) filled and left for cluster 1: full.
+        assert!(matches!(
+            s.cluster_state(0),
+            ClusterState::Live {
+                full: true,
+                cached: false,
+                ..
+            }
+        ));
+        assert_eq!(s.list_counts().full, 1);
+        dev_free(&s, a[0], 1);
+        assert!(matches!(
+            s.cluster_state(0),
+            ClusterState::Live { nonfull: true, .. }
+        ));
+        assert_eq!((s.list_counts().full, s.list_counts().nonfull), (0, 1));
+        // Order 1 in a fresh cluster, then split by freeing one slot of a pair:
+        let b = s.alloc_with(1, 1, Ctx::MaySleep, 1, 1).unwrap();
+        let b2 = s.alloc_with(1, 1, Ctx::MaySleep, 1, 1).unwrap();
+        assert_eq!(b >> 2, b2 >> 2);
+        dev_free(&s, b, 1);
+        let _ = s.alloc_with(1, 1, Ctx::MaySleep, 1, 1).unwrap(); // moves on: b's cluster is frag
+        assert!(matches!(
+            s.cluster_state(b >> 2),
+            ClusterState::Live { frag: true, .. }
+        ));
     }
 }
