@@ -53,6 +53,8 @@ pub enum Error {
     /// No free cluster until the host finishes pending discards
     /// (`SlotSpace::take_discard` / `discard_done`); retry after them (`-EAGAIN`).
     DiscardPending,
+    /// No such device, or the device is being removed (`-ENODEV`).
+    NoDevice,
 }
 
 impl Error {
@@ -73,6 +75,7 @@ impl Error {
             Error::PayloadTooWide => -7,
             Error::Gone => -116,
             Error::DiscardPending => -11,
+            Error::NoDevice => -19,
         }
     }
 }
@@ -99,6 +102,7 @@ impl fmt::Display for Error {
             Error::BadConfig => "bad configuration",
             Error::Gone => "slot was freed while locked; move not committed",
             Error::DiscardPending => "no free cluster until pending discards finish",
+            Error::NoDevice => "no such device, or it is being removed",
         };
         f.write_str(s)
     }

@@ -29,6 +29,7 @@
 #[cfg(not(target_has_atomic = "64"))]
 compile_error!("vswap needs 64-bit atomics (target_has_atomic = \"64\")");
 
+pub mod device;
 mod error;
 mod ext;
 mod geometry;
@@ -38,6 +39,7 @@ mod slotword;
 mod space;
 pub mod sync;
 
+pub use device::{DeviceConfig, DeviceStats, PhysDevice};
 pub use error::{Error, Result};
 pub use geometry::{Geometry, MAX_CLUSTER_SHIFT, MAX_CPUS, MAX_ORDERS, MAX_SLOTS};
 pub use logdev::{

@@ -1,0 +1,274 @@
+//! A physical swap device as the virtual layer uses it: a fixed-size
+//! [`SlotSpace`] of 4-byte reverse-map words.
+//!
+//! Each device slot's word is 0 when free, or the *virtual* slot whose data it
+//! holds (virtual slot 0 is never a swap entry, so 0 is unambiguous). That one
+//! word is both the allocation bit and the reverse map: 4 bytes per slot, which
+//! caps the virtual space at 2^32 slots. Writeback, relocation, swapoff, GC and
+//! readahead read it; nothing walks page tables.
+//!
+//! The allocation policy is the slot space's fixed-device policy (the kernel's
+//! cluster allocator: per-CPU clusters per order, nonfull / frag / full lists,
+//! free FIFO, discard queue, rotational cursor, bad slots, order-0 stealing).
+//!
+//! Device slot 0 is reserved (the swap header on a real device); bad slots are
+//! reserved the same way and never handed out.
+
+use crate::provider::{Ctx, Provider};
+use crate::space::{ListCounts, Policy, SlotSpace, SpaceMemory};
+use crate::sync::{AtomicU32, Ordering};
+use crate::{Error, Geometry, Result, SlotWord};
+
+/// Reverse-map marker of reserved (header and bad) slots.
+const RESERVED: u64 = u32::MAX as u64;
+
+/// How a device is set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// Size, cluster size and CPUs. `slots` is the device's size in pages.
+    pub geometry: Geometry,
+    /// Emptied clusters wait for the host's discard before reuse.
+    pub discard: bool,
+    /// One sequential cursor for all CPUs (rotational disks).
+    pub rotational: bool,
+}
+
+impl DeviceConfig {
+    /// A solid-state device of `slots` pages with 512-slot clusters.
+    pub fn new(slots: u64, cpus: u32) -> Self {
+        Self {
+            geometry: Geometry {
+                slots,
+                cpus,
+                ..Geometry::default()
+            },
+            discard: false,
+            rotational: false,
+        }
+    }
+}
+
+/// Occupancy of a device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Slots holding data (the reverse map's set words, reserved ones excluded).
+    pub used: u64,
+    /// Slots that can ever be handed out (size less header and bad slots).
+    pub usable: u64,
+    /// Clusters per list.
+    pub lists: ListCounts,
+    /// Metadata memory.
+    pub memory: SpaceMemory,
+}
+
+/// A physical device's allocator and reverse map.
+///
+/// ```
+/// # #[cfg(feature = "std")] {
+/// use vswap_alloc::{Ctx, DeviceConfig, PhysDevice, StdProvider};
+/// let dev = PhysDevice::new(DeviceConfig::new(4096, 2), &[], StdProvider::new()).unwrap();
+/// let off = dev.alloc(2, 0, 1000, Ctx::NoSleep).unwrap(); // 4 slots for virtual 1000..1004
+/// assert_eq!(dev.owner(off + 3).unwrap(), Some(1003));
+/// dev.free(off, 4, Some(1000)).unwrap();
+/// assert_eq!(dev.owner(off).unwrap(), None);
+/// # }
+/// ```
+pub struct PhysDevice<P: Provider> {
+    space: SlotSpace<P, AtomicU32>,
+    bad: u64,
+}
+
+impl<P: Provider> PhysDevice<P> {
+    /// A device with `bad` slots that are never handed out.
+    pub fn new(cfg: DeviceConfig, bad: &[u64], provider: P) -> Result<Self> {
+        let policy = Policy {
+            fixed: true,
+            discard: cfg.discard,
+            rotational: cfg.rotational,
+        };
+        let space = SlotSpace::with_policy(cfg.geometry, policy, provider, RESERVED, bad)?;
+        let mut distinct = 0;
+        for (i, b) in bad.iter().enumerate() {
+            if *b != 0 && !bad.iter().take(i).any(|x| x == b) {
+                distinct += 1;
+            }
+        }
+        Ok(Self {
+            space,
+            bad: distinct,
+        })
+    }
+
+    /// Slots on the device (its size in pages).
+    pub fn slots(&self) -> u64 {
+        self.space.geometry().slots()
+    }
+
+    /// The configuration's geometry.
+    pub fn geometry(&self) -> &Geometry {
+        self.space.geometry()
+    }
+
+    /// Allocate `2^order` naturally aligned device slots on `cpu` for the
+    /// virtual slots `owner..owner + 2^order`. Returns the first offset.
+    pub fn alloc(&self, order: u32, cpu: u32, owner: u32, ctx: Ctx) -> Result<u64> {
+        if owner == 0 {
+            return Err(Error::OutOfRange);
+        }
+        self.space
+            .alloc_with(order, cpu, ctx, u64::from(owner), 1)
+            .map(u64::from)
+    }
+
+    /// Free `len` slots from `off`, all in one cluster's reach or not: each
+    /// must hold data, and if `owner` is given, slot `off + i` must belong to
+    /// `owner + i`. All or nothing: nothing is freed if any slot fails the check
+    /// (`NotAllocated`, or `WrongState` for another owner).
+    pub fn free(&self, off: u64, len: u64, owner: Option<u32>) -> Result<()> {
+        let end = off.checked_add(len).ok_or(Error::OutOfRange)?;
+        if off == 0 || end > self.slots() {
+            return Err(Error::OutOfRange);
+        }
+        // Check every slot first, then free cluster by cluster.
+        let mut at = off;
+        while at < end {
+            let pin = self.space.pin(at as u32)?;
+            let base = u64::from(pin.base());
+            let stop = end.min(base + pin.words().len() as u64);
+            for s in at..stop {
+                let w = pin
+                    .words()
+                    .get((s - base) as usize)
+                    .ok_or(Error::OutOfRange)?;
+                let v = w.get(Ordering::Acquire);
+                if v == 0 || v == RESERVED {
+                    return Err(Error::NotAllocated);
+                }
+                if let Some(o) = owner {
+                    if v != u64::from(o) + (s - off) {
+                        return Err(Error::WrongState);
+                    }
+                }
+            }
+            at = stop;
+        }
+        let mut at = off;
+        while at < end {
+            let pin = self.space.pin(at as u32)?;
+            let base = u64::from(pin.base());
+            let stop = end.min(base + pin.words().len() as u64);
+            let mut freed = 0;
+            for s in at..stop {
+                if let Some(w) = pin.words().get((s - base) as usize) {
+                    let v = w.get(Ordering::Acquire);
+                    if v != 0 && v != RESERVED && w.cas(v, 0).is_ok() {
+                        freed += 1;
+                    }
+                }
+            }
+            pin.release(freed);
+            at = stop;
+        }
+        Ok(())
+    }
+
+    /// The virtual slot whose data device slot `off` holds (`None`: free or
+    /// reserved).
+    pub fn owner(&self, off: u64) -> Result<Option<u32>> {
+        if off >= self.slots() {
+            return Err(Error::OutOfRange);
+        }
+        let pin = match self.space.pin(off as u32) {
+            Ok(p) => p,
+            Err(Error::NotAllocated) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let w = pin
+            .words()
+            .get((off - u64::from(pin.base())) as usize)
+            .ok_or(Error::OutOfRange)?;
+        let v = w.get(Ordering::Acquire);
+        Ok((v != 0 && v != RESERVED).then_some(v as u32))
+    }
+
+    /// Move device slot `off` from virtual slot `from` to `to` (the virtual
+    /// layer moved the data's owner, e.g. on swapoff of a direct slot).
+    pub fn set_owner(&self, off: u64, from: u32, to: u32) -> Result<()> {
+        if off >= self.slots() || to == 0 {
+            return Err(Error::OutOfRange);
+        }
+        let pin = self.space.pin(off as u32)?;
+        let w = pin
+            .words()
+            .get((off - u64::from(pin.base())) as usize)
+            .ok_or(Error::OutOfRange)?;
+        w.cas(u64::from(from), u64::from(to))
+            .map(|_| ())
+            .map_err(|v| {
+                if v == 0 || v == RESERVED {
+                    Error::NotAllocated
+                } else {
+                    Error::WrongState
+                }
+            })
+    }
+
+    /// Call `f(offset, owner)` for every slot holding data in `off..off + len`.
+    pub fn for_each_owner(&self, off: u64, len: u64, mut f: impl FnMut(u64, u32)) {
+        let end = off.saturating_add(len).min(self.slots());
+        let mut at = off;
+        let csize = u64::from(self.geometry().cluster_slots());
+        while at < end {
+            let stop = end.min((at / csize + 1) * csize);
+            if let Ok(pin) = self.space.pin(at as u32) {
+                let base = u64::from(pin.base());
+                for s in at..stop {
+                    if let Some(w) = pin.words().get((s - base) as usize) {
+                        let v = w.get(Ordering::Acquire);
+                        if v != 0 && v != RESERVED {
+                            f(s, v as u32);
+                        }
+                    }
+                }
+            }
+            at = stop;
+        }
+    }
+
+    /// The next emptied cluster to discard: device slots
+    /// `c * cluster_slots .. (c + 1) * cluster_slots`.
+    pub fn take_discard(&self) -> Option<u32> {
+        self.space.take_discard()
+    }
+
+    /// The host finished discarding cluster `c`.
+    pub fn discard_done(&self, c: u32) -> Result<()> {
+        self.space.discard_done(c)
+    }
+
+    /// Occupancy, lists and memory (walks the live clusters).
+    pub fn stats(&self) -> DeviceStats {
+        let mut used = 0;
+        self.space.for_each_cluster(|pin| {
+            used += pin
+                .words()
+                .iter()
+                .filter(|w| {
+                    let v = w.get(Ordering::Relaxed);
+                    v != 0 && v != RESERVED
+                })
+                .count() as u64;
+        });
+        DeviceStats {
+            used,
+            usable: self.slots() - 1 - self.bad,
+            lists: self.space.list_counts(),
+            memory: self.space.memory(),
+        }
+    }
+
+    /// The underlying slot space (for invariant checks).
+    pub fn space(&self) -> &SlotSpace<P, AtomicU32> {
+        &self.space
+    }
+}
