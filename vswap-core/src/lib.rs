@@ -25,16 +25,26 @@
     )
 )]
 
+pub mod devices;
+pub mod engine;
 mod host;
 mod map;
 mod side;
 pub mod word;
 
+pub use devices::{DevicePin, Devices, MAX_DEVICES};
+pub use engine::{
+    ChargePolicy, Engine, EngineConfig, EngineHost, Evacuated, Move, Placement, Router,
+    SwapinRange, Writeback,
+};
 pub use host::{Host, NoHost};
 pub use map::{BatchError, CacheState, MAX_COUNT, MapConfig, MapStats, Put, VswapMap};
 #[cfg(feature = "std")]
 pub use vswap_alloc::StdProvider;
-pub use vswap_alloc::{Ctx, Error, Geometry, MemError, Provider, Result, SpaceMemory};
+pub use vswap_alloc::{
+    Ctx, DeviceConfig, DeviceStats, Error, Geometry, MemError, PhysDevice, Provider, Result,
+    SpaceMemory,
+};
 pub use word::{Backend, BackendKind, Entry, INLINE_COUNT_MAX};
 
 #[cfg(test)]

@@ -1,0 +1,216 @@
+//! The engine's device table: up to [`MAX_DEVICES`] physical devices, each
+//! added and removed at run time and pinned by every operation in flight.
+//!
+//! # Protocol (one `AtomicU64` per table entry)
+//! ```text
+//!  63   48 47    40 39  35   34     33    32   31            0
+//! +-------+--------+------+------+-----+-------+---------------+
+//! | rsvd  |priority| rsvd |ADDING|DYING|PRESENT|     pins      |
+//! +-------+--------+------+------+-----+-------+---------------+
+//! ```
+//! - `EMPTY` (0) -> `ADDING` by CAS: the adder owns the entry and writes the
+//!   device, then stores `PRESENT | priority` (release).
+//! - A *pin* is a CAS that adds 1 while `PRESENT && !DYING` (acquire): the
+//!   device stays in place until the pin is dropped (`fetch_sub`, release).
+//!   Device operations (allocation, frees, reverse-map reads) and I/O the host
+//!   does from a location hold one, like the kernel's `get_swap_device`.
+//! - Removal CASes `PRESENT, pins == 0` -> `DYING`, fails with `Busy` while
+//!   pinned (or [`Devices::remove_wait`] sets `DYING` first, which blocks new
+//!   pins, and waits for the count to drain), takes the device out, stores 0.
+
+use core::cell::UnsafeCell;
+
+use vswap_alloc::sync::{AtomicU64, Ordering, spin_hint};
+use vswap_alloc::{Error, PhysDevice, Provider, Result};
+
+/// Devices an engine can hold (device numbers `0..MAX_DEVICES`).
+pub const MAX_DEVICES: usize = 16;
+
+const PINS: u64 = 0xffff_ffff;
+const PRESENT: u64 = 1 << 32;
+const DYING: u64 = 1 << 33;
+const ADDING: u64 = 1 << 34;
+const PRIO_SHIFT: u32 = 40;
+
+struct Entry<P: Provider> {
+    state: AtomicU64,
+    dev: UnsafeCell<Option<PhysDevice<P>>>,
+}
+
+/// The device table.
+pub struct Devices<P: Provider> {
+    entries: [Entry<P>; MAX_DEVICES],
+}
+
+// SAFETY: `dev` is written only by the thread that owns the entry (ADDING or
+// DYING with no pins) and read only under a pin; `PhysDevice` is Sync.
+unsafe impl<P: Provider> Sync for Devices<P> {}
+// SAFETY: as above; the devices move with the table.
+unsafe impl<P: Provider + Send> Send for Devices<P> {}
+
+/// A pinned device.
+pub struct DevicePin<'a, P: Provider> {
+    state: &'a AtomicU64,
+    dev: &'a PhysDevice<P>,
+    id: u8,
+}
+
+impl<P: Provider> DevicePin<'_, P> {
+    /// The device number.
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+}
+
+impl<P: Provider> core::ops::Deref for DevicePin<'_, P> {
+    type Target = PhysDevice<P>;
+    fn deref(&self) -> &PhysDevice<P> {
+        self.dev
+    }
+}
+
+impl<P: Provider> Drop for DevicePin<'_, P> {
+    fn drop(&mut self) {
+        self.state.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl<P: Provider> Default for Devices<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<P: Provider> Devices<P> {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self {
+            entries: core::array::from_fn(|_| Entry {
+                state: AtomicU64::new(0),
+                dev: UnsafeCell::new(None),
+            }),
+        }
+    }
+
+    fn entry(&self, id: u8) -> Result<&Entry<P>> {
+        self.entries.get(usize::from(id)).ok_or(Error::NoDevice)
+    }
+
+    /// Add `dev` as device `id` with `priority` (higher is used first).
+    /// `Exists`-like `WrongState` if the number is taken.
+    pub fn add(&self, id: u8, priority: u8, dev: PhysDevice<P>) -> Result<()> {
+        let e = self.entry(id)?;
+        e.state
+            .compare_exchange(0, ADDING, Ordering::Acquire, Ordering::Relaxed)
+            .map_err(|_| Error::WrongState)?;
+        // SAFETY: ADDING makes us the only thread touching `dev` (no pins can
+        // be taken until PRESENT is published below).
+        unsafe { *e.dev.get() = Some(dev) };
+        e.state.store(
+            PRESENT | (u64::from(priority) << PRIO_SHIFT),
+            Ordering::Release,
+        );
+        Ok(())
+    }
+
+    /// Pin device `id`.
+    #[inline]
+    pub fn pin(&self, id: u8) -> Result<DevicePin<'_, P>> {
+        let e = self.entry(id)?;
+        let mut s = e.state.load(Ordering::Acquire);
+        loop {
+            if s & (PRESENT | DYING) != PRESENT || s & PINS == PINS {
+                return Err(Error::NoDevice);
+            }
+            match e
+                .state
+                .compare_exchange_weak(s, s + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(x) => s = x,
+            }
+        }
+        // SAFETY: PRESENT was published after the device was written, and it
+        // cannot be taken out while our pin is counted.
+        match unsafe { &*e.dev.get() } {
+            Some(dev) => Ok(DevicePin {
+                state: &e.state,
+                dev,
+                id,
+            }),
+            None => {
+                e.state.fetch_sub(1, Ordering::Release);
+                Err(Error::NoDevice)
+            }
+        }
+    }
+
+    /// The priority of device `id`, if present.
+    pub fn priority(&self, id: u8) -> Option<u8> {
+        let s = self.entry(id).ok()?.state.load(Ordering::Acquire);
+        (s & (PRESENT | DYING) == PRESENT).then_some((s >> PRIO_SHIFT) as u8)
+    }
+
+    /// Remove device `id` if no operation holds it (`Busy` otherwise) and
+    /// return it.
+    pub fn remove(&self, id: u8) -> Result<PhysDevice<P>> {
+        let e = self.entry(id)?;
+        let s = e.state.load(Ordering::Acquire);
+        if s & (PRESENT | DYING) != PRESENT {
+            return Err(Error::NoDevice);
+        }
+        if s & PINS != 0 {
+            return Err(Error::Busy);
+        }
+        e.state
+            .compare_exchange(s, s | DYING, Ordering::AcqRel, Ordering::Acquire)
+            .map_err(|x| {
+                if x & (PRESENT | DYING) != PRESENT {
+                    Error::NoDevice
+                } else {
+                    Error::Busy
+                }
+            })?;
+        self.take(e)
+    }
+
+    /// Remove device `id`, refusing new pins at once and waiting for the ones
+    /// held to be dropped.
+    pub fn remove_wait(&self, id: u8) -> Result<PhysDevice<P>> {
+        let e = self.entry(id)?;
+        let mut s = e.state.load(Ordering::Acquire);
+        loop {
+            if s & (PRESENT | DYING) != PRESENT {
+                return Err(Error::NoDevice);
+            }
+            match e
+                .state
+                .compare_exchange_weak(s, s | DYING, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(x) => s = x,
+            }
+        }
+        while e.state.load(Ordering::Acquire) & PINS != 0 {
+            spin_hint();
+        }
+        self.take(e)
+    }
+
+    fn take(&self, e: &Entry<P>) -> Result<PhysDevice<P>> {
+        // SAFETY: DYING with no pins: nobody else can reach `dev`.
+        let dev = unsafe { (*e.dev.get()).take() };
+        e.state.store(0, Ordering::Release);
+        // A PRESENT entry always holds a device (written before PRESENT).
+        dev.ok_or(Error::NoDevice)
+    }
+
+    /// Present devices by falling priority: calls `f(id, priority)`.
+    pub fn for_each(&self, mut f: impl FnMut(u8, u8)) {
+        for id in 0..MAX_DEVICES as u8 {
+            if let Some(p) = self.priority(id) {
+                f(id, p);
+            }
+        }
+    }
+}

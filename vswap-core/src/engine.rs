@@ -1,0 +1,720 @@
+//! The engine: the virtual map joined to physical devices.
+//!
+//! - **Tiers**: devices with priorities; allocation tries the highest
+//!   priority first and rotates among equal ones one cluster's worth at a time
+//!   (a per-CPU counter, no shared write on the hot path); a clear `NoSpace`
+//!   (or `DiscardPending`) when all are full.
+//! - **Writeout**: an all-zero page becomes `Zero`, one repeated 64-bit word
+//!   that fits becomes `Same`, else the host may take it into zswap, else it
+//!   gets a device slot: at swap-out (eager placement) or at writeout
+//!   (deferred placement).
+//! - **Moves** through the reverse map, never through page tables: zswap
+//!   writeback, relocation, evacuation of a device (swapoff) to memory or to
+//!   another device. Each takes the slot's lock, checks the slot still points
+//!   where the reverse map says, lets the host move the data, and commits with
+//!   one CAS that also unlocks; the old location is released after that.
+//! - **memcg**: charge hooks with a policy: physical slots only (vswap's), or
+//!   every slot.
+//! - **mTHP swap-in check** and **readahead neighbours**.
+//!
+//! Device slots freed by the map (a slot dies, a move commits) go back to their
+//! device through the map's [`Host`], which the engine routes to the device
+//! table before telling the host.
+
+use vswap_alloc::sync::{AtomicU32, Ordering};
+use vswap_alloc::{Ctx, Error, PhysDevice, Provider, Result};
+
+use crate::devices::{DevicePin, Devices, MAX_DEVICES};
+use crate::host::Host;
+use crate::map::{MapConfig, Put, VswapMap};
+use crate::word::{Backend, BackendKind, fits_payload};
+
+/// When a page that needs a device slot gets it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Placement {
+    /// At swap-out ([`Engine::alloc`]); writeout of a page that needs no
+    /// device slot gives it back.
+    Eager,
+    /// At writeout, only for pages that need one.
+    #[default]
+    Deferred,
+}
+
+/// What the engine charges to a memcg through [`EngineHost::charge`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ChargePolicy {
+    /// Nothing.
+    #[default]
+    None,
+    /// Only slots that hold a device slot (vswap's policy).
+    PhysicalOnly,
+    /// Every virtual slot, from allocation to free.
+    EverySlot,
+}
+
+/// Engine configuration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// The virtual map.
+    pub map: MapConfig,
+    /// Eager or deferred device slots.
+    pub placement: Placement,
+    /// memcg charging.
+    pub charge: ChargePolicy,
+}
+
+/// What the engine asks of its host.
+pub trait EngineHost: Sync {
+    /// A zswap object is no longer referenced.
+    fn release_zswap(&self, handle: u64);
+    /// Device slots went back to their device (for the host's bookkeeping,
+    /// e.g. discard batching); the engine already freed them.
+    fn released_phys(&self, _dev: u8, _off: u64, _len: u64) {}
+    /// Offer a page to zswap: `Some(handle)` if it was compressed and kept.
+    fn zswap_store(&self, _slot: u32, _page: &[u8]) -> Option<u64> {
+        None
+    }
+    /// Charge `pages` swap pages to memcg `id`; `false` refuses (over limit).
+    fn charge(&self, _id: u16, _pages: u32) -> bool {
+        true
+    }
+    /// Give back a charge.
+    fn uncharge(&self, _id: u16, _pages: u32) {}
+}
+
+/// The map's host inside the engine: frees device slots in the device table,
+/// then tells the engine's host.
+pub struct Router<P: Provider, H: EngineHost> {
+    devices: Devices<P>,
+    host: H,
+}
+
+impl<P: Provider, H: EngineHost> Host for Router<P, H> {
+    fn release_zswap(&self, handle: u64) {
+        self.host.release_zswap(handle);
+    }
+    fn release_phys(&self, dev: u8, off: u64, len: u64) {
+        if let Ok(d) = self.devices.pin(dev) {
+            // The map only releases what it held: the owner check is moot.
+            let _ = d.free(off, len, None);
+        }
+        self.host.released_phys(dev, off, len);
+    }
+}
+
+/// A zswap writeback in progress: the slot is locked; the host decompresses
+/// `handle`, writes it to `(dev, off)` and calls [`Engine::writeback_commit`]
+/// (or [`Engine::writeback_abort`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct Writeback {
+    /// The virtual slot.
+    pub slot: u32,
+    /// Its zswap handle.
+    pub handle: u64,
+    /// Destination device.
+    pub dev: u8,
+    /// Destination offset.
+    pub off: u64,
+}
+
+/// One move of an evacuation, for the host to carry out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Move {
+    /// Copy the page of `slot` from `(from_dev, from)` to `(to_dev, to)`.
+    Copy {
+        /// The virtual slot.
+        slot: u32,
+        /// Source device.
+        from_dev: u8,
+        /// Source offset.
+        from: u64,
+        /// Destination device.
+        to_dev: u8,
+        /// Destination offset.
+        to: u64,
+    },
+    /// Read the page of `slot` from `(dev, off)` into a swap cache folio and
+    /// return its cookie (non-zero); the slot then lives in memory.
+    Read {
+        /// The virtual slot.
+        slot: u32,
+        /// Source device.
+        dev: u8,
+        /// Source offset.
+        off: u64,
+    },
+}
+
+/// What an evacuation did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evacuated {
+    /// Slots moved.
+    pub moved: u64,
+    /// Slots freed while being moved (nothing left to move).
+    pub lost_to_free: u64,
+    /// Passes over the device.
+    pub passes: u32,
+}
+
+/// What an mTHP swap-in may do with a range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwapinRange {
+    /// Every slot has a backend of this kind that needs no device read
+    /// (none/zero/same): fill the large folio directly.
+    Uniform(BackendKind),
+    /// Every slot is on device `dev`, at `off + i`: one read.
+    Contiguous {
+        /// Device.
+        dev: u8,
+        /// First offset.
+        off: u64,
+    },
+    /// Kinds differ, a slot is in zswap, or device slots are not contiguous:
+    /// swap in page by page.
+    No,
+}
+
+#[repr(align(64))]
+struct Rr(AtomicU32);
+
+const RR_CPUS: usize = 64;
+
+/// The virtual swap engine. See the module documentation.
+pub struct Engine<P: Provider, H: EngineHost> {
+    map: VswapMap<P, Router<P, H>>,
+    cfg: EngineConfig,
+    rr: [Rr; RR_CPUS],
+}
+
+impl<P: Provider, H: EngineHost> Engine<P, H> {
+    /// An engine with no devices.
+    pub fn new(cfg: EngineConfig, provider: P, host: H) -> Result<Self> {
+        let router = Router {
+            devices: Devices::new(),
+            host,
+        };
+        Ok(Self {
+            map: VswapMap::new(cfg.map, provider, router)?,
+            cfg,
+            rr: core::array::from_fn(|_| Rr(AtomicU32::new(0))),
+        })
+    }
+
+    /// The virtual map (dup, put, cache, lock, lookup ... on virtual slots).
+    pub fn map(&self) -> &VswapMap<P, Router<P, H>> {
+        &self.map
+    }
+
+    /// The host.
+    pub fn host(&self) -> &H {
+        &self.map.host().host
+    }
+
+    fn devices(&self) -> &Devices<P> {
+        &self.map.host().devices
+    }
+
+    /// Add device `id` (`0..MAX_DEVICES`) with `priority`.
+    pub fn add_device(&self, id: u8, priority: u8, dev: PhysDevice<P>) -> Result<()> {
+        if usize::from(id) >= MAX_DEVICES {
+            return Err(Error::NoDevice);
+        }
+        self.devices().add(id, priority, dev)
+    }
+
+    /// Pin device `id` (hold it while doing I/O from one of its slots).
+    pub fn device(&self, id: u8) -> Result<DevicePin<'_, P>> {
+        self.devices().pin(id)
+    }
+
+    /// Remove an empty device (`Busy` if it still holds data or is pinned;
+    /// [`evacuate`](Self::evacuate) it first).
+    pub fn remove_device(&self, id: u8) -> Result<PhysDevice<P>> {
+        if self.devices().pin(id)?.stats().used != 0 {
+            return Err(Error::Busy);
+        }
+        self.devices().remove(id)
+    }
+
+    /// Allocate `2^order` virtual slots (count 0, cached), charged to `memcg`
+    /// under [`ChargePolicy::EverySlot`], with device slots under
+    /// [`Placement::Eager`] (if any device has room).
+    pub fn alloc(&self, order: u32, cpu: u32, memcg: Option<u16>, ctx: Ctx) -> Result<u32> {
+        let slot = self.map.alloc(order, cpu, ctx)?;
+        let n = 1u32 << order;
+        let undo = |e: Error| {
+            for i in 0..n {
+                let _ = self.map.cache_clear(slot + i, 0, ctx);
+            }
+            Err(e)
+        };
+        if let Some(id) = memcg {
+            if let Err(e) = self.map.set_memcg(slot, order, id, ctx) {
+                return undo(e);
+            }
+            if self.cfg.charge == ChargePolicy::EverySlot && !self.host().charge(id, n) {
+                return undo(Error::NoSpace);
+            }
+        }
+        if self.cfg.placement == Placement::Eager {
+            if let Ok((dev, off)) = self.alloc_phys(order, cpu, slot, ctx) {
+                for i in 0..n {
+                    let b = Backend::Phys {
+                        dev,
+                        off: off + u64::from(i),
+                    };
+                    let _ = self.map.store(slot + i, Backend::None, b);
+                }
+            }
+        }
+        Ok(slot)
+    }
+
+    /// A device run of `2^order` slots for virtual slots `owner..`, by tier.
+    pub fn alloc_phys(&self, order: u32, cpu: u32, owner: u32, ctx: Ctx) -> Result<(u8, u64)> {
+        let mut err = Error::NoSpace;
+        let mut ids = [0u8; MAX_DEVICES];
+        let mut prios = [0u8; MAX_DEVICES];
+        let mut n = 0;
+        self.devices().for_each(|id, p| {
+            if let (Some(i), Some(q)) = (ids.get_mut(n), prios.get_mut(n)) {
+                *i = id;
+                *q = p;
+                n += 1;
+            }
+        });
+        let (ids, prios) = (ids.get(..n).unwrap_or(&[]), prios.get(..n).unwrap_or(&[]));
+        let rr = self.rr.get(cpu as usize % RR_CPUS).map(|r| &r.0);
+        let turn = rr.map_or(0, |r| r.load(Ordering::Relaxed));
+        let csize = self.map.geometry().cluster_slots();
+        // Highest priority first; within a priority, rotate by the CPU's count
+        // of slots handed out, one cluster's worth per device.
+        let mut done = [false; MAX_DEVICES];
+        while let Some(top) = prios
+            .iter()
+            .zip(&done)
+            .filter(|(_, d)| !**d)
+            .map(|(p, _)| *p)
+            .max()
+        {
+            let group = ids.iter().zip(prios).filter(|(_, p)| **p == top).count();
+            let start = (turn / csize) as usize % group.max(1);
+            for k in 0..group {
+                let pick = ids
+                    .iter()
+                    .zip(prios)
+                    .filter(|(_, p)| **p == top)
+                    .nth((start + k) % group);
+                let Some((&id, _)) = pick else { continue };
+                let Ok(d) = self.devices().pin(id) else {
+                    continue;
+                };
+                match d.alloc(order, cpu, owner, ctx) {
+                    Ok(off) => {
+                        if let Some(r) = rr {
+                            r.store(turn.wrapping_add(1 << order), Ordering::Relaxed);
+                        }
+                        return Ok((id, off));
+                    }
+                    Err(Error::DiscardPending) => err = Error::DiscardPending,
+                    Err(Error::NoSpace) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            for (d, p) in done.iter_mut().zip(prios) {
+                if *p == top {
+                    *d = true;
+                }
+            }
+        }
+        Err(err)
+    }
+
+    fn charge_phys(&self, slot: u32) -> Result<()> {
+        if self.cfg.charge == ChargePolicy::PhysicalOnly {
+            if let Some(id) = self.map.memcg(slot)? {
+                if !self.host().charge(id, 1) {
+                    return Err(Error::NoSpace);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn free_phys(&self, dev: u8, off: u64, owner: u32) {
+        if let Ok(d) = self.devices().pin(dev) {
+            let _ = d.free(off, 1, Some(owner));
+        }
+    }
+
+    /// Write out the page of a live slot whose backend is none or a device slot
+    /// (eager placement, or a re-dirtied folio written again): choose its
+    /// backend (zero, same-filled, zswap through the host, else a device slot,
+    /// kept if it has one) and store it. Returns the backend; for `Phys` the
+    /// host writes the page there. `WrongState` for any other backend.
+    pub fn writeout(&self, slot: u32, page: &[u8], cpu: u32) -> Result<Backend> {
+        if page.is_empty() || page.len() % 8 != 0 {
+            return Err(Error::BadConfig);
+        }
+        let cur = self.map.lookup(slot)?.backend;
+        if !matches!(cur, Backend::None | Backend::Phys { .. }) {
+            return Err(Error::WrongState);
+        }
+        let mut words = page.chunks_exact(8).map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            u64::from_ne_bytes(b)
+        });
+        let first = words.next().unwrap_or(0);
+        let same = words.all(|w| w == first);
+        let new = if same && first == 0 {
+            Backend::Zero
+        } else if same && fits_payload(first) {
+            Backend::Same(first)
+        } else {
+            match self.host().zswap_store(slot, page) {
+                Some(h) if fits_payload(h) => Backend::Zswap(h),
+                other => {
+                    if let Some(h) = other {
+                        self.host().release_zswap(h); // too wide for the word
+                    }
+                    if let Backend::Phys { .. } = cur {
+                        return Ok(cur); // eager slot already there
+                    }
+                    self.charge_phys(slot)?;
+                    let (dev, off) = match self.alloc_phys(0, cpu, slot, Ctx::NoSleep) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            self.uncharge_phys(slot);
+                            return Err(e);
+                        }
+                    };
+                    Backend::Phys { dev, off }
+                }
+            }
+        };
+        if let Err(e) = self.map.store(slot, cur, new) {
+            match new {
+                Backend::Zswap(h) => self.host().release_zswap(h),
+                Backend::Phys { dev, off } => {
+                    self.free_phys(dev, off, slot);
+                    self.uncharge_phys(slot);
+                }
+                _ => {}
+            }
+            return Err(e);
+        }
+        if let Backend::Phys { .. } = cur {
+            self.uncharge_phys(slot); // the eager slot went back
+        }
+        Ok(new)
+    }
+
+    fn uncharge_phys(&self, slot: u32) {
+        if self.cfg.charge == ChargePolicy::PhysicalOnly {
+            if let Ok(Some(id)) = self.map.memcg(slot) {
+                self.host().uncharge(id, 1);
+            }
+        }
+    }
+
+    /// Drop `n` counts; uncharges a freed slot under the charge policy.
+    pub fn put(&self, slot: u32, n: u32) -> Result<Put> {
+        let before = self.charged(slot);
+        let r = self.map.put(slot, n)?;
+        self.settle_charge(r, before);
+        Ok(r)
+    }
+
+    /// Drop the swap cache reference; uncharges a freed slot.
+    pub fn cache_clear(&self, slot: u32, shadow: u64, ctx: Ctx) -> Result<Put> {
+        let before = self.charged(slot);
+        let r = self.map.cache_clear(slot, shadow, ctx)?;
+        self.settle_charge(r, before);
+        Ok(r)
+    }
+
+    /// The memcg a slot's charge went to, under the policy.
+    fn charged(&self, slot: u32) -> Option<u16> {
+        match self.cfg.charge {
+            ChargePolicy::None => None,
+            ChargePolicy::EverySlot => self.map.memcg(slot).ok().flatten(),
+            ChargePolicy::PhysicalOnly => match self.map.lookup(slot).ok()?.backend {
+                Backend::Phys { .. } => self.map.memcg(slot).ok().flatten(),
+                _ => None,
+            },
+        }
+    }
+
+    fn settle_charge(&self, r: Put, before: Option<u16>) {
+        if let (Put::Freed, Some(id)) = (r, before) {
+            self.host().uncharge(id, 1);
+        }
+    }
+
+    /// Start a zswap writeback of `slot`: lock it, check it is in zswap, give
+    /// it a device slot.
+    pub fn writeback_begin(&self, slot: u32, cpu: u32) -> Result<Writeback> {
+        self.map.lock(slot)?;
+        let r = (|| {
+            let Backend::Zswap(handle) = self.map.lookup(slot)?.backend else {
+                return Err(Error::WrongState);
+            };
+            self.charge_phys(slot)?;
+            match self.alloc_phys(0, cpu, slot, Ctx::NoSleep) {
+                Ok((dev, off)) => Ok(Writeback {
+                    slot,
+                    handle,
+                    dev,
+                    off,
+                }),
+                Err(e) => {
+                    self.uncharge_phys(slot);
+                    Err(e)
+                }
+            }
+        })();
+        if r.is_err() {
+            let _ = self.map.unlock(slot);
+        }
+        r
+    }
+
+    /// The page is on the device: commit, unlock, free the zswap object.
+    /// `Gone` if the slot died meanwhile (the device slot is given back).
+    pub fn writeback_commit(&self, w: Writeback) -> Result<()> {
+        match self.map.commit_unlock(
+            w.slot,
+            Backend::Zswap(w.handle),
+            Backend::Phys {
+                dev: w.dev,
+                off: w.off,
+            },
+        ) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.free_phys(w.dev, w.off, w.slot);
+                if e != Error::Gone {
+                    let _ = self.map.unlock(w.slot);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Give up a writeback: free the device slot, unlock.
+    pub fn writeback_abort(&self, w: Writeback) -> Result<Put> {
+        self.free_phys(w.dev, w.off, w.slot);
+        self.uncharge_phys(w.slot);
+        self.map.unlock(w.slot)
+    }
+
+    /// Move every slot off device `dev` (swapoff) through its reverse map: to
+    /// device `to`, or to memory when `to` is `None`. `io` carries out each
+    /// [`Move`] (returning the folio cookie for a `Read`, anything for a
+    /// `Copy`); an `Err` from it leaves that slot where it was and stops.
+    pub fn evacuate(
+        &self,
+        dev: u8,
+        to: Option<u8>,
+        cpu: u32,
+        mut io: impl FnMut(Move) -> Result<u64>,
+    ) -> Result<Evacuated> {
+        let mut done = Evacuated::default();
+        let slots = self.devices().pin(dev)?.slots();
+        loop {
+            done.passes += 1;
+            let mut left = 0u64;
+            let mut progress = false;
+            let mut failure = None;
+            let mut batch = [(0u64, 0u32); 64];
+            let mut at = 0;
+            while at < slots && failure.is_none() {
+                let mut n = 0;
+                let next = (at + batch.len() as u64).min(slots);
+                self.devices()
+                    .pin(dev)?
+                    .for_each_owner(at, next - at, |off, owner| {
+                        if let Some(b) = batch.get_mut(n) {
+                            *b = (off, owner);
+                            n += 1;
+                        }
+                    });
+                at = next;
+                for &(off, owner) in batch.get(..n).unwrap_or(&[]) {
+                    match self.evacuate_one(dev, off, owner, to, cpu, &mut io) {
+                        Ok(true) => {
+                            done.moved += 1;
+                            progress = true;
+                        }
+                        Ok(false) => {
+                            done.lost_to_free += 1;
+                            progress = true;
+                        }
+                        Err(Error::Busy) => left += 1,
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    }
+                }
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if left == 0 {
+                return Ok(done);
+            }
+            if !progress {
+                return Err(Error::Busy);
+            }
+        }
+    }
+
+    /// Move one slot; `Ok(false)` if it was freed (or moved) meanwhile.
+    fn evacuate_one(
+        &self,
+        dev: u8,
+        off: u64,
+        owner: u32,
+        to: Option<u8>,
+        cpu: u32,
+        io: &mut impl FnMut(Move) -> Result<u64>,
+    ) -> Result<bool> {
+        match self.map.lock(owner) {
+            Ok(()) => {}
+            Err(Error::NotAllocated) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let here = Backend::Phys { dev, off };
+        let unlock = |r| {
+            let _ = self.map.unlock(owner);
+            r
+        };
+        match self.map.lookup(owner) {
+            Ok(e) if e.backend == here => {}
+            Ok(_) => return unlock(Ok(false)),
+            Err(e) => return unlock(Err(e)),
+        }
+        match to {
+            Some(t) => {
+                let d = match self.devices().pin(t) {
+                    Ok(d) => d,
+                    Err(e) => return unlock(Err(e)),
+                };
+                let new = match d.alloc(0, cpu, owner, Ctx::NoSleep) {
+                    Ok(o) => o,
+                    Err(e) => return unlock(Err(e)),
+                };
+                let mv = Move::Copy {
+                    slot: owner,
+                    from_dev: dev,
+                    from: off,
+                    to_dev: t,
+                    to: new,
+                };
+                if let Err(e) = io(mv) {
+                    let _ = d.free(new, 1, Some(owner));
+                    return unlock(Err(e));
+                }
+                drop(d);
+                match self
+                    .map
+                    .commit_unlock(owner, here, Backend::Phys { dev: t, off: new })
+                {
+                    Ok(()) => Ok(true),
+                    Err(Error::Gone) => {
+                        self.free_phys(t, new, owner);
+                        Ok(false)
+                    }
+                    Err(e) => {
+                        self.free_phys(t, new, owner);
+                        unlock(Err(e))
+                    }
+                }
+            }
+            None => {
+                let cookie = match io(Move::Read {
+                    slot: owner,
+                    dev,
+                    off,
+                }) {
+                    Ok(c) => c,
+                    Err(e) => return unlock(Err(e)),
+                };
+                match self.map.cache_add(owner, cookie, Ctx::NoSleep) {
+                    Ok(()) | Err(Error::WrongState) => {}
+                    Err(e) => return unlock(Err(e)),
+                }
+                let charged = self.charged(owner);
+                match self.map.commit_unlock(owner, here, Backend::None) {
+                    Ok(()) => {
+                        if let Some(id) = charged {
+                            if self.cfg.charge == ChargePolicy::PhysicalOnly {
+                                self.host().uncharge(id, 1);
+                            }
+                        }
+                        Ok(true)
+                    }
+                    Err(Error::Gone) => Ok(false),
+                    Err(e) => unlock(Err(e)),
+                }
+            }
+        }
+    }
+
+    /// Can the naturally aligned range `start..start + 2^order` be swapped in
+    /// as one large folio?
+    pub fn swapin_check(&self, start: u32, order: u32) -> Result<SwapinRange> {
+        if order > self.map.geometry().cluster_shift {
+            return Err(Error::BadOrder);
+        }
+        let n = 1u32 << order;
+        if start % n != 0 {
+            return Err(Error::Misaligned);
+        }
+        let first = self.map.lookup(start)?.backend;
+        for i in 1..n {
+            let b = self.map.lookup(start + i)?.backend;
+            let ok = match (first, b) {
+                (Backend::Phys { dev, off }, Backend::Phys { dev: d, off: o }) => {
+                    d == dev && o == off + u64::from(i)
+                }
+                (Backend::Zswap(_), _) => false,
+                (a, b) => a.kind() == b.kind(),
+            };
+            if !ok {
+                return Ok(SwapinRange::No);
+            }
+        }
+        Ok(match first {
+            Backend::Zswap(_) => SwapinRange::No,
+            Backend::Phys { dev, off } => SwapinRange::Contiguous { dev, off },
+            b => SwapinRange::Uniform(b.kind()),
+        })
+    }
+
+    /// The virtual slots whose data sits next to `slot`'s on its device (the
+    /// aligned window of `out.len().next_power_of_two()` device slots around
+    /// it), written to `out`; returns how many. 0 if `slot` is not on a device.
+    pub fn readahead(&self, slot: u32, out: &mut [u32]) -> Result<usize> {
+        let Backend::Phys { dev, off } = self.map.lookup(slot)?.backend else {
+            return Ok(0);
+        };
+        let window = (out.len() as u64 + 1).next_power_of_two();
+        let start = off & !(window - 1);
+        let mut n = 0;
+        self.devices()
+            .pin(dev)?
+            .for_each_owner(start, window, |_, owner| {
+                if owner != slot {
+                    if let Some(o) = out.get_mut(n) {
+                        *o = owner;
+                        n += 1;
+                    }
+                }
+            });
+        Ok(n)
+    }
+}
