@@ -30,15 +30,17 @@ pub mod engine;
 mod host;
 mod map;
 mod side;
+pub mod swapops;
 pub mod word;
 
 pub use devices::{DevicePin, Devices, MAX_DEVICES};
 pub use engine::{
     ChargePolicy, Engine, EngineConfig, EngineHost, Evacuated, Move, Placement, Router,
-    SwapinRange, Writeback,
+    SwapinRange, VirtMove, Writeback,
 };
 pub use host::{Host, NoHost};
 pub use map::{BatchError, CacheState, MAX_COUNT, MapConfig, MapStats, Put, VswapMap};
+pub use swapops::{Mode, Swap, SwapEntry, SwapOps, VIRTUAL_TYPE};
 #[cfg(feature = "std")]
 pub use vswap_alloc::StdProvider;
 pub use vswap_alloc::{

@@ -131,6 +131,48 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         })
     }
 
+    /// A *direct-mode* device: the map's slots are the slots of a physical
+    /// device of `cfg.geometry.slots` pages, each carrying a core word of its
+    /// own, the location being the slot itself (the kernel's model without a
+    /// virtual layer). All tables are made now; bad slots are never handed out;
+    /// emptied clusters may wait for the host's discard. The backend field
+    /// still tells zero, same-filled or zswap pages apart; `Phys` is
+    /// meaningless here (the slot is its own location).
+    pub fn direct(
+        cfg: MapConfig,
+        discard: bool,
+        rotational: bool,
+        bad: &[u64],
+        provider: P,
+        host: H,
+    ) -> Result<Self> {
+        let policy = vswap_alloc::Policy {
+            fixed: true,
+            discard,
+            rotational,
+        };
+        Ok(Self {
+            space: SlotSpace::with_policy(cfg.geometry, policy, provider, RESERVED, bad)?,
+            host,
+            side: SideTable::new(),
+        })
+    }
+
+    /// Is this a direct-mode device map?
+    pub fn is_direct(&self) -> bool {
+        self.space.policy().fixed
+    }
+
+    /// (Direct mode, discard) the next emptied cluster to discard.
+    pub fn take_discard(&self) -> Option<u32> {
+        self.space.take_discard()
+    }
+
+    /// (Direct mode, discard) the host finished discarding cluster `c`.
+    pub fn discard_done(&self, c: u32) -> Result<()> {
+        self.space.discard_done(c)
+    }
+
     /// The host callbacks.
     pub fn host(&self) -> &H {
         &self.host
@@ -810,6 +852,19 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             return Err(Error::NotAllocated);
         }
         Ok(pin.memcg(off))
+    }
+
+    /// Call `f(slot)` for every allocated slot (live or zombie), cluster by
+    /// cluster; slots allocated or freed meanwhile may or may not be seen.
+    pub fn for_each_slot(&self, mut f: impl FnMut(u32)) {
+        self.space.for_each_cluster(|pin| {
+            let base = pin.base();
+            for (i, w) in pin.words().iter().enumerate() {
+                if is_slot(w.load(Ordering::Relaxed)) {
+                    f(base + i as u32);
+                }
+            }
+        });
     }
 
     /// Occupancy and memory, derived by scanning every live cluster.
