@@ -22,7 +22,7 @@
 //! table before telling the host.
 
 use vswap_alloc::sync::{AtomicU32, Ordering};
-use vswap_alloc::{Ctx, Error, PhysDevice, Provider, Result};
+use vswap_alloc::{Ctx, Error, LogDevice, PhysDevice, Provider, Result};
 
 use crate::devices::{DevicePin, Devices, MAX_DEVICES};
 use crate::host::Host;
@@ -85,7 +85,9 @@ pub trait EngineHost: Sync {
 /// The map's host inside the engine: frees device slots in the device table,
 /// then tells the engine's host.
 pub struct Router<P: Provider, H: EngineHost> {
-    devices: Devices<P>,
+    pub(crate) devices: Devices<P>,
+    /// The flash log device, if any, and its device number.
+    pub(crate) log: Option<(u8, LogDevice<P>)>,
     host: H,
 }
 
@@ -94,6 +96,15 @@ impl<P: Provider, H: EngineHost> Host for Router<P, H> {
         self.host.release_zswap(handle);
     }
     fn release_phys(&self, dev: u8, off: u64, len: u64) {
+        if let Some((id, log)) = &self.log {
+            if *id == dev {
+                for o in off..off.saturating_add(len) {
+                    let _ = log.invalidate(o);
+                }
+                self.host.released_phys(dev, off, len);
+                return;
+            }
+        }
         if let Ok(d) = self.devices.pin(dev) {
             // The map only releases what it held: the owner check is moot.
             let _ = d.free(off, len, None);
@@ -207,16 +218,41 @@ const RR_CPUS: usize = 64;
 
 /// The virtual swap engine. See the module documentation.
 pub struct Engine<P: Provider, H: EngineHost> {
-    map: VswapMap<P, Router<P, H>>,
-    cfg: EngineConfig,
+    pub(crate) map: VswapMap<P, Router<P, H>>,
+    pub(crate) cfg: EngineConfig,
     rr: [Rr; RR_CPUS],
 }
 
 impl<P: Provider, H: EngineHost> Engine<P, H> {
     /// An engine with no devices.
     pub fn new(cfg: EngineConfig, provider: P, host: H) -> Result<Self> {
+        Self::build(cfg, provider, host, None)
+    }
+
+    /// An engine whose device number `id` is the flash log device `log`
+    /// (see [`Engine::log_writeout`]); other devices are added as usual.
+    pub fn with_log(
+        cfg: EngineConfig,
+        provider: P,
+        host: H,
+        id: u8,
+        log: LogDevice<P>,
+    ) -> Result<Self> {
+        if usize::from(id) >= MAX_DEVICES {
+            return Err(Error::NoDevice);
+        }
+        Self::build(cfg, provider, host, Some((id, log)))
+    }
+
+    fn build(
+        cfg: EngineConfig,
+        provider: P,
+        host: H,
+        log: Option<(u8, LogDevice<P>)>,
+    ) -> Result<Self> {
         let router = Router {
             devices: Devices::new(),
+            log,
             host,
         };
         Ok(Self {
@@ -242,7 +278,9 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
 
     /// Add device `id` (`0..MAX_DEVICES`) with `priority`.
     pub fn add_device(&self, id: u8, priority: u8, dev: PhysDevice<P>) -> Result<()> {
-        if usize::from(id) >= MAX_DEVICES {
+        if usize::from(id) >= MAX_DEVICES
+            || self.map.host().log.as_ref().is_some_and(|(l, _)| *l == id)
+        {
             return Err(Error::NoDevice);
         }
         self.devices().add(id, priority, dev)
@@ -356,7 +394,7 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
         Err(err)
     }
 
-    fn charge_phys(&self, slot: u32) -> Result<()> {
+    pub(crate) fn charge_phys(&self, slot: u32) -> Result<()> {
         if self.cfg.charge == ChargePolicy::PhysicalOnly {
             if let Some(id) = self.map.memcg(slot)? {
                 if !self.host().charge(id, 1) {
@@ -379,43 +417,23 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     /// kept if it has one) and store it. Returns the backend; for `Phys` the
     /// host writes the page there. `WrongState` for any other backend.
     pub fn writeout(&self, slot: u32, page: &[u8], cpu: u32) -> Result<Backend> {
-        if page.is_empty() || page.len() % 8 != 0 {
-            return Err(Error::BadConfig);
-        }
         let cur = self.map.lookup(slot)?.backend;
         if !matches!(cur, Backend::None | Backend::Phys { .. }) {
             return Err(Error::WrongState);
         }
-        let mut words = page.chunks_exact(8).map(|c| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(c);
-            u64::from_ne_bytes(b)
-        });
-        let first = words.next().unwrap_or(0);
-        let same = words.all(|w| w == first);
-        let new = if same && first == 0 {
-            Backend::Zero
-        } else if same && fits_payload(first) {
-            Backend::Same(first)
-        } else {
-            match self.host().zswap_store(slot, page) {
-                Some(h) if fits_payload(h) => Backend::Zswap(h),
-                other => {
-                    if let Some(h) = other {
-                        self.host().release_zswap(h); // too wide for the word
+        let new = match self.classify(slot, page)? {
+            Some(b) => b,
+            None => {
+                if let Backend::Phys { .. } = cur {
+                    return Ok(cur); // eager slot already there
+                }
+                self.charge_phys(slot)?;
+                match self.alloc_phys(0, cpu, slot, Ctx::NoSleep) {
+                    Ok((dev, off)) => Backend::Phys { dev, off },
+                    Err(e) => {
+                        self.uncharge_phys(slot);
+                        return Err(e);
                     }
-                    if let Backend::Phys { .. } = cur {
-                        return Ok(cur); // eager slot already there
-                    }
-                    self.charge_phys(slot)?;
-                    let (dev, off) = match self.alloc_phys(0, cpu, slot, Ctx::NoSleep) {
-                        Ok(x) => x,
-                        Err(e) => {
-                            self.uncharge_phys(slot);
-                            return Err(e);
-                        }
-                    };
-                    Backend::Phys { dev, off }
                 }
             }
         };
@@ -436,7 +454,38 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
         Ok(new)
     }
 
-    fn uncharge_phys(&self, slot: u32) {
+    /// The backend a page gets without a device slot: `Zero`, `Same` (one
+    /// repeated 64-bit word that fits the payload) or `Zswap` (if the host
+    /// takes it); `None` if it needs a device slot. `BadConfig` for a page
+    /// that is empty or not a whole number of 64-bit words.
+    pub(crate) fn classify(&self, slot: u32, page: &[u8]) -> Result<Option<Backend>> {
+        if page.is_empty() || page.len() % 8 != 0 {
+            return Err(Error::BadConfig);
+        }
+        let mut words = page.chunks_exact(8).map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            u64::from_ne_bytes(b)
+        });
+        let first = words.next().unwrap_or(0);
+        let same = words.all(|w| w == first);
+        if same && first == 0 {
+            return Ok(Some(Backend::Zero));
+        }
+        if same && fits_payload(first) {
+            return Ok(Some(Backend::Same(first)));
+        }
+        Ok(match self.host().zswap_store(slot, page) {
+            Some(h) if fits_payload(h) => Some(Backend::Zswap(h)),
+            Some(h) => {
+                self.host().release_zswap(h); // too wide for the word
+                None
+            }
+            None => None,
+        })
+    }
+
+    pub(crate) fn uncharge_phys(&self, slot: u32) {
         if self.cfg.charge == ChargePolicy::PhysicalOnly {
             if let Ok(Some(id)) = self.map.memcg(slot) {
                 self.host().uncharge(id, 1);

@@ -28,6 +28,7 @@
 pub mod devices;
 pub mod engine;
 mod host;
+mod logpath;
 mod map;
 mod side;
 pub mod swapops;
@@ -44,8 +45,8 @@ pub use swapops::{Mode, Swap, SwapEntry, SwapOps, VIRTUAL_TYPE};
 #[cfg(feature = "std")]
 pub use vswap_alloc::StdProvider;
 pub use vswap_alloc::{
-    Ctx, DeviceConfig, DeviceStats, Error, Geometry, MemError, PhysDevice, Provider, Result,
-    SpaceMemory,
+    Ctx, DeviceConfig, DeviceStats, Error, Flush, Flushed, GcPass, GcPolicy, Geometry, LogConfig,
+    LogDevice, LogStats, MemError, PhysDevice, Provider, Result, SpaceMemory, Stream,
 };
 pub use word::{Backend, BackendKind, Entry, INLINE_COUNT_MAX};
 
