@@ -845,7 +845,12 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         Ok(())
     }
 
-    /// The memcg id of a live slot (`None` if never set).
+    /// The memcg id of a slot: the id last set for it, or, while the cluster
+    /// keeps no id table, the id its cluster's slots share. `None` if no slot
+    /// of the cluster was ever given one. Ids are not cleared on free: an
+    /// owner sets its slot's id after allocation (the engine does so in
+    /// `Engine::alloc`); before that a slot reports its cluster's or the
+    /// previous owner's id.
     pub fn memcg(&self, slot: u32) -> Result<Option<u16>> {
         let (pin, off) = self.pin(slot)?;
         if !is_slot(word(&pin, off)?.load(Ordering::Acquire)) {
