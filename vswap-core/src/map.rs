@@ -691,35 +691,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// if the slot is locked: a lock holder moves data with
     /// [`commit_unlock`](Self::commit_unlock) instead.
     pub fn store(&self, slot: u32, expected: Backend, new: Backend) -> Result<()> {
-        let (exp, nw) = (expected.encode()?, new.encode()?);
-        let (pin, off) = self.pin(slot)?;
-        let word = word(&pin, off)?;
-        let mut w = word.load(Ordering::Acquire);
-        loop {
-            if !is_live(w) {
-                return Err(Error::NotAllocated);
-            }
-            if w & LOCKED != 0 {
-                return Err(Error::Busy);
-            }
-            if backend_bits(w) != exp {
-                return Err(Error::WrongState);
-            }
-            match word.compare_exchange_weak(
-                w,
-                (w & !backend_bits(w)) | nw,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(x) => w = x,
-            }
-        }
-        drop(pin);
-        if exp != nw {
-            Releaser::new(&self.host).release(expected);
-        }
-        Ok(())
+        self.replace(slot, expected, new, false)
     }
 
     /// For the holder of the slot's lock: replace the backend `expected` by
@@ -728,19 +700,30 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// `Gone` if the slot died while locked: then nothing is committed, the slot
     /// is freed with its old backend, and the caller releases `new` itself.
     pub fn commit_unlock(&self, slot: u32, expected: Backend, new: Backend) -> Result<()> {
+        self.replace(slot, expected, new, true)
+    }
+
+    /// [`store`](Self::store) (`locked == false`: the slot must be unlocked)
+    /// and [`commit_unlock`](Self::commit_unlock) (`locked == true`: the caller
+    /// holds the lock, which the CAS drops).
+    fn replace(&self, slot: u32, expected: Backend, new: Backend, locked: bool) -> Result<()> {
         let (exp, nw) = (expected.encode()?, new.encode()?);
         let (pin, off) = self.pin(slot)?;
         let word = word(&pin, off)?;
         let mut w = word.load(Ordering::Acquire);
         loop {
-            if !is_slot(w) {
+            if !is_slot(w) || (!locked && !is_live(w)) {
                 return Err(Error::NotAllocated);
             }
-            if w & LOCKED == 0 {
+            if !locked && w & LOCKED != 0 {
+                return Err(Error::Busy);
+            }
+            if locked && w & LOCKED == 0 {
                 return Err(Error::NotLocked);
             }
             if !is_live(w) {
-                // A zombie: free it (unlock) and report the lost move.
+                // A zombie under our lock: free it (unlock) and report the
+                // lost move.
                 match settle(&pin, off, word, w, w & !LOCKED) {
                     Ok(freed) => {
                         self.finish(pin, freed);
@@ -755,12 +738,9 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             if backend_bits(w) != exp {
                 return Err(Error::WrongState);
             }
-            match word.compare_exchange_weak(
-                w,
-                ((w & !backend_bits(w)) | nw) & !LOCKED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            let unlock = if locked { LOCKED } else { 0 };
+            let next = ((w & !backend_bits(w)) | nw) & !unlock;
+            match word.compare_exchange_weak(w, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => break,
                 Err(x) => w = x,
             }
