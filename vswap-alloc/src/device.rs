@@ -4,7 +4,8 @@
 //! Each device slot's word is 0 when free, or the *virtual* slot whose data it
 //! holds (virtual slot 0 is never a swap entry, so 0 is unambiguous). That one
 //! word is both the allocation bit and the reverse map: 4 bytes per slot, which
-//! caps the virtual space at 2^32 slots. Writeback, relocation, swapoff, GC and
+//! caps the virtual space at 2^32 slots. `u32::MAX` marks reserved slots, so
+//! virtual slot `u32::MAX` cannot own device slots. Writeback, relocation, swapoff, GC and
 //! readahead read it; nothing walks page tables.
 //!
 //! The allocation policy is the slot space's fixed-device policy (the kernel's
@@ -111,8 +112,15 @@ impl<P: Provider> PhysDevice<P> {
 
     /// Allocate `2^order` naturally aligned device slots on `cpu` for the
     /// virtual slots `owner..owner + 2^order`. Returns the first offset.
+    ///
+    /// The owners must lie in `1..u32::MAX` ([`Error::OutOfRange`]): 0 marks
+    /// a free slot and `u32::MAX` a reserved one, so virtual slot `u32::MAX`
+    /// can never have its data on a device.
     pub fn alloc(&self, order: u32, cpu: u32, owner: u32, ctx: Ctx) -> Result<u64> {
         if owner == 0 {
+            return Err(Error::OutOfRange);
+        }
+        if order <= self.geometry().cluster_shift && u64::from(owner) + (1u64 << order) > RESERVED {
             return Err(Error::OutOfRange);
         }
         self.space
@@ -193,8 +201,11 @@ impl<P: Provider> PhysDevice<P> {
 
     /// Move device slot `off` from virtual slot `from` to `to` (the virtual
     /// layer moved the data's owner, e.g. on swapoff of a direct slot).
+    ///
+    /// `to` must lie in `1..u32::MAX` ([`Error::OutOfRange`]). Free and
+    /// reserved slots have no owner: `from` 0 or `u32::MAX` never matches.
     pub fn set_owner(&self, off: u64, from: u32, to: u32) -> Result<()> {
-        if off >= self.slots() || to == 0 {
+        if off >= self.slots() || to == 0 || u64::from(to) == RESERVED {
             return Err(Error::OutOfRange);
         }
         let pin = self.space.pin(off as u32)?;
@@ -202,6 +213,16 @@ impl<P: Provider> PhysDevice<P> {
             .words()
             .get((off - u64::from(pin.base())) as usize)
             .ok_or(Error::OutOfRange)?;
+        if from == 0 || u64::from(from) == RESERVED {
+            // A CAS from these would hand out a free slot without its
+            // reference, or turn a header or bad slot into data.
+            let v = w.get(Ordering::Acquire);
+            return Err(if v == 0 || v == RESERVED {
+                Error::NotAllocated
+            } else {
+                Error::WrongState
+            });
+        }
         w.cas(u64::from(from), u64::from(to))
             .map(|_| ())
             .map_err(|v| {
