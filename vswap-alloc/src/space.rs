@@ -876,9 +876,18 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             }
         }
         let words = self.words_of(e);
-        if idx == 0 && !self.policy.fixed {
-            if let Some(w) = words.first() {
-                w.put(self.reserved, Ordering::Relaxed);
+        if !self.policy.fixed {
+            // Slot 0 (a zero swap entry means "none") and slot 2^32 - 1 (the
+            // device reverse map's reserved marker) are never handed out.
+            if idx == 0 {
+                if let Some(w) = words.first() {
+                    w.put(self.reserved, Ordering::Relaxed);
+                }
+            }
+            if (u64::from(idx) + 1) << self.geo.cluster_shift > u64::from(u32::MAX) {
+                if let Some(w) = words.get((u32::MAX - (idx << self.geo.cluster_shift)) as usize) {
+                    w.put(self.reserved, Ordering::Relaxed);
+                }
             }
         }
         // The cache's hold, plus slots that are never handed out.
@@ -1681,5 +1690,25 @@ mod tests {
             s.cluster_state(b >> 2),
             ClusterState::Live { frag: true, .. }
         ));
+    }
+
+    #[test]
+    fn the_last_slot_of_a_full_size_virtual_space_is_never_handed_out() {
+        let p = StdProvider::new();
+        let geo = Geometry {
+            cluster_shift: 13,
+            slots: 1 << 32,
+            cpus: 1,
+            ..Geometry::default()
+        };
+        let s = SlotSpace::new(geo, &p, u64::MAX).unwrap();
+        // Jump straight to the last cluster.
+        s.lists.lock().bump = (geo.clusters() - 1) as u32;
+        let mut n = 0;
+        while let Ok(a) = s.alloc(0, 0, Ctx::MaySleep, INIT) {
+            assert_ne!(a, u32::MAX);
+            n += 1;
+        }
+        assert_eq!(n, 8191);
     }
 }
