@@ -251,6 +251,9 @@ struct Fifo {
 struct Lists {
     nonfull: [u32; MAX_ORDERS],
     frag: [u32; MAX_ORDERS],
+    /// Tails of the `frag` lists: fragmented clusters queue at the tail, so
+    /// allocations that fall back to them try each in turn.
+    frag_tail: [u32; MAX_ORDERS],
     full: u32,
     free: Fifo,
     discard: Fifo,
@@ -511,6 +514,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             lists: Mutex::new(Lists {
                 nonfull: [0; MAX_ORDERS],
                 frag: [0; MAX_ORDERS],
+                frag_tail: [0; MAX_ORDERS],
                 full: 0,
                 free: Fifo::default(),
                 discard: Fifo::default(),
@@ -940,9 +944,33 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         }
     }
 
-    /// Link a live, uncached, unlisted cluster at the head of `list`.
+    /// Link a live, uncached, unlisted cluster at the head of `list` (at the
+    /// tail of a `frag` list).
     fn link(&self, l: &mut Lists, idx: u32, e: &DirEntry<W>, list: List) {
         let (_, s) = e.update(|s| with_list(s, list));
+        let o = order_of(s) as usize;
+        if list == List::Frag {
+            let (Some(&tail), Some(&head)) = (l.frag_tail.get(o), l.frag.get(o)) else {
+                return;
+            };
+            match tail.checked_sub(1).and_then(|t| self.entry(t)) {
+                Some(t) => t.set_links(t.prev(), idx + 1),
+                None if head == 0 => {
+                    if let Some(h) = l.frag.get_mut(o) {
+                        *h = idx + 1;
+                    }
+                }
+                None => return,
+            }
+            e.set_links(tail, 0);
+            if let Some(t) = l.frag_tail.get_mut(o) {
+                *t = idx + 1;
+            }
+            if let Some(c) = l.counts.get_mut(list as usize) {
+                *c += 1;
+            }
+            return;
+        }
         let Some(head) = self.head(l, list, order_of(s)) else {
             return;
         };
@@ -976,6 +1004,13 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         }
         if let Some(nx) = next.checked_sub(1).and_then(|n| self.entry(n)) {
             nx.set_links(prev, nx.next());
+        }
+        if list == List::Frag {
+            if let Some(t) = l.frag_tail.get_mut(order_of(s) as usize) {
+                if *t == idx + 1 {
+                    *t = prev;
+                }
+            }
         }
         e.set_links(0, 0);
         e.update(|s| with_list(s, List::None));
