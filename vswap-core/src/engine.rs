@@ -321,17 +321,39 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
             }
         }
         if self.cfg.placement == Placement::Eager {
-            if let Ok((dev, off)) = self.alloc_phys(order, cpu, slot, ctx) {
-                for i in 0..n {
-                    let b = Backend::Phys {
-                        dev,
-                        off: off + u64::from(i),
-                    };
-                    let _ = self.map.store(slot + i, Backend::None, b);
-                }
-            }
+            self.place_eagerly(slot, order, cpu, ctx);
         }
         Ok(slot)
+    }
+
+    /// Eager placement: device slots for a fresh range, charged per slot under
+    /// [`ChargePolicy::PhysicalOnly`]. Best effort: without room (or charge)
+    /// the range keeps no backend and writeout places it later.
+    fn place_eagerly(&self, slot: u32, order: u32, cpu: u32, ctx: Ctx) {
+        let n = 1u32 << order;
+        let mut charged = 0;
+        while charged < n && self.charge_phys(slot + charged).is_ok() {
+            charged += 1;
+        }
+        if charged == n {
+            if let Ok((dev, off)) = self.alloc_phys(order, cpu, slot, ctx) {
+                for i in 0..n {
+                    let o = off + u64::from(i);
+                    if self
+                        .map
+                        .store(slot + i, Backend::None, Backend::Phys { dev, off: o })
+                        .is_err()
+                    {
+                        self.free_phys(dev, o, slot + i);
+                        self.uncharge_phys(slot + i);
+                    }
+                }
+                return;
+            }
+        }
+        for i in 0..charged {
+            self.uncharge_phys(slot + i);
+        }
     }
 
     /// A device run of `2^order` slots for virtual slots `owner..`, by tier.
@@ -558,6 +580,12 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     /// The page is on the device: commit, unlock, free the zswap object.
     /// `Gone` if the slot died meanwhile (the device slot is given back).
     pub fn writeback_commit(&self, w: Writeback) -> Result<()> {
+        // The slot is ours (locked) until the commit: read its charge now, a
+        // lost commit frees it.
+        let charged = match self.cfg.charge {
+            ChargePolicy::PhysicalOnly => self.map.memcg(w.slot).ok().flatten(),
+            _ => None,
+        };
         match self.map.commit_unlock(
             w.slot,
             Backend::Zswap(w.handle),
@@ -569,6 +597,9 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.free_phys(w.dev, w.off, w.slot);
+                if let Some(id) = charged {
+                    self.host().uncharge(id, 1);
+                }
                 if e != Error::Gone {
                     let _ = self.map.unlock(w.slot);
                 }
