@@ -1,0 +1,294 @@
+//! The host interface: a struct of C callbacks, and the engine's `Provider`,
+//! `EngineHost` and `Host` implemented over it.
+//!
+//! Each handle keeps its own copy of the `vswap_host_ops` the caller passed at
+//! create time (the caller's struct need not outlive the call); the provider
+//! and host the engine is built with are one pointer to that copy.
+
+use core::ffi::c_void;
+use core::ptr::NonNull;
+
+use vswap_core::{Ctx, EngineHost, Host, MemError, Provider};
+
+use crate::util::Code;
+
+/// The host's callbacks, given at create time and copied into the handle.
+///
+/// Every callback gets `ctx` as its first argument. Callbacks are never called
+/// while the library holds an internal lock, but may be called from any thread
+/// that calls into the library (concurrently when several do), and must not
+/// call back into the same handle.
+///
+/// `alloc` and `free` are required; the rest may be NULL.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct vswap_host_ops {
+    /// Passed to every callback.
+    pub ctx: *mut c_void,
+    /// Allocate `size` bytes aligned to `align` (a power of two, at most 4096
+    /// unless `size` is larger), or return NULL. `may_sleep` false means the
+    /// caller must not sleep (`GFP_NOWAIT`); NULL then gives `-EAGAIN` (retry
+    /// where sleeping is allowed), and NULL with `may_sleep` gives `-ENOMEM`.
+    /// The memory need not be zeroed (the library zeroes it). Required.
+    pub alloc: Option<
+        unsafe extern "C" fn(
+            ctx: *mut c_void,
+            size: usize,
+            align: usize,
+            may_sleep: bool,
+        ) -> *mut c_void,
+    >,
+    /// Give back a block from `alloc`, with the same `size` and `align`.
+    /// Required.
+    pub free:
+        Option<unsafe extern "C" fn(ctx: *mut c_void, ptr: *mut c_void, size: usize, align: usize)>,
+    /// A zswap object is no longer referenced: free it. May be NULL.
+    pub release_zswap: Option<unsafe extern "C" fn(ctx: *mut c_void, handle: u64)>,
+    /// `len` device slots from `off` on device `dev` were released (runs are
+    /// coalesced). For an engine the slots are already back in the device's
+    /// allocator (this is for the host's bookkeeping, e.g. discard batching);
+    /// for a standalone map the host frees them. May be NULL.
+    pub released_phys: Option<unsafe extern "C" fn(ctx: *mut c_void, dev: u32, off: u64, len: u64)>,
+    /// Offer a page to zswap at writeout: return true and set `*handle` if it
+    /// was compressed and kept (a handle that does not fit 50 sign-extended
+    /// bits is released again with `release_zswap`). May be NULL (no zswap).
+    pub zswap_store: Option<
+        unsafe extern "C" fn(
+            ctx: *mut c_void,
+            slot: u32,
+            page: *const u8,
+            len: usize,
+            handle: *mut u64,
+        ) -> bool,
+    >,
+    /// Charge `pages` swap pages to memcg `memcg`; false refuses (over limit),
+    /// which fails the operation with `-ENOSPC`. May be NULL (always true).
+    pub charge: Option<unsafe extern "C" fn(ctx: *mut c_void, memcg: u16, pages: u32) -> bool>,
+    /// Give back a charge. May be NULL.
+    pub uncharge: Option<unsafe extern "C" fn(ctx: *mut c_void, memcg: u16, pages: u32)>,
+    /// Discard device slots `first .. first + len` of device `dev` (called by
+    /// `vswap_device_discard` and `vswap_map_discard`, never inside an
+    /// allocation). May be NULL (those functions then only mark clusters
+    /// discarded).
+    pub discard: Option<unsafe extern "C" fn(ctx: *mut c_void, dev: u32, first: u64, len: u64)>,
+}
+
+/// The engine's provider and host: a pointer to the handle's copy of the ops.
+#[derive(Clone, Copy, Debug)]
+pub struct HostOps {
+    ops: NonNull<vswap_host_ops>,
+}
+
+// SAFETY: the ops copy is written once before the handle is published and
+// never changed while the handle lives; the callbacks' thread safety is the C
+// host's documented contract (`vswap_host_ops`).
+unsafe impl Send for HostOps {}
+// SAFETY: as above: shared access only reads the immutable copy.
+unsafe impl Sync for HostOps {}
+
+impl HostOps {
+    /// # Safety
+    /// `ops` points to a `vswap_host_ops` with non-NULL `alloc` and `free`
+    /// that stays valid and unchanged for as long as any copy of the result
+    /// is used.
+    pub(crate) unsafe fn new(ops: NonNull<vswap_host_ops>) -> Self {
+        Self { ops }
+    }
+
+    fn ops(&self) -> &vswap_host_ops {
+        // SAFETY: valid and unchanged for our lifetime (`new`'s contract).
+        unsafe { self.ops.as_ref() }
+    }
+
+    /// Allocate and zero a block through the host (`alloc_zeroed` below).
+    pub(crate) fn alloc_block(
+        &self,
+        size: usize,
+        align: usize,
+        ctx: Ctx,
+    ) -> Result<NonNull<u8>, MemError> {
+        let ops = self.ops();
+        let fail = match ctx {
+            Ctx::MaySleep => MemError::NoMem,
+            Ctx::NoSleep => MemError::Again,
+        };
+        let Some(alloc) = ops.alloc else {
+            return Err(fail);
+        };
+        // SAFETY: the host's callback with its own context, as documented.
+        let p = unsafe { alloc(ops.ctx, size, align, ctx == Ctx::MaySleep) };
+        let Some(p) = NonNull::new(p.cast::<u8>()) else {
+            return Err(fail);
+        };
+        if (p.as_ptr() as usize) % align.max(1) != 0 {
+            // A misaligned block would be undefined behaviour for the tables
+            // built in it: give it back and report no memory.
+            // SAFETY: the block came from `alloc` with this size and alignment.
+            unsafe { self.free_block(p, size, align) };
+            return Err(MemError::NoMem);
+        }
+        // SAFETY: the host returned a block valid for `size` bytes of writes
+        // (its contract); zeroing it makes it what `Provider` promises.
+        unsafe { p.as_ptr().write_bytes(0, size) };
+        Ok(p)
+    }
+
+    /// # Safety
+    /// `p` came from [`alloc_block`](Self::alloc_block) with `size`/`align`.
+    pub(crate) unsafe fn free_block(&self, p: NonNull<u8>, size: usize, align: usize) {
+        let ops = self.ops();
+        if let Some(free) = ops.free {
+            // SAFETY: giving the host back its own block, as documented.
+            unsafe { free(ops.ctx, p.as_ptr().cast(), size, align) };
+        }
+    }
+
+    /// The host's `discard` callback, if any.
+    pub(crate) fn discard(&self, dev: u32, first: u64, len: u64) {
+        let ops = self.ops();
+        if let Some(f) = ops.discard {
+            // SAFETY: the host's callback with its own context.
+            unsafe { f(ops.ctx, dev, first, len) };
+        }
+    }
+}
+
+// SAFETY: `alloc_zeroed` returns blocks from the host's allocator checked for
+// alignment and zeroed, valid for `size` bytes (the host's contract), and
+// `free` hands back exactly those blocks.
+unsafe impl Provider for HostOps {
+    fn alloc_zeroed(&self, size: usize, align: usize, ctx: Ctx) -> Result<NonNull<u8>, MemError> {
+        self.alloc_block(size, align, ctx)
+    }
+    unsafe fn free(&self, ptr: NonNull<u8>, size: usize, align: usize) {
+        // SAFETY: same contract as `Provider::free`.
+        unsafe { self.free_block(ptr, size, align) }
+    }
+}
+
+impl EngineHost for HostOps {
+    fn release_zswap(&self, handle: u64) {
+        let ops = self.ops();
+        if let Some(f) = ops.release_zswap {
+            // SAFETY: the host's callback with its own context.
+            unsafe { f(ops.ctx, handle) };
+        }
+    }
+    fn released_phys(&self, dev: u8, off: u64, len: u64) {
+        let ops = self.ops();
+        if let Some(f) = ops.released_phys {
+            // SAFETY: the host's callback with its own context.
+            unsafe { f(ops.ctx, u32::from(dev), off, len) };
+        }
+    }
+    fn zswap_store(&self, slot: u32, page: &[u8]) -> Option<u64> {
+        let ops = self.ops();
+        let f = ops.zswap_store?;
+        let mut handle = 0u64;
+        // SAFETY: `page` is valid for `page.len()` bytes and `handle` for a
+        // write, for the whole call; the host's callback with its context.
+        let kept = unsafe { f(ops.ctx, slot, page.as_ptr(), page.len(), &mut handle) };
+        kept.then_some(handle)
+    }
+    fn charge(&self, id: u16, pages: u32) -> bool {
+        let ops = self.ops();
+        match ops.charge {
+            // SAFETY: the host's callback with its own context.
+            Some(f) => unsafe { f(ops.ctx, id, pages) },
+            None => true,
+        }
+    }
+    fn uncharge(&self, id: u16, pages: u32) {
+        let ops = self.ops();
+        if let Some(f) = ops.uncharge {
+            // SAFETY: the host's callback with its own context.
+            unsafe { f(ops.ctx, id, pages) };
+        }
+    }
+}
+
+impl Host for HostOps {
+    fn release_zswap(&self, handle: u64) {
+        EngineHost::release_zswap(self, handle)
+    }
+    fn release_phys(&self, dev: u8, off: u64, len: u64) {
+        EngineHost::released_phys(self, dev, off, len)
+    }
+}
+
+/// A handle's memory: the ops copy first, then the object built over it.
+pub(crate) struct Handle<T> {
+    pub(crate) ops: vswap_host_ops,
+    pub(crate) inner: T,
+}
+
+/// Allocate a handle through the caller's `alloc`, copy `ops` into it, and
+/// build its object with a [`HostOps`] pointing at that copy. On failure
+/// nothing is left allocated. `-EINVAL` if `alloc` or `free` is NULL.
+pub(crate) fn create_handle<T>(
+    ops: vswap_host_ops,
+    make: impl FnOnce(HostOps) -> Result<T, Code>,
+) -> Result<NonNull<Handle<T>>, Code> {
+    if ops.alloc.is_none() || ops.free.is_none() {
+        return Err(Code(-crate::types::VSWAP_EINVAL));
+    }
+    let size = core::mem::size_of::<Handle<T>>();
+    let align = core::mem::align_of::<Handle<T>>();
+    // A temporary view of the caller's ops, for the handle's own allocation.
+    let tmp = ops;
+    // SAFETY: `tmp` lives on this stack frame for the whole use below and
+    // has non-NULL alloc and free (checked).
+    let boot = unsafe { HostOps::new(NonNull::from(&tmp)) };
+    let raw = boot
+        .alloc_block(size, align, Ctx::MaySleep)
+        .map_err(|e| Code::from(vswap_core::Error::from(e)))?
+        .cast::<Handle<T>>();
+    // SAFETY: `raw` is a fresh block of `size` bytes aligned for
+    // `Handle<T>`; writing a field through a raw pointer does not read the
+    // uninitialised rest.
+    unsafe { core::ptr::addr_of_mut!((*raw.as_ptr()).ops).write(ops) };
+    // SAFETY: the copy just written stays in place and unchanged until
+    // `destroy_handle` frees the block, after the object is dropped.
+    let host = unsafe {
+        HostOps::new(NonNull::new_unchecked(core::ptr::addr_of_mut!(
+            (*raw.as_ptr()).ops
+        )))
+    };
+    match make(host) {
+        Ok(inner) => {
+            // SAFETY: as above, `inner`'s place is in our fresh block.
+            unsafe { core::ptr::addr_of_mut!((*raw.as_ptr()).inner).write(inner) };
+            Ok(raw)
+        }
+        Err(e) => {
+            // SAFETY: the block came from `alloc_block` with this layout and
+            // holds no object to drop.
+            unsafe { boot.free_block(raw.cast(), size, align) };
+            Err(e)
+        }
+    }
+}
+
+/// Drop a handle's object, then give its memory back through the ops copy
+/// it holds.
+///
+/// # Safety
+/// `h` came from [`create_handle`] and is not used afterwards.
+pub(crate) unsafe fn destroy_handle<T>(h: NonNull<Handle<T>>) {
+    // SAFETY: `h` is a live handle (contract): its ops copy is initialised.
+    let ops = unsafe { core::ptr::addr_of!((*h.as_ptr()).ops).read() };
+    // SAFETY: the object was initialised by `create_handle` and is dropped
+    // once; it may still use the ops copy while dropping (it is in place).
+    unsafe { core::ptr::drop_in_place(core::ptr::addr_of_mut!((*h.as_ptr()).inner)) };
+    let tmp = ops;
+    // SAFETY: `tmp` lives on this frame for the call below.
+    let boot = unsafe { HostOps::new(NonNull::from(&tmp)) };
+    // SAFETY: the block came from the same host allocator with this layout.
+    unsafe {
+        boot.free_block(
+            h.cast(),
+            core::mem::size_of::<Handle<T>>(),
+            core::mem::align_of::<Handle<T>>(),
+        )
+    };
+}

@@ -1,0 +1,706 @@
+/*
+ * The C ABI end to end: every backend's lifecycle, cache and lock, batch
+ * calls, writeback, relocation, swapoff of a device and of the virtual
+ * layer, direct-mode and standalone maps, the log device, charging,
+ * discard. Each test checks that every byte the library took from the host
+ * is back after destroy.
+ */
+#include "harness.h"
+
+static struct test_host H;
+static struct vswap_host_ops OPS;
+
+static void setup(void)
+{
+	host_init(&H, &OPS);
+}
+
+static void teardown_engine(struct vswap_engine *e)
+{
+	vswap_engine_destroy(e);
+	EXPECT(atomic_load(&H.bytes), 0);
+	EXPECT(atomic_load(&H.blocks), 0);
+}
+
+static uint32_t alloc_slot(struct vswap_engine *e)
+{
+	uint32_t s = 0;
+	OK(vswap_alloc(e, 0, 0, VSWAP_NO_MEMCG, true, &s));
+	CHECK(s != 0);
+	return s;
+}
+
+static void test_every_backend(void)
+{
+	setup();
+	struct vswap_engine *e = make_engine(&OPS, VSWAP_PLACEMENT_DEFERRED, VSWAP_CHARGE_NONE);
+	CHECK(e != NULL);
+	OK(add_device(e, 0, 10, 4096));
+	uint8_t page[PAGE];
+	struct vswap_backend b;
+	struct vswap_entry en;
+	uint32_t s[5];
+	for (int i = 0; i < 5; i++) {
+		s[i] = alloc_slot(e);
+		OK(vswap_dup(e, s[i], 2, true));
+	}
+	/* s[0] stays in memory: no writeout. */
+	OK(vswap_lookup(e, s[0], &en));
+	EXPECT(en.backend.kind, VSWAP_BACKEND_NONE);
+	EXPECT(en.count, 2);
+	CHECK(en.cached && !en.locked);
+	/* zero */
+	OK(vswap_writeout(e, s[1], page_zero, PAGE, 0, &b));
+	EXPECT(b.kind, VSWAP_BACKEND_ZERO);
+	/* same-filled 0xff.. */
+	fill_same(page, UINT64_MAX);
+	OK(vswap_writeout(e, s[2], page, PAGE, 0, &b));
+	EXPECT(b.kind, VSWAP_BACKEND_SAME);
+	CHECK(b.value == UINT64_MAX);
+	/* zswap */
+	fill_zswap(page, 1);
+	OK(vswap_writeout(e, s[3], page, PAGE, 0, &b));
+	EXPECT(b.kind, VSWAP_BACKEND_ZSWAP);
+	uint64_t handle = b.value;
+	/* device slot */
+	fill_random(page, 2);
+	OK(vswap_writeout(e, s[4], page, PAGE, 1, &b));
+	EXPECT(b.kind, VSWAP_BACKEND_PHYS);
+	EXPECT(b.dev, 0);
+	uint32_t owner = 0;
+	OK(vswap_device_owner(e, 0, b.value, &owner));
+	EXPECT(owner, s[4]);
+	struct vswap_device_stats ds;
+	OK(vswap_device_get_stats(e, 0, &ds));
+	EXPECT(ds.used, 1);
+	EXPECT(ds.usable, 4095);
+
+	struct vswap_map_stats st;
+	OK(vswap_engine_get_stats(e, &st));
+	EXPECT(st.live_slots, 5);
+	for (int k = 0; k < 5; k++)
+		EXPECT(st.by_kind[k], 1);
+	EXPECT(st.cached, 5);
+	CHECK(st.mem_total > 0 && st.mem_total == st.mem_directory + st.mem_percpu +
+						       st.mem_words + st.mem_cache +
+						       st.mem_memcg + st.mem_side);
+
+	/* Reclaim: the folio leaves the swap cache, leaving a shadow. */
+	for (int i = 0; i < 5; i++) {
+		EXPECT(vswap_cache_clear(e, s[i], 0xabc0 + (unsigned)i, true), VSWAP_LIVE);
+		struct vswap_cache_state cs;
+		OK(vswap_cache_get(e, s[i], &cs));
+		CHECK(!cs.cached);
+		EXPECT(cs.word, 0xabc0 + (unsigned)i);
+	}
+	/* Page tables drop their references: the last put frees. */
+	for (int i = 0; i < 5; i++) {
+		EXPECT(vswap_put(e, s[i], 1), VSWAP_LIVE);
+		EXPECT(vswap_put(e, s[i], 1), VSWAP_FREED);
+		EXPECT(vswap_lookup(e, s[i], &en), -VSWAP_ENOENT);
+	}
+	EXPECT(atomic_load(&H.zswap_released), 1);
+	EXPECT(atomic_load(&H.zswap_sum), handle);
+	EXPECT(atomic_load(&H.phys_released), 1);
+	OK(vswap_device_get_stats(e, 0, &ds));
+	EXPECT(ds.used, 0);
+	OK(vswap_engine_get_stats(e, &st));
+	EXPECT(st.live_slots, 0);
+	teardown_engine(e);
+}
+
+static void test_cache_lock_store(void)
+{
+	setup();
+	struct vswap_engine *e = make_engine(&OPS, VSWAP_PLACEMENT_DEFERRED, VSWAP_CHARGE_NONE);
+	uint32_t s = alloc_slot(e);
+	struct vswap_cache_state cs;
+	struct vswap_entry en;
+	OK(vswap_cache_store(e, s, 0x1234, true));
+	OK(vswap_cache_get(e, s, &cs));
+	CHECK(cs.cached);
+	EXPECT(cs.word, 0x1234);
+	/* lock / unlock */
+	OK(vswap_lock(e, s));
+	EXPECT(vswap_lock(e, s), -VSWAP_EBUSY);
+	OK(vswap_lookup(e, s, &en));
+	CHECK(en.locked);
+	EXPECT(vswap_unlock(e, s), VSWAP_LIVE);
+	EXPECT(vswap_unlock(e, s), -VSWAP_EPERM);
+	/* try_get takes a count */
+	OK(vswap_try_get(e, s, true, &en));
+	EXPECT(en.count, 1);
+	/* low-level store and commit_unlock */
+	struct vswap_backend none = {VSWAP_BACKEND_NONE, 0, 0};
+	struct vswap_backend same7 = {VSWAP_BACKEND_SAME, 0, 7};
+	struct vswap_backend zero = {VSWAP_BACKEND_ZERO, 0, 0};
+	OK(vswap_store(e, s, &none, &same7));
+	OK(vswap_lookup(e, s, &en));
+	EXPECT(en.backend.kind, VSWAP_BACKEND_SAME);
+	EXPECT(en.backend.value, 7);
+	OK(vswap_lock(e, s));
+	EXPECT(vswap_store(e, s, &same7, &zero), -VSWAP_EBUSY); /* locked */
+	OK(vswap_commit_unlock(e, s, &same7, &zero));
+	OK(vswap_lookup(e, s, &en));
+	CHECK(!en.locked);
+	EXPECT(en.backend.kind, VSWAP_BACKEND_ZERO);
+	/* memcg ids */
+	uint32_t id = 0;
+	OK(vswap_set_memcg(e, s, 0, 42, true));
+	OK(vswap_memcg(e, s, &id));
+	EXPECT(id, 42);
+	/* a zombie: the last reference goes while locked; the unlock frees */
+	OK(vswap_lock(e, s));
+	EXPECT(vswap_put(e, s, 1), VSWAP_LIVE);
+	EXPECT(vswap_cache_clear(e, s, 0, true), VSWAP_LIVE);
+	OK(vswap_lookup(e, s, &en));
+	CHECK(en.locked && !en.cached && en.count == 0);
+	EXPECT(vswap_unlock(e, s), VSWAP_FREED);
+	EXPECT(vswap_lookup(e, s, &en), -VSWAP_ENOENT);
+	teardown_engine(e);
+}
+
+static void test_batches(void)
+{
+	setup();
+	struct vswap_engine *e = make_engine(&OPS, VSWAP_PLACEMENT_DEFERRED, VSWAP_CHARGE_NONE);
+	uint32_t start = 0, done = 99, freed = 99;
+	struct vswap_entry en;
+	/* put_range over an order-3 range */
+	OK(vswap_alloc(e, 3, 0, VSWAP_NO_MEMCG, true, &start));
+	EXPECT(start % 8, 0);
+	for (uint32_t i = 0; i < 8; i++) {
+		OK(vswap_dup(e, start + i, 1, true));
+		EXPECT(vswap_cache_clear(e, start + i, 0, true), VSWAP_LIVE);
+	}
+	OK(vswap_lock_range(e, start, 3));
+	EXPECT(vswap_put_range(e, start, 3, &freed), -VSWAP_EBUSY);
+	OK(vswap_unlock_range(e, start, 3, &freed));
+	EXPECT(freed, 0);
+	OK(vswap_put_range(e, start, 3, &freed));
+	EXPECT(freed, 8);
+	/* put_many over 16 slots */
+	OK(vswap_alloc(e, 4, 1, VSWAP_NO_MEMCG, true, &start));
+	for (uint32_t i = 0; i < 16; i++) {
+		OK(vswap_dup(e, start + i, 1, true));
+		OK(vswap_store(e, start + i, &(struct vswap_backend){VSWAP_BACKEND_NONE, 0, 0},
+			       &(struct vswap_backend){VSWAP_BACKEND_ZERO, 0, 0}));
+		EXPECT(vswap_cache_clear(e, start + i, 0, true), VSWAP_LIVE);
+	}
+	OK(vswap_put_many(e, start, 16, &done, &freed));
+	EXPECT(done, 16);
+	EXPECT(freed, 16);
+	/* a batch that stops: slot 2 has no count */
+	OK(vswap_alloc(e, 2, 0, VSWAP_NO_MEMCG, true, &start));
+	OK(vswap_dup(e, start, 1, true));
+	OK(vswap_dup(e, start + 1, 1, true));
+	EXPECT(vswap_put_many(e, start, 4, &done, &freed), -VSWAP_EINVAL);
+	EXPECT(done, 2);
+	OK(vswap_lookup(e, start + 2, &en));
+	CHECK(en.cached && en.count == 0);
+	for (uint32_t i = 0; i < 4; i++)
+		EXPECT(vswap_cache_clear(e, start + i, 0, true), VSWAP_FREED);
+	struct vswap_map_stats st;
+	OK(vswap_engine_get_stats(e, &st));
+	EXPECT(st.live_slots, 0);
+	teardown_engine(e);
+}
+
+static void test_swapin_and_readahead(void)
+{
+	setup();
+	/* Eager placement: an order-2 allocation gets 4 contiguous device slots. */
+	struct vswap_engine *e = make_engine(&OPS, VSWAP_PLACEMENT_EAGER, VSWAP_CHARGE_NONE);
+	OK(add_device(e, 0, 1, 4096));
+	uint32_t start = 0, z = 0;
+	struct vswap_swapin si;
+	struct vswap_entry en;
+	OK(vswap_alloc(e, 2, 0, VSWAP_NO_MEMCG, true, &start));
+	OK(vswap_swapin_check(e, start, 2, &si));
+	EXPECT(si.kind, VSWAP_SWAPIN_CONTIGUOUS);
+	EXPECT(si.dev, 0);
+	OK(vswap_lookup(e, start, &en));
+	EXPECT(en.backend.kind, VSWAP_BACKEND_PHYS);
+	EXPECT(si.off, en.backend.value);
+	uint32_t nb[8];
+	EXPECT(vswap_readahead(e, start, nb, 7), 3);
+	for (int i = 0; i < 3; i++)
+		CHECK(nb[i] > start && nb[i] < start + 4);
+	EXPECT(vswap_readahead(e, start, NULL, 0), 0);
+	/* all-zero range: uniform */
+	OK(vswap_alloc(e, 1, 0, VSWAP_NO_MEMCG, true, &z));
+	for (uint32_t i = 0; i < 2; i++) {
+		struct vswap_backend b;
+		OK(vswap_writeout(e, z + i, page_zero, PAGE, 0, &b));
+		EXPECT(b.kind, VSWAP_BACKEND_ZERO); /* the eager slot went back */
+	}
+	OK(vswap_swapin_check(e, z, 1, &si));
+	EXPECT(si.kind, VSWAP_SWAPIN_UNIFORM);
+	EXPECT(si.backend_kind, VSWAP_BACKEND_ZERO);
+	EXPECT(vswap_readahead(e, z, nb, 8), 0); /* not on a device */
+	for (uint32_t i = 0; i < 4; i++)
+		EXPECT(vswap_cache_clear(e, start + i, 0, true), VSWAP_FREED);
+	for (uint32_t i = 0; i < 2; i++)
+		EXPECT(vswap_cache_clear(e, z + i, 0, true), VSWAP_FREED);
+	EXPECT(atomic_load(&H.phys_released), 6);
+	teardown_engine(e);
+}
+
+static void test_writeback_and_relocate(void)
+{
+	setup();
+	struct vswap_engine *e = make_engine(&OPS, VSWAP_PLACEMENT_DEFERRED, VSWAP_CHARGE_NONE);
+	OK(add_device(e, 0, 10, 4096));
+	uint8_t page[PAGE];
+	struct vswap_backend b;
+	struct vswap_entry en;
+	struct vswap_writeback wb;
+	uint32_t s = alloc_slot(e), t = alloc_slot(e);
+	fill_zswap(page, 3);
+	OK(vswap_writeout(e, s, page, PAGE, 0, &b));
+	OK(vswap_writeout(e, t, page, PAGE, 0, &b));
+	/* abort: nothing changes */
+	OK(vswap_writeback_begin(e, t, 0, &wb));
+	EXPECT(wb.slot, t);
+	EXPECT(vswap_writeback_abort(e, &wb), VSWAP_LIVE);
+	OK(vswap_lookup(e, t, &en));
+	EXPECT(en.backend.kind, VSWAP_BACKEND_ZSWAP);
+	CHECK(!en.locked);
+	/* commit: zswap -> device, handle released */
+	OK(vswap_writeback_begin(e, s, 0, &wb));
+	EXPECT(vswap_lock(e, s), -VSWAP_EBUSY);
+	OK(vswap_writeback_commit(e, &wb));
+	OK(vswap_lookup(e, s, &en));
+	EXPECT(en.backend.kind, VSWAP_BACKEND_PHYS);
+	EXPECT(en.backend.value, wb.off);
+	EXPECT(atomic_load(&H.zswap_released), 1);
+	/* relocation to a higher-priority device */
+	OK(add_device(e, 1, 20, 4096));
+	uint32_t dev = 99;
+	uint64_t off = 0;
+	OK(vswap_lock(e, s));
+	OK(vswap_alloc_phys(e, 0, 0, s, true, &dev, &off));
+	EXPECT(dev, 1);
+	OK(vswap_relocate(e, s, 0, wb.off, 1, off));
+	OK(vswap_lookup(e, s, &en));
+	CHECK(!en.locked);
+	EXPECT(en.backend.dev, 1);
+	EXPECT(en.backend.value, off);
+	struct vswap_device_stats ds;
+	OK(vswap_device_get_stats(e, 0, &ds));
+	EXPECT(ds.used, 0);
+	/* a relocation target that was never committed goes back by hand */
+	OK(vswap_alloc_phys(e, 0, 0, t, true, &dev, &off));
+	OK(vswap_device_free(e, dev, off, 1, t));
+	EXPECT(vswap_device_free(e, dev, off, 1, t), -VSWAP_ENOENT);
+	EXPECT(vswap_cache_clear(e, s, 0, true), VSWAP_FREED);
+	EXPECT(vswap_cache_clear(e, t, 0, true), VSWAP_FREED);
+	EXPECT(atomic_load(&H.zswap_released), 2);
+	teardown_engine(e);
+}
+
+struct moves {
+	int copies, reads;
+	uint64_t cookie_base;
+};
+
+static int32_t on_move(void *arg, const struct vswap_move *mv, uint64_t *cookie)
+{
+	struct moves *m = arg;
+	if (mv->kind == VSWAP_MOVE_COPY) {
+		m->copies++;
+	} else {
+		m->reads++;
+		*cookie = m->cookie_base + mv->slot;
+	}
+	return 0;
+}
+
+static int32_t failing_move(void *arg, const struct vswap_move *mv, uint64_t *cookie)
+{
+	(void)arg;
+	(void)mv;
+	(void)cookie;
+	return -EIO;
+}
+
+static void test_swapoff_device(void)
+{
+	setup();
+	struct vswap_engine *e = make_engine(&OPS, VSWAP_PLACEMENT_DEFERRED, VSWAP_CHARGE_NONE);
+	OK(add_device(e, 0, 10, 4096));
+	enum { N = 40 };
+	uint32_t s[N];
+	uint8_t page[PAGE];
+	struct vswap_backend b;
+	for (int i = 0; i < N; i++) {
+		s[i] = alloc_slot(e);
+		OK(vswap_dup(e, s[i], 1, true));
+		fill_random(page, (unsigned)i);
+		OK(vswap_writeout(e, s[i], page, PAGE, 0, &b));
+		EXPECT(b.dev, 0);
+		EXPECT(vswap_cache_clear(e, s[i], 0, true), VSWAP_LIVE);
+	}
+	EXPECT(vswap_device_remove(e, 0), -VSWAP_EBUSY); /* still holds data */
+	OK(add_device(e, 1, 5, 4096));
+	struct moves m = {0, 0, 100};
+	struct vswap_evacuated ev;
+	/* an I/O error stops the evacuation with its own code */
+	EXPECT(vswap_evacuate(e, 0, 1, 0, failing_move, NULL, &ev), -EIO);
+	OK(vswap_evacuate(e, 0, 1, 0, on_move, &m, &ev));
+	EXPECT(ev.moved + (uint64_t)0, N);
+	EXPECT(m.copies, N);
+	OK(vswap_device_remove(e, 0));
+	EXPECT(vswap_device_remove(e, 0), -VSWAP_ENODEV);
+	/* swapoff of device 1 into memory */
+	OK(vswap_evacuate(e, 1, -1, 0, on_move, &m, &ev));
+	EXPECT(m.reads, N);
+	for (int i = 0; i < N; i++) {
+		struct vswap_entry en;
+		struct vswap_cache_state cs;
+		OK(vswap_lookup(e, s[i], &en));
+		EXPECT(en.backend.kind, VSWAP_BACKEND_NONE);
+		CHECK(en.cached);
+		OK(vswap_cache_get(e, s[i], &cs));
+		EXPECT(cs.word, 100 + s[i]);
+	}
+	OK(vswap_device_remove(e, 1));
+	for (int i = 0; i < N; i++) {
+		EXPECT(vswap_put(e, s[i], 1), VSWAP_LIVE);
+		EXPECT(vswap_cache_clear(e, s[i], 0, true), VSWAP_FREED);
+	}
+	teardown_engine(e);
+}
+
+struct vmoves {
+	int to_direct, to_memory;
+	struct vswap_map *direct;
+};
+
+static int32_t on_virt_move(void *arg, const struct vswap_virt_move *mv)
+{
+	struct vmoves *v = arg;
+	if (mv->kind == VSWAP_VIRT_TO_DIRECT)
+		v->to_direct++;
+	else
+		v->to_memory++;
+	return 0;
+}
+
+static void test_swapoff_virtual_and_direct_map(void)
+{
+	setup();
+	struct vswap_engine *e = make_engine(&OPS, VSWAP_PLACEMENT_DEFERRED, VSWAP_CHARGE_NONE);
+	OK(add_device(e, 0, 10, 4096));
+	struct vswap_device_config dc;
+	uint64_t bad[2] = {5, 6};
+	OK(vswap_device_config_default(&dc, 1024));
+	dc.geometry.cluster_shift = 6;
+	dc.geometry.cpus = 2;
+	dc.discard = true;
+	dc.bad_slots = bad;
+	dc.nr_bad = 2;
+	struct vswap_map *d = NULL;
+	OK(vswap_map_create_direct(&dc, 7, &OPS, &d));
+	EXPECT(vswap_map_is_direct(d), 1);
+	uint8_t page[PAGE];
+	struct vswap_backend b;
+	uint32_t s[4];
+	for (int i = 0; i < 4; i++) {
+		s[i] = alloc_slot(e);
+		OK(vswap_dup(e, s[i], 1, true));
+	}
+	OK(vswap_writeout(e, s[0], page_zero, PAGE, 0, &b));
+	fill_same(page, 3);
+	OK(vswap_writeout(e, s[1], page, PAGE, 0, &b));
+	fill_zswap(page, 4);
+	OK(vswap_writeout(e, s[2], page, PAGE, 0, &b));
+	fill_random(page, 5);
+	OK(vswap_writeout(e, s[3], page, PAGE, 0, &b));
+	struct vmoves v = {0, 0, d};
+	uint64_t moved = 0;
+	OK(vswap_swapoff_virtual(e, d, 0, on_virt_move, &v, &moved));
+	EXPECT(moved, 4);
+	EXPECT(v.to_direct, 4);
+	struct vswap_map_stats st;
+	OK(vswap_engine_get_stats(e, &st));
+	EXPECT(st.live_slots, 0);
+	EXPECT(atomic_load(&H.zswap_released), 1);
+	OK(vswap_map_get_stats(d, &st));
+	EXPECT(st.live_slots, 4);
+	EXPECT(st.by_kind[VSWAP_BACKEND_ZERO], 1);
+	EXPECT(st.by_kind[VSWAP_BACKEND_SAME], 1);
+	EXPECT(st.cached, 4);
+
+	/* Direct map: bad slots never handed out, Phys refused, discard. */
+	/* 150 slots: clusters 1 and 2 (no bad slots) fill and empty again */
+	uint32_t got[150];
+	int n = 0;
+	for (; n < 150; n++) {
+		uint32_t x = 0;
+		OK(vswap_map_alloc(d, 0, 0, true, &x));
+		CHECK(x != 5 && x != 6 && x != 0);
+		got[n] = x;
+	}
+	struct vswap_backend none = {VSWAP_BACKEND_NONE, 0, 0};
+	struct vswap_backend phys = {VSWAP_BACKEND_PHYS, 0, 3};
+	struct vswap_backend zero = {VSWAP_BACKEND_ZERO, 0, 0};
+	EXPECT(vswap_map_store(d, got[0], &none, &phys), -VSWAP_EEXIST);
+	OK(vswap_map_store(d, got[0], &none, &zero));
+	for (int i = 0; i < n; i++)
+		EXPECT(vswap_map_cache_clear(d, got[i], 0, true), VSWAP_FREED);
+	/* the four moved slots: count 1 each, cached */
+	OK(vswap_map_get_stats(d, &st));
+	EXPECT(st.live_slots, 4);
+	struct vswap_entry en;
+	/* free every direct slot through a scan */
+	for (uint32_t x = 1; x < 1024; x++) {
+		if (vswap_map_lookup(d, x, &en) != 0)
+			continue;
+		EXPECT(vswap_map_put(d, x, en.count), en.cached ? VSWAP_LIVE : VSWAP_FREED);
+		if (en.cached)
+			EXPECT(vswap_map_cache_clear(d, x, 0, true), VSWAP_FREED);
+	}
+	OK(vswap_map_get_stats(d, &st));
+	EXPECT(st.live_slots, 0);
+	CHECK(vswap_map_discard(d) >= 1);
+	CHECK(atomic_load(&H.discards) >= 1);
+	vswap_map_destroy(d);
+	teardown_engine(e);
+}
+
+static void test_virtual_map(void)
+{
+	setup();
+	struct vswap_geometry g;
+	OK(vswap_geometry_default(&g));
+	g.slots = 1 << 12;
+	g.cpus = 1;
+	struct vswap_map *m = NULL;
+	OK(vswap_map_create(&g, &OPS, &m));
+	EXPECT(vswap_map_is_direct(m), 0);
+	uint32_t s = 0, r = 0, done = 0, freed = 0;
+	OK(vswap_map_alloc(m, 1, 0, true, &s));
+	struct vswap_backend none = {VSWAP_BACKEND_NONE, 0, 0};
+	struct vswap_backend p0 = {VSWAP_BACKEND_PHYS, 2, 10};
+	struct vswap_backend p1 = {VSWAP_BACKEND_PHYS, 2, 11};
+	OK(vswap_map_store(m, s, &none, &p0));
+	OK(vswap_map_store(m, s + 1, &none, &p1));
+	OK(vswap_map_dup(m, s, 1, true));
+	OK(vswap_map_dup(m, s + 1, 1, true));
+	EXPECT(vswap_map_cache_add(m, s, 5, true), -VSWAP_EEXIST); /* already cached */
+	EXPECT(vswap_map_cache_clear(m, s, 0, true), VSWAP_LIVE);
+	EXPECT(vswap_map_cache_clear(m, s + 1, 0, true), VSWAP_LIVE);
+	OK(vswap_map_cache_add(m, s, 5, true));
+	struct vswap_cache_state cs;
+	OK(vswap_map_cache_get(m, s, &cs));
+	CHECK(cs.cached && cs.word == 5);
+	OK(vswap_map_cache_store(m, s, 6, true));
+	EXPECT(vswap_map_cache_clear(m, s, 0, true), VSWAP_LIVE);
+	OK(vswap_map_lock_range(m, s, 1));
+	OK(vswap_map_unlock_range(m, s, 1, &freed));
+	OK(vswap_map_lock(m, s));
+	struct vswap_backend p2 = {VSWAP_BACKEND_PHYS, 2, 20};
+	OK(vswap_map_commit_unlock(m, s, &p0, &p2));
+	EXPECT(atomic_load(&H.phys_released), 1); /* slot 10 handed back */
+	EXPECT(vswap_map_unlock(m, s), -VSWAP_EPERM);
+	struct vswap_entry en;
+	OK(vswap_map_try_get(m, s, true, &en));
+	EXPECT(en.count, 2);
+	EXPECT(vswap_map_put(m, s, 1), VSWAP_LIVE);
+	OK(vswap_map_put_many(m, s, 2, &done, &freed));
+	EXPECT(freed, 2);
+	/* the two device slots 20 and 11 are released (not contiguous) */
+	EXPECT(atomic_load(&H.phys_released), 3);
+	OK(vswap_map_alloc(m, 1, 0, true, &r));
+	OK(vswap_map_dup(m, r, 1, true));
+	OK(vswap_map_dup(m, r + 1, 1, true));
+	OK(vswap_map_put_range(m, r, 1, &freed));
+	EXPECT(freed, 0); /* still cached */
+	EXPECT(vswap_map_cache_clear(m, r, 0, true), VSWAP_FREED);
+	EXPECT(vswap_map_cache_clear(m, r + 1, 0, true), VSWAP_FREED);
+	vswap_map_destroy(m);
+	EXPECT(atomic_load(&H.bytes), 0);
+}
+
+static int live_calls;
+static void on_live(void *arg, uint32_t owner, uint64_t off)
+{
+	(void)arg;
+	(void)owner;
+	(void)off;
+	live_calls++;
+}
+
+static int gc_copies;
+static void on_gc_copy(void *arg, uint32_t owner, uint64_t from, uint64_t to)
+{
+	(void)arg;
+	(void)owner;
+	CHECK(from != to);
+	gc_copies++;
+}
+
+static void test_log_device(void)
+{
+	setup();
+	struct vswap_engine_config cfg;
+	struct vswap_log_config lc = {8, 4, 4096, 2, VSWAP_GC_GREEDY};
+	OK(vswap_engine_config_default(&cfg));
+	cfg.geometry.slots = 1 << 16;
+	cfg.geometry.cpus = 2;
+	cfg.log = &lc;
+	cfg.log_dev = 3;
+	struct vswap_engine *e = NULL;
+	OK(vswap_engine_create(&cfg, &OPS, &e));
+	EXPECT(add_device(e, 3, 1, 4096), -VSWAP_ENODEV); /* the log's number */
+	enum { N = 16 };
+	uint32_t s[N + 1];
+	uint8_t page[PAGE];
+	struct vswap_backend b;
+	for (int i = 0; i <= N; i++) {
+		s[i] = alloc_slot(e);
+		OK(vswap_dup(e, s[i], 1, true));
+	}
+	for (int i = 0; i < N; i++) {
+		fill_random(page, (unsigned)i);
+		EXPECT(vswap_log_writeout(e, s[i], page, PAGE, &b), 1); /* staged */
+	}
+	EXPECT(vswap_log_writeout(e, s[N], page, PAGE, &b), -VSWAP_EBUSY); /* flush first */
+	EXPECT(vswap_log_writeout(e, s[N], page_zero, PAGE, &b), 0);
+	EXPECT(b.kind, VSWAP_BACKEND_ZERO);
+	struct vswap_log_flushed f;
+	EXPECT(vswap_log_flush(e, false, &f), 1);
+	EXPECT(f.len, N);
+	EXPECT(vswap_log_flush(e, true, &f) , 0); /* nothing staged */
+	EXPECT(vswap_log_for_each_live(e, f.segment, on_live, NULL), N);
+	EXPECT(live_calls, N);
+	EXPECT(vswap_log_commit(e, f.segment + 1), -VSWAP_ENOENT);
+	EXPECT(vswap_log_commit(e, f.segment), N);
+	EXPECT(vswap_log_commit(e, f.segment), -VSWAP_ENOENT);
+	struct vswap_entry en;
+	OK(vswap_lookup(e, s[0], &en));
+	EXPECT(en.backend.kind, VSWAP_BACKEND_PHYS);
+	EXPECT(en.backend.dev, 3);
+	/* free most of the segment, then collect it */
+	for (int i = 0; i < N - 2; i++) {
+		EXPECT(vswap_put(e, s[i], 1), VSWAP_LIVE);
+		EXPECT(vswap_cache_clear(e, s[i], 0, true), VSWAP_FREED);
+	}
+	struct vswap_gc_pass gp;
+	OK(vswap_log_set_policy(e, VSWAP_GC_GREEDY));
+	EXPECT(vswap_log_set_policy(e, 9), -VSWAP_EINVAL);
+	OK(vswap_log_gc(e, on_gc_copy, NULL, &gp));
+	EXPECT(gp.victim, (int64_t)f.segment);
+	EXPECT(gp.live, 2);
+	EXPECT(gp.staged, 2);
+	/* The two stay locked in the GC stream until it is flushed: a pass with
+	 * no victim flushes it, copies and commits. */
+	EXPECT(gc_copies, 0);
+	OK(vswap_lookup(e, s[N - 1], &en));
+	CHECK(en.locked);
+	OK(vswap_log_gc(e, on_gc_copy, NULL, &gp));
+	EXPECT(gp.victim, -1);
+	EXPECT(gp.flushed, 1);
+	EXPECT(gc_copies, 2);
+	OK(vswap_lookup(e, s[N - 1], &en));
+	CHECK(!en.locked);
+	EXPECT(en.backend.kind, VSWAP_BACKEND_PHYS);
+	struct vswap_log_stats ls;
+	OK(vswap_log_get_stats(e, &ls));
+	EXPECT(ls.live_slots, 2);
+	EXPECT(ls.gc_runs, 1);
+	EXPECT(ls.host_bytes, N * 4096);
+	for (int i = N - 2; i <= N; i++) {
+		EXPECT(vswap_put(e, s[i], 1), VSWAP_LIVE);
+		EXPECT(vswap_cache_clear(e, s[i], 0, true), VSWAP_FREED);
+	}
+	/* an engine without a log device */
+	struct vswap_engine *plain = make_engine(&OPS, VSWAP_PLACEMENT_DEFERRED, VSWAP_CHARGE_NONE);
+	EXPECT(vswap_log_flush(plain, true, &f), -VSWAP_ENODEV);
+	EXPECT(vswap_log_get_stats(plain, &ls), -VSWAP_ENODEV);
+	vswap_engine_destroy(plain);
+	teardown_engine(e);
+}
+
+static void test_charging(void)
+{
+	setup();
+	struct vswap_engine *e = make_engine(&OPS, VSWAP_PLACEMENT_DEFERRED, VSWAP_CHARGE_EVERY_SLOT);
+	uint32_t s = 0, done, freed;
+	OK(vswap_alloc(e, 0, 0, 5, true, &s));
+	EXPECT(atomic_load(&H.charged), 1);
+	EXPECT(vswap_put_range(e, s, 0, &freed), -VSWAP_EOPNOTSUPP);
+	OK(vswap_dup(e, s, 1, true));
+	EXPECT(vswap_cache_clear(e, s, 0, true), VSWAP_LIVE);
+	OK(vswap_put_many(e, s, 1, &done, &freed));
+	EXPECT(freed, 1);
+	EXPECT(atomic_load(&H.charged), 0);
+	atomic_store(&H.refuse_charge, 1);
+	EXPECT(vswap_alloc(e, 0, 0, 5, true, &s), -VSWAP_ENOSPC);
+	atomic_store(&H.refuse_charge, 0);
+	EXPECT(vswap_alloc(e, 0, 0, 70000, true, &s), -VSWAP_EINVAL);
+	teardown_engine(e);
+
+	setup();
+	e = make_engine(&OPS, VSWAP_PLACEMENT_DEFERRED, VSWAP_CHARGE_PHYSICAL_ONLY);
+	OK(add_device(e, 0, 1, 4096));
+	uint8_t page[PAGE];
+	struct vswap_backend b;
+	OK(vswap_alloc(e, 0, 0, 9, true, &s));
+	EXPECT(atomic_load(&H.charged), 0);
+	fill_random(page, 9);
+	OK(vswap_writeout(e, s, page, PAGE, 0, &b));
+	EXPECT(b.kind, VSWAP_BACKEND_PHYS);
+	EXPECT(atomic_load(&H.charged), 1);
+	EXPECT(vswap_cache_clear(e, s, 0, true), VSWAP_FREED);
+	EXPECT(atomic_load(&H.charged), 0);
+	teardown_engine(e);
+}
+
+static void test_device_discard(void)
+{
+	setup();
+	struct vswap_engine *e = make_engine(&OPS, VSWAP_PLACEMENT_DEFERRED, VSWAP_CHARGE_NONE);
+	struct vswap_device_config dc;
+	OK(vswap_device_config_default(&dc, 1024));
+	dc.geometry.cluster_shift = 4;
+	dc.geometry.cpus = 2;
+	dc.discard = true;
+	dc.rotational = true;
+	OK(vswap_device_add(e, 2, 1, &dc));
+	EXPECT(vswap_device_add(e, 2, 1, &dc), -VSWAP_EEXIST);
+	uint8_t page[PAGE];
+	struct vswap_backend b;
+	uint32_t s[40];
+	for (int i = 0; i < 40; i++) {
+		s[i] = alloc_slot(e);
+		fill_random(page, (unsigned)i + 50);
+		OK(vswap_writeout(e, s[i], page, PAGE, 0, &b));
+		EXPECT(b.dev, 2);
+	}
+	for (int i = 0; i < 40; i++)
+		EXPECT(vswap_cache_clear(e, s[i], 0, true), VSWAP_FREED);
+	int n = vswap_device_discard(e, 2);
+	CHECK(n >= 1);
+	EXPECT(atomic_load(&H.discards), n);
+	EXPECT(vswap_device_discard(e, 2), 0);
+	OK(vswap_device_remove(e, 2));
+	teardown_engine(e);
+}
+
+int main(void)
+{
+	RUN(test_every_backend);
+	RUN(test_cache_lock_store);
+	RUN(test_batches);
+	RUN(test_swapin_and_readahead);
+	RUN(test_writeback_and_relocate);
+	RUN(test_swapoff_device);
+	RUN(test_swapoff_virtual_and_direct_map);
+	RUN(test_virtual_map);
+	RUN(test_log_device);
+	RUN(test_charging);
+	RUN(test_device_discard);
+	return finish("lifecycle");
+}
