@@ -3,10 +3,10 @@
 //!
 //! # Protocol (one `AtomicU64` per table entry)
 //! ```text
-//!  63   48 47    40 39  35   34     33    32   31            0
-//! +-------+--------+------+------+-----+-------+---------------+
-//! | rsvd  |priority| rsvd |ADDING|DYING|PRESENT|     pins      |
-//! +-------+--------+------+------+-----+-------+---------------+
+//!  63   48 47    40 39  36   35     34     33    32   31            0
+//! +-------+--------+------+-------+------+-----+-------+---------------+
+//! | rsvd  |priority| rsvd |NOALLOC|ADDING|DYING|PRESENT|     pins      |
+//! +-------+--------+------+-------+------+-----+-------+---------------+
 //! ```
 //! - `EMPTY` (0) -> `ADDING` by CAS: the adder owns the entry and writes the
 //!   device, then stores `PRESENT | priority` (release).
@@ -17,11 +17,20 @@
 //! - Removal CASes `PRESENT, pins == 0` -> `DYING`, fails with `Busy` while
 //!   pinned (or [`Devices::remove_wait`] sets `DYING` first, which blocks new
 //!   pins, and waits for the count to drain), takes the device out, stores 0.
+//! - [`Devices::remove_empty`] must also know the device holds no data, which
+//!   an allocation between its check and its removal would falsify. It CASes
+//!   `PRESENT, pins == 0` -> `| NOALLOC` (no allocation is in flight then);
+//!   a pin taken while `NOALLOC` is set cannot allocate
+//!   ([`DevicePin::alloc`] answers `NoSpace`), but frees and reads go on.
+//!   It checks the device is empty, then CASes `NOALLOC, pins == 0` ->
+//!   `| DYING` and takes it, or clears `NOALLOC` and answers `Busy`. Other
+//!   removals refuse (`remove`) or wait for (`remove_wait`) a set `NOALLOC`,
+//!   so only its setter clears it.
 
 use core::cell::UnsafeCell;
 
 use vswap_alloc::sync::{AtomicU64, Ordering, spin_hint};
-use vswap_alloc::{Error, PhysDevice, Provider, Result};
+use vswap_alloc::{Ctx, Error, PhysDevice, Provider, Result};
 
 /// Devices an engine can hold (device numbers `0..MAX_DEVICES`).
 pub const MAX_DEVICES: usize = 16;
@@ -30,6 +39,7 @@ const PINS: u64 = 0xffff_ffff;
 const PRESENT: u64 = 1 << 32;
 const DYING: u64 = 1 << 33;
 const ADDING: u64 = 1 << 34;
+const NOALLOC: u64 = 1 << 35;
 const PRIO_SHIFT: u32 = 40;
 
 struct Entry<P: Provider> {
@@ -53,12 +63,24 @@ pub struct DevicePin<'a, P: Provider> {
     state: &'a AtomicU64,
     dev: &'a PhysDevice<P>,
     id: u8,
+    /// Pinned while no removal was checking the device (`NOALLOC` clear).
+    may_alloc: bool,
 }
 
 impl<P: Provider> DevicePin<'_, P> {
     /// The device number.
     pub fn id(&self) -> u8 {
         self.id
+    }
+
+    /// [`PhysDevice::alloc`], unless the pin was taken while
+    /// [`Devices::remove_empty`] is checking the device: then `NoSpace`.
+    /// Allocate through this, not through the device itself.
+    pub fn alloc(&self, order: u32, cpu: u32, owner: u32, ctx: Ctx) -> Result<u64> {
+        if !self.may_alloc {
+            return Err(Error::NoSpace);
+        }
+        self.dev.alloc(order, cpu, owner, ctx)
     }
 }
 
@@ -137,6 +159,7 @@ impl<P: Provider> Devices<P> {
                 state: &e.state,
                 dev,
                 id,
+                may_alloc: s & NOALLOC == 0,
             }),
             None => {
                 e.state.fetch_sub(1, Ordering::Release);
@@ -159,7 +182,8 @@ impl<P: Provider> Devices<P> {
         if s & (PRESENT | DYING) != PRESENT {
             return Err(Error::NoDevice);
         }
-        if s & PINS != 0 {
+        // Pinned, or `remove_empty` is checking it.
+        if s & (PINS | NOALLOC) != 0 {
             return Err(Error::Busy);
         }
         e.state
@@ -174,6 +198,49 @@ impl<P: Provider> Devices<P> {
         self.take(e)
     }
 
+    /// Remove device `id` if it holds no data and no operation holds it
+    /// (`Busy` otherwise), and return it. No slot can be allocated on it
+    /// between the check and the removal (see the module documentation);
+    /// meanwhile its allocations answer `NoSpace`.
+    pub fn remove_empty(&self, id: u8) -> Result<PhysDevice<P>> {
+        let e = self.entry(id)?;
+        let s = e.state.load(Ordering::Acquire);
+        if s & (PRESENT | DYING) != PRESENT {
+            return Err(Error::NoDevice);
+        }
+        if s & (PINS | NOALLOC) != 0 {
+            return Err(Error::Busy);
+        }
+        // No pin, so no allocation in flight; pins taken from now on cannot
+        // allocate, so the device's used count can only fall.
+        e.state
+            .compare_exchange(s, s | NOALLOC, Ordering::AcqRel, Ordering::Acquire)
+            .map_err(|x| {
+                if x & (PRESENT | DYING) != PRESENT {
+                    Error::NoDevice
+                } else {
+                    Error::Busy
+                }
+            })?;
+        let empty = self.pin(id).is_ok_and(|d| d.stats().used == 0);
+        if empty
+            && e.state
+                .compare_exchange(
+                    s | NOALLOC,
+                    s | NOALLOC | DYING,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+        {
+            return self.take(e);
+        }
+        // Only we clear NOALLOC (other removals refuse or wait while it is
+        // set), and the entry stays PRESENT until we do.
+        e.state.fetch_and(!NOALLOC, Ordering::Release);
+        Err(Error::Busy)
+    }
+
     /// Remove device `id`, refusing new pins at once and waiting for the ones
     /// held to be dropped.
     pub fn remove_wait(&self, id: u8) -> Result<PhysDevice<P>> {
@@ -182,6 +249,12 @@ impl<P: Provider> Devices<P> {
         loop {
             if s & (PRESENT | DYING) != PRESENT {
                 return Err(Error::NoDevice);
+            }
+            if s & NOALLOC != 0 {
+                // `remove_empty` is checking the device: wait for its verdict.
+                spin_hint();
+                s = e.state.load(Ordering::Acquire);
+                continue;
             }
             match e
                 .state

@@ -292,12 +292,10 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     }
 
     /// Remove an empty device (`Busy` if it still holds data or is pinned;
-    /// [`evacuate`](Self::evacuate) it first).
+    /// [`evacuate`](Self::evacuate) it first). Allocations on it answer
+    /// `NoSpace` while the removal checks it.
     pub fn remove_device(&self, id: u8) -> Result<PhysDevice<P>> {
-        if self.devices().pin(id)?.stats().used != 0 {
-            return Err(Error::Busy);
-        }
-        self.devices().remove(id)
+        self.devices().remove_empty(id)
     }
 
     /// Allocate `2^order` virtual slots (count 0, cached), charged to `memcg`
@@ -750,6 +748,9 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
                 };
                 match self.map.cache_add(owner, cookie, Ctx::NoSleep) {
                     Ok(()) | Err(Error::WrongState) => {}
+                    // The last reference went while we held the lock (a
+                    // zombie): the unlock frees it, as a lost commit would.
+                    Err(Error::NotAllocated) => return unlock(Ok(false)),
                     Err(e) => return unlock(Err(e)),
                 }
                 let charged = self.charged(owner);
