@@ -9,12 +9,13 @@
 //! of 2 entries), at most 3 spawned threads (loom allows 5 including main), and
 //! a preemption bound (`LOOM_MAX_PREEMPTIONS` overrides the per-model default).
 //!
-//! Memory comes from [`TestProvider`]: it checks that every block given back was
-//! handed out (no double free), poisons freed blocks with `0xff` and keeps them
-//! until the model iteration ends, so a late access to a freed table reads a
-//! poisoned loom atomic (whose object index is out of range: loom panics)
-//! instead of silently reading reused memory. Released backends are logged by
-//! [`TestHost`] so each model can assert "released exactly once".
+//! Memory comes from `TestProvider` (in `tests/common`): it checks that every
+//! block given back was handed out (no double free), poisons freed blocks with
+//! `0xff` and keeps them until the model iteration ends, so a late access to a
+//! freed table reads a poisoned loom atomic (whose object index is out of
+//! range: loom panics) instead of silently reading reused memory. Released
+//! backends are logged by [`TestHost`] so each model can assert "released
+//! exactly once".
 //!
 //! Every model ends by checking that the map's own memory accounting equals
 //! the provider's bytes in use, and that dropping the map returns every byte.
@@ -27,97 +28,19 @@
     missing_docs
 )]
 
-use std::alloc::Layout;
-use std::collections::HashMap;
-use std::ptr::NonNull;
 use std::sync::Mutex as StdMutex;
-use std::sync::atomic::{AtomicU64 as StdAtomicU64, AtomicUsize, Ordering as StdOrdering};
-use std::time::Instant;
 
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::thread;
-use vswap_core::{
-    Backend, BatchError, Ctx, Error, Geometry, Host, MapConfig, MemError, Provider, Put, VswapMap,
-};
+use vswap_core::{Backend, BatchError, Ctx, Error, Geometry, Host, MapConfig, Put, VswapMap};
+
+mod common;
+use common::{TestProvider, model};
 
 // ---------------------------------------------------------------------------
-// Test provider and host
+// Test host (the provider and the model runner are in `common`)
 // ---------------------------------------------------------------------------
-
-#[derive(Default)]
-struct ProvInner {
-    /// Blocks handed out: address -> (size, align).
-    live: StdMutex<HashMap<usize, (usize, usize)>>,
-    /// Freed blocks, poisoned, deallocated when the provider goes.
-    quarantine: StdMutex<Vec<(usize, Layout)>>,
-    bytes: StdAtomicU64,
-}
-
-impl Drop for ProvInner {
-    fn drop(&mut self) {
-        let q = std::mem::take(self.quarantine.get_mut().unwrap());
-        let live = std::mem::take(self.live.get_mut().unwrap());
-        let all =
-            q.into_iter()
-                .chain(live.into_iter().map(|(a, (s, al))| {
-                    (a, Layout::from_size_align(s.max(1), al.max(1)).unwrap())
-                }));
-        for (addr, layout) in all {
-            // SAFETY: every block came from `alloc_zeroed` with this layout and
-            // is deallocated once, here.
-            unsafe { std::alloc::dealloc(addr as *mut u8, layout) };
-        }
-    }
-}
-
-/// A provider with exact accounting, double-free detection and a poisoning
-/// quarantine (see the module documentation). Its bookkeeping uses std types,
-/// which loom does not see: the model's threads all run on one OS thread and no
-/// loom operation happens inside its critical sections.
-#[derive(Clone, Default)]
-struct TestProvider(std::sync::Arc<ProvInner>);
-
-impl TestProvider {
-    fn bytes(&self) -> u64 {
-        self.0.bytes.load(StdOrdering::Relaxed)
-    }
-}
-
-// SAFETY: blocks come from the global allocator, zeroed, with the requested
-// layout, and are never handed out again (freed blocks are quarantined).
-unsafe impl Provider for TestProvider {
-    fn alloc_zeroed(&self, size: usize, align: usize, _ctx: Ctx) -> Result<NonNull<u8>, MemError> {
-        let layout =
-            Layout::from_size_align(size.max(1), align.max(1)).map_err(|_| MemError::NoMem)?;
-        // SAFETY: non-zero size.
-        let p = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).ok_or(MemError::NoMem)?;
-        let prev = self
-            .0
-            .live
-            .lock()
-            .unwrap()
-            .insert(p.as_ptr() as usize, (size, align));
-        assert!(prev.is_none(), "allocator handed out a live block twice");
-        self.0.bytes.fetch_add(size as u64, StdOrdering::Relaxed);
-        Ok(p)
-    }
-
-    unsafe fn free(&self, ptr: NonNull<u8>, size: usize, align: usize) {
-        let addr = ptr.as_ptr() as usize;
-        let rec = self.0.live.lock().unwrap().remove(&addr);
-        assert_eq!(
-            rec,
-            Some((size, align)),
-            "free of a block that is not live (double free?) or with another layout"
-        );
-        // SAFETY: the block is ours (checked above) and `size` bytes long.
-        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0xff, size) };
-        let layout = Layout::from_size_align(size.max(1), align.max(1)).unwrap();
-        self.0.quarantine.lock().unwrap().push((addr, layout));
-        self.0.bytes.fetch_sub(size as u64, StdOrdering::Relaxed);
-    }
-}
 
 #[derive(Default)]
 struct HostLog {
@@ -231,31 +154,6 @@ impl Fixture {
 
 fn gone(map: &Map, s: u32) -> bool {
     map.lookup(s) == Err(Error::NotAllocated)
-}
-
-/// Run `f` under loom with `bound` preemptions (unless `LOOM_MAX_PREEMPTIONS`
-/// is set), printing the iterations and time taken.
-fn model<F>(name: &str, bound: usize, f: F)
-where
-    F: Fn() + Sync + Send + 'static,
-{
-    let mut b = loom::model::Builder::new();
-    if b.preemption_bound.is_none() {
-        b.preemption_bound = Some(bound);
-    }
-    let t = Instant::now();
-    let counter = std::sync::Arc::new(AtomicUsize::new(0));
-    let c2 = counter.clone();
-    b.check(move || {
-        c2.fetch_add(1, StdOrdering::Relaxed);
-        f()
-    });
-    eprintln!(
-        "loom model {name}: preemption bound {:?}, {} iterations, {:.2?}",
-        b.preemption_bound,
-        counter.load(StdOrdering::Relaxed),
-        t.elapsed()
-    );
 }
 
 // ---------------------------------------------------------------------------
