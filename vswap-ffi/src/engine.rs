@@ -126,19 +126,18 @@ pub unsafe extern "C" fn vswap_engine_create(
             // SAFETY: a non-NULL `log` points to a valid config (contract).
             Some((dev_id(cfg.log_dev)?, unsafe { read(cfg.log)? }.to_core()?))
         };
-        let h = create_handle(ops, |host| {
+        let h = create_handle(ops, |host, place| {
             let engine = match log {
-                None => Engine::new(core_cfg, host, host)?,
-                Some((id, lc)) => {
-                    let dev = LogDevice::new(lc, host)?;
-                    Engine::with_log(core_cfg, host, host, id, dev)?
-                }
+                None => Engine::new(core_cfg, host, host),
+                Some((id, lc)) => LogDevice::new(lc, host)
+                    .and_then(|dev| Engine::with_log(core_cfg, host, host, id, dev)),
             };
-            Ok(EngineInner {
-                engine,
+            place.write(EngineInner {
+                engine: engine?,
                 charge: core_cfg.charge,
                 flushes: spin::Mutex::new([None; PENDING_FLUSHES]),
-            })
+            });
+            Ok(())
         })?;
         // SAFETY: checked by `out`; writable by the caller's contract.
         unsafe { write(dst, h.as_ptr().cast::<vswap_engine>()) };

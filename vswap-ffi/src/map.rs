@@ -55,11 +55,12 @@ pub unsafe extern "C" fn vswap_map_create(
         // SAFETY: NULL or valid pointers (the caller's contract).
         let (g, ops) = unsafe { (read(geometry)?, read(ops)?) };
         let cfg = MapConfig { geometry: g.into() };
-        let h = create_handle(ops, |host| {
-            Ok(MapInner {
+        let h = create_handle(ops, |host, place| {
+            place.write(MapInner {
                 map: VswapMap::new(cfg, host, host)?,
                 dev: 0,
-            })
+            });
+            Ok(())
         })?;
         publish(dst, h);
         Ok(0)
@@ -89,11 +90,12 @@ pub unsafe extern "C" fn vswap_map_create_direct(
         let mc = MapConfig {
             geometry: cfg.geometry.into(),
         };
-        let h = create_handle(ops, |host| {
-            Ok(MapInner {
+        let h = create_handle(ops, |host, place| {
+            place.write(MapInner {
                 map: VswapMap::direct(mc, cfg.discard, cfg.rotational, bad, host, host)?,
                 dev,
-            })
+            });
+            Ok(())
         })?;
         publish(dst, h);
         Ok(0)
