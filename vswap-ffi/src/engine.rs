@@ -1131,3 +1131,98 @@ pub unsafe extern "C" fn vswap_readahead(
         Ok(i32::try_from(n).unwrap_or(i32::MAX))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use core::sync::atomic::{AtomicI64, Ordering};
+    use std::alloc::{Layout, alloc, dealloc};
+
+    use super::*;
+    use crate::map::*;
+
+    static BYTES: AtomicI64 = AtomicI64::new(0);
+
+    unsafe extern "C" fn a(_: *mut c_void, size: usize, align: usize, _: bool) -> *mut c_void {
+        let Ok(l) = Layout::from_size_align(size.max(1), align.max(1)) else {
+            return core::ptr::null_mut();
+        };
+        BYTES.fetch_add(size as i64, Ordering::Relaxed);
+        // SAFETY: a non-zero size.
+        unsafe { alloc(l) }.cast()
+    }
+
+    unsafe extern "C" fn f(_: *mut c_void, p: *mut c_void, size: usize, align: usize) {
+        BYTES.fetch_sub(size as i64, Ordering::Relaxed);
+        // SAFETY: `p` came from `a` with this layout (the library's contract).
+        unsafe {
+            dealloc(
+                p.cast(),
+                Layout::from_size_align(size.max(1), align.max(1)).unwrap(),
+            )
+        };
+    }
+
+    /// The handle's self-referential layout (ops copy + an engine whose
+    /// provider points at it) through create, use and destroy; also run
+    /// under miri: `cargo +nightly miri test -p vswap-ffi --lib`.
+    #[test]
+    fn engine_and_map_handles_round_trip() {
+        let ops = vswap_host_ops {
+            ctx: core::ptr::null_mut(),
+            alloc: Some(a),
+            free: Some(f),
+            release_zswap: None,
+            released_phys: None,
+            zswap_store: None,
+            charge: None,
+            uncharge: None,
+            discard: None,
+        };
+        let mut cfg = core::mem::MaybeUninit::<vswap_engine_config>::uninit();
+        // SAFETY: valid pointers; the handles are used only while live.
+        unsafe {
+            assert_eq!(vswap_engine_config_default(cfg.as_mut_ptr()), 0);
+            let mut cfg = cfg.assume_init();
+            cfg.geometry.slots = 1 << 12;
+            cfg.geometry.cpus = 2;
+            cfg.geometry.cluster_shift = 4;
+            let mut e = core::ptr::null_mut();
+            assert_eq!(vswap_engine_create(&cfg, &ops, &mut e), 0);
+            let mut d = core::mem::MaybeUninit::uninit();
+            assert_eq!(vswap_device_config_default(d.as_mut_ptr(), 256), 0);
+            let mut d = d.assume_init();
+            d.geometry.cluster_shift = 4;
+            d.geometry.cpus = 2;
+            assert_eq!(vswap_device_add(e, 1, 1, &d), 0);
+            let mut s = 0u32;
+            assert_eq!(vswap_alloc(e, 0, 1, VSWAP_NO_MEMCG, true, &mut s), 0);
+            let page = [0xffu8; 64];
+            let mut b = vswap_backend::from(vswap_core::Backend::None);
+            assert_eq!(
+                vswap_writeout(e, s, page.as_ptr(), page.len(), 0, &mut b),
+                0
+            );
+            assert_eq!(b.kind, VSWAP_BACKEND_SAME);
+            let mut ph = [0x17u8; 64];
+            ph[0] = 1;
+            let t = {
+                let mut t = 0u32;
+                assert_eq!(vswap_alloc(e, 0, 0, VSWAP_NO_MEMCG, true, &mut t), 0);
+                t
+            };
+            assert_eq!(vswap_writeout(e, t, ph.as_ptr(), ph.len(), 0, &mut b), 0);
+            assert_eq!((b.kind, b.dev), (VSWAP_BACKEND_PHYS, 1));
+            assert_eq!(vswap_cache_clear(e, s, 0, true), VSWAP_FREED);
+            assert_eq!(vswap_cache_clear(e, t, 0, true), VSWAP_FREED);
+            assert_eq!(vswap_lookup(e, s, core::ptr::null_mut()), -VSWAP_EINVAL);
+            vswap_engine_destroy(e);
+
+            let mut m = core::ptr::null_mut();
+            assert_eq!(vswap_map_create_direct(&d, 3, &ops, &mut m), 0);
+            assert_eq!(vswap_map_alloc(m, 0, 0, true, &mut s), 0);
+            assert_eq!(vswap_map_cache_clear(m, s, 0, true), VSWAP_FREED);
+            vswap_map_destroy(m);
+        }
+        assert_eq!(BYTES.load(Ordering::Relaxed), 0);
+    }
+}

@@ -296,3 +296,74 @@ pub(crate) unsafe fn destroy_handle<T>(h: NonNull<Handle<T>>) {
         )
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A host whose `alloc` hands out `base + shift` (misaligned for odd
+    /// shifts) or NULL, and whose `free` records the pointer it got back.
+    struct Fake {
+        base: *mut u8,
+        shift: AtomicUsize,
+        null: AtomicBool,
+        freed: AtomicUsize,
+    }
+
+    unsafe extern "C" fn fake_alloc(ctx: *mut c_void, _: usize, _: usize, _: bool) -> *mut c_void {
+        // SAFETY: `ctx` is the `Fake` the test passed, alive for the test.
+        let f = unsafe { &*ctx.cast::<Fake>() };
+        if f.null.load(Ordering::Relaxed) {
+            return core::ptr::null_mut();
+        }
+        f.base.wrapping_add(f.shift.load(Ordering::Relaxed)).cast()
+    }
+
+    unsafe extern "C" fn fake_free(ctx: *mut c_void, ptr: *mut c_void, _: usize, _: usize) {
+        // SAFETY: `ctx` is the `Fake` the test passed, alive for the test.
+        let f = unsafe { &*ctx.cast::<Fake>() };
+        f.freed.store(ptr as usize, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn blocks_are_zeroed_checked_for_alignment_and_null() {
+        let mut buf = [u64::MAX; 8];
+        let f = Fake {
+            base: buf.as_mut_ptr().cast(),
+            shift: AtomicUsize::new(0),
+            null: AtomicBool::new(false),
+            freed: AtomicUsize::new(0),
+        };
+        let o = vswap_host_ops {
+            ctx: (&f as *const Fake).cast_mut().cast(),
+            alloc: Some(fake_alloc),
+            free: Some(fake_free),
+            release_zswap: None,
+            released_phys: None,
+            zswap_store: None,
+            charge: None,
+            uncharge: None,
+            discard: None,
+        };
+        // SAFETY: `o` outlives `h` and has alloc and free.
+        let h = unsafe { HostOps::new(NonNull::from(&o)) };
+        let p = h.alloc_zeroed(32, 8, Ctx::MaySleep).unwrap();
+        // SAFETY: `p` is the start of `buf`, 64 bytes long.
+        let bytes = unsafe { core::slice::from_raw_parts(p.as_ptr(), 32) };
+        assert!(bytes.iter().all(|b| *b == 0));
+        // A misaligned block is given back and reported as no memory.
+        f.shift.store(1, Ordering::Relaxed);
+        assert_eq!(h.alloc_zeroed(8, 8, Ctx::MaySleep), Err(MemError::NoMem));
+        assert_eq!(f.freed.load(Ordering::Relaxed), f.base as usize + 1);
+        // NULL: no memory, or "again" where the caller must not sleep.
+        f.null.store(true, Ordering::Relaxed);
+        assert_eq!(h.alloc_zeroed(8, 8, Ctx::MaySleep), Err(MemError::NoMem));
+        assert_eq!(h.alloc_zeroed(8, 8, Ctx::NoSleep), Err(MemError::Again));
+        // Optional callbacks left NULL have their defaults.
+        assert!(EngineHost::charge(&h, 1, 1));
+        assert_eq!(EngineHost::zswap_store(&h, 1, &[0; 8]), None);
+        assert_eq!(buf[4], u64::MAX); // beyond the 32 zeroed bytes
+    }
+}

@@ -116,3 +116,28 @@ pub(crate) fn put_code(p: Put) -> i32 {
 pub(crate) fn dev_id(dev: u32) -> Result<u8, Code> {
     u8::try_from(dev).map_err(|_| Code::from(Error::NoDevice))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{VSWAP_EFAULT, VSWAP_EINVAL};
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn a_panic_becomes_efault() {
+        assert_eq!(guard(|| panic!("a bug")), -VSWAP_EFAULT);
+        assert_eq!(guard(|| Ok(7)), 7);
+        assert_eq!(guard(|| Err(Code(-VSWAP_EINVAL))), -VSWAP_EINVAL);
+        guard_void(|| panic!("swallowed"));
+    }
+
+    #[test]
+    fn pointers_are_checked() {
+        assert_eq!(ptr::<u64>(core::ptr::null()), Err(Code(-VSWAP_EINVAL)));
+        let x = [0u64; 2];
+        let odd = x.as_ptr().cast::<u8>().wrapping_add(1).cast::<u64>();
+        assert_eq!(ptr(odd), Err(Code(-VSWAP_EINVAL)));
+        assert!(ptr(x.as_ptr()).is_ok());
+        assert_eq!(dev_id(256), Err(Code::from(Error::NoDevice)));
+    }
+}
