@@ -2,10 +2,12 @@
  * vswap.h: the C ABI of the vswap engine (kernel C code and userspace tools).
  *
  * Every function returns 0 (or a documented non-negative value) on success and
- * a negative errno value (Linux numbering, VSWAP_E* below) on failure. Every
- * pointer argument may be NULL (-EINVAL, nothing changes) or must be valid for
- * its documented use during the call; handles must be live (created and not
- * yet destroyed). Using a destroyed handle cannot be detected.
+ * a negative errno value on failure: -VSWAP_E* below, Linux numbering, so
+ * -VSWAP_EINVAL == -EINVAL. A NULL (or misaligned) pointer argument gives
+ * -VSWAP_EINVAL and changes nothing, unless documented as optional; a
+ * non-NULL one must be valid for its documented use during the call. Handles
+ * must be live (created and not yet destroyed); using a destroyed handle
+ * cannot be detected. Handles are thread-safe; destroy is not concurrent.
  *
  * Userspace builds (the default `std` feature) catch a panic inside the
  * library at every entry point and return VSWAP_EFAULT. Kernel-mode builds
@@ -1001,8 +1003,9 @@ int32_t vswap_put(struct vswap_engine *e, uint32_t slot, uint32_t n);
 /**
  * Put one count of each slot in `start .. start + len`, batched per cluster.
  * Not atomic: on a failure the slots before it were put and none after it.
- * Writes `*done` (slots put) and `*freed` (slots freed; 0 on failure) in
- * every case but a NULL pointer.
+ * Writes `*done` (slots put) and `*freed` (slots freed; after a failure a
+ * lower bound, possibly 0) in every case but a NULL pointer. Under a charge
+ * policy the slots are put one by one, each free uncharged.
  *
  * Returns 0; on the first failing slot, its code as for `vswap_put`.
  */

@@ -454,8 +454,9 @@ pub unsafe extern "C" fn vswap_put(e: *mut vswap_engine, slot: u32, n: u32) -> i
 
 /// Put one count of each slot in `start .. start + len`, batched per cluster.
 /// Not atomic: on a failure the slots before it were put and none after it.
-/// Writes `*done` (slots put) and `*freed` (slots freed; 0 on failure) in
-/// every case but a NULL pointer.
+/// Writes `*done` (slots put) and `*freed` (slots freed; after a failure a
+/// lower bound, possibly 0) in every case but a NULL pointer. Under a charge
+/// policy the slots are put one by one, each free uncharged.
 ///
 /// Returns 0; on the first failing slot, its code as for `vswap_put`.
 #[unsafe(no_mangle)]
