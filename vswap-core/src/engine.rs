@@ -86,12 +86,36 @@ pub trait EngineHost: Sync {
 /// then tells the engine's host.
 pub struct Router<P: Provider, H: EngineHost> {
     pub(crate) devices: Devices<P>,
+    charge: ChargePolicy,
     /// The flash log device, if any, and its device number.
     pub(crate) log: Option<(u8, LogDevice<P>)>,
     host: H,
 }
 
+/// The memcg id of a slot that is charged to nobody (set by
+/// [`Engine::alloc`] when charging is on and no memcg is given, so that a
+/// reused slot never reports its previous owner's id).
+pub const NO_MEMCG: u16 = u16::MAX;
+
 impl<P: Provider, H: EngineHost> Host for Router<P, H> {
+    const WANTS_FREED: bool = true;
+
+    /// Every free, wherever it happens (a put, a cache clear, the unlock of a
+    /// slot that died locked, a lost move), gives back the slot's charge.
+    fn slot_freed(&self, _slot: u32, backend: Backend, memcg: Option<u16>) {
+        let Some(id) = memcg.filter(|id| *id != NO_MEMCG) else {
+            return;
+        };
+        let charged = match self.charge {
+            ChargePolicy::None => false,
+            ChargePolicy::EverySlot => true,
+            ChargePolicy::PhysicalOnly => matches!(backend, Backend::Phys { .. }),
+        };
+        if charged {
+            self.host.uncharge(id, 1);
+        }
+    }
+
     fn release_zswap(&self, handle: u64) {
         self.host.release_zswap(handle);
     }
@@ -252,6 +276,7 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     ) -> Result<Self> {
         let router = Router {
             devices: Devices::new(),
+            charge: cfg.charge,
             log,
             host,
         };
@@ -310,12 +335,23 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
             }
             Err(e)
         };
-        if let Some(id) = memcg {
-            if let Err(e) = self.map.set_memcg(slot, order, id, ctx) {
+        if self.cfg.charge != ChargePolicy::None {
+            // First "charged to nobody", so that neither an undo below nor a
+            // later free can give back a charge this range never took (a
+            // reused slot would otherwise report its previous owner's id).
+            if let Err(e) = self.map.set_memcg(slot, order, NO_MEMCG, ctx) {
                 return undo(e);
             }
+        }
+        if let Some(id) = memcg.filter(|id| *id != NO_MEMCG) {
             if self.cfg.charge == ChargePolicy::EverySlot && !self.host().charge(id, n) {
                 return undo(Error::NoSpace);
+            }
+            if let Err(e) = self.map.set_memcg(slot, order, id, ctx) {
+                if self.cfg.charge == ChargePolicy::EverySlot {
+                    self.host().uncharge(id, n);
+                }
+                return undo(e);
             }
         }
         if self.cfg.placement == Placement::Eager {
@@ -416,7 +452,7 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
 
     pub(crate) fn charge_phys(&self, slot: u32) -> Result<()> {
         if self.cfg.charge == ChargePolicy::PhysicalOnly {
-            if let Some(id) = self.map.memcg(slot)? {
+            if let Some(id) = self.memcg_of(slot) {
                 if !self.host().charge(id, 1) {
                     return Err(Error::NoSpace);
                 }
@@ -507,43 +543,33 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
 
     pub(crate) fn uncharge_phys(&self, slot: u32) {
         if self.cfg.charge == ChargePolicy::PhysicalOnly {
-            if let Ok(Some(id)) = self.map.memcg(slot) {
+            if let Some(id) = self.memcg_of(slot) {
                 self.host().uncharge(id, 1);
             }
         }
     }
 
-    /// Drop `n` counts; uncharges a freed slot under the charge policy.
+    /// Drop `n` counts (a freed slot's charge goes back through the map's free
+    /// hook, as for every other way a slot dies).
     pub fn put(&self, slot: u32, n: u32) -> Result<Put> {
-        let before = self.charged(slot);
-        let r = self.map.put(slot, n)?;
-        self.settle_charge(r, before);
-        Ok(r)
+        self.map.put(slot, n)
     }
 
-    /// Drop the swap cache reference; uncharges a freed slot.
+    /// Drop the swap cache reference.
     pub fn cache_clear(&self, slot: u32, shadow: u64, ctx: Ctx) -> Result<Put> {
-        let before = self.charged(slot);
-        let r = self.map.cache_clear(slot, shadow, ctx)?;
-        self.settle_charge(r, before);
-        Ok(r)
+        self.map.cache_clear(slot, shadow, ctx)
     }
 
-    /// The memcg a slot's charge went to, under the policy.
-    fn charged(&self, slot: u32) -> Option<u16> {
+    /// The memcg id a slot is charged to, if charging is on.
+    fn memcg_of(&self, slot: u32) -> Option<u16> {
         match self.cfg.charge {
             ChargePolicy::None => None,
-            ChargePolicy::EverySlot => self.map.memcg(slot).ok().flatten(),
-            ChargePolicy::PhysicalOnly => match self.map.lookup(slot).ok()?.backend {
-                Backend::Phys { .. } => self.map.memcg(slot).ok().flatten(),
-                _ => None,
-            },
-        }
-    }
-
-    fn settle_charge(&self, r: Put, before: Option<u16>) {
-        if let (Put::Freed, Some(id)) = (r, before) {
-            self.host().uncharge(id, 1);
+            _ => self
+                .map
+                .memcg(slot)
+                .ok()
+                .flatten()
+                .filter(|id| *id != NO_MEMCG),
         }
     }
 
@@ -581,7 +607,7 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
         // The slot is ours (locked) until the commit: read its charge now, a
         // lost commit frees it.
         let charged = match self.cfg.charge {
-            ChargePolicy::PhysicalOnly => self.map.memcg(w.slot).ok().flatten(),
+            ChargePolicy::PhysicalOnly => self.memcg_of(w.slot),
             _ => None,
         };
         match self.map.commit_unlock(
@@ -687,7 +713,7 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     ) -> Result<bool> {
         match self.map.lock(owner) {
             Ok(()) => {}
-            Err(Error::NotAllocated) => return Ok(false),
+            Err(Error::NotAllocated) => return self.gone_or_busy(owner),
             Err(e) => return Err(e),
         }
         let here = Backend::Phys { dev, off };
@@ -753,9 +779,10 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
                     Err(Error::NotAllocated) => return unlock(Ok(false)),
                     Err(e) => return unlock(Err(e)),
                 }
-                let charged = self.charged(owner);
+                let charged = self.memcg_of(owner);
                 match self.map.commit_unlock(owner, here, Backend::None) {
                     Ok(()) => {
+                        // The device slot went back: so does its charge.
                         if let Some(id) = charged {
                             if self.cfg.charge == ChargePolicy::PhysicalOnly {
                                 self.host().uncharge(id, 1);
@@ -813,6 +840,17 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
         }
     }
 
+    /// After a mover's `lock` said `NotAllocated`: `Ok(false)` if the slot is
+    /// free, `Busy` if it died under someone else's lock (a zombie, freed by
+    /// that holder's unlock). Counting a zombie as progress would make a pass
+    /// loop that also meets a busy slot go round for ever.
+    fn gone_or_busy(&self, slot: u32) -> Result<bool> {
+        match self.map.lookup(slot) {
+            Ok(e) if e.locked => Err(Error::Busy),
+            _ => Ok(false),
+        }
+    }
+
     fn swapoff_one(
         &self,
         slot: u32,
@@ -822,7 +860,7 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     ) -> Result<bool> {
         match self.map.lock(slot) {
             Ok(()) => {}
-            Err(Error::NotAllocated) => return Ok(false),
+            Err(Error::NotAllocated) => return self.gone_or_busy(slot),
             Err(e) => return Err(e),
         }
         let e = match self.map.lookup(slot) {

@@ -10,6 +10,14 @@ pub trait Host: Sync {
     /// `len` consecutive slots from `off` on device `dev` are no longer
     /// referenced; free them (runs are coalesced where slots are contiguous).
     fn release_phys(&self, dev: u8, off: u64, len: u64);
+
+    /// Whether the map calls [`slot_freed`](Self::slot_freed). A constant, so
+    /// a host that does not need it pays nothing on the free path.
+    const WANTS_FREED: bool = false;
+
+    /// Slot `slot` was freed; it held `backend` (already released through
+    /// the calls above) and memcg id `memcg`. The engine uncharges here.
+    fn slot_freed(&self, _slot: u32, _backend: crate::Backend, _memcg: Option<u16>) {}
 }
 
 /// A host that owns no resources (zswap handles and device slots are plain
@@ -28,6 +36,10 @@ impl<H: Host + ?Sized> Host for &H {
     }
     fn release_phys(&self, dev: u8, off: u64, len: u64) {
         (**self).release_phys(dev, off, len)
+    }
+    const WANTS_FREED: bool = H::WANTS_FREED;
+    fn slot_freed(&self, slot: u32, backend: crate::Backend, memcg: Option<u16>) {
+        (**self).slot_freed(slot, backend, memcg)
     }
 }
 

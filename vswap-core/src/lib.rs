@@ -36,7 +36,7 @@ pub mod word;
 
 pub use devices::{DevicePin, Devices, MAX_DEVICES};
 pub use engine::{
-    ChargePolicy, Engine, EngineConfig, EngineHost, Evacuated, Move, Placement, Router,
+    ChargePolicy, Engine, EngineConfig, EngineHost, Evacuated, Move, NO_MEMCG, Placement, Router,
     SwapinRange, VirtMove, Writeback,
 };
 pub use host::{Host, NoHost};

@@ -271,23 +271,35 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                 return Err(Error::CountUnderflow);
             }
             match settle(&pin, off, word, w, with_count(w, f - u64::from(n))) {
-                Ok(freed) => return Ok(self.finish(pin, freed)),
+                Ok(freed) => return Ok(self.finish(pin, off, freed)),
                 Err(x) => w = x,
             }
         }
         self.count_slow(&pin, off, slot, -i64::from(n), Ctx::NoSleep, false)
-            .map(|freed| self.finish(pin, freed))
+            .map(|freed| self.finish(pin, off, freed))
     }
 
     /// Release what a settle freed, then the pin.
-    fn finish(&self, pin: Pin<'_, P>, freed: Option<Backend>) -> Put {
+    fn finish(&self, pin: Pin<'_, P>, off: usize, freed: Option<Backend>) -> Put {
         match freed {
             Some(b) => {
                 Releaser::new(&self.host).release(b);
+                self.notify_freed(&pin, off, b);
                 pin.release(1);
                 Put::Freed
             }
             None => Put::Live,
+        }
+    }
+
+    /// Tell a host that asked ([`Host::WANTS_FREED`]) that slot `off` of the
+    /// pinned cluster was freed (its memcg id is still readable: ids are only
+    /// dropped with the cluster, which the pin keeps).
+    #[inline]
+    fn notify_freed(&self, pin: &Pin<'_, P>, off: usize, b: Backend) {
+        if H::WANTS_FREED {
+            self.host
+                .slot_freed(pin.base() + off as u32, b, pin.memcg(off));
         }
     }
 
@@ -423,6 +435,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             };
             if let Some(b) = done {
                 rel.release(b);
+                self.notify_freed(&pin, off, b);
                 freed += 1;
             }
         }
@@ -472,6 +485,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                 match r {
                     Ok(Some(b)) => {
                         rel.release(b);
+                        self.notify_freed(&pin, off, b);
                         freed += 1;
                     }
                     Ok(None) => {}
@@ -575,7 +589,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                 shadow_stored = true;
             }
             match settle(&pin, off, word, w, w & !CACHED) {
-                Ok(freed) => return Ok(self.finish(pin, freed)),
+                Ok(freed) => return Ok(self.finish(pin, off, freed)),
                 Err(x) => w = x,
             }
         }
@@ -641,7 +655,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                 return Err(Error::NotLocked);
             }
             match settle(&pin, off, word, w, w & !LOCKED) {
-                Ok(freed) => return Ok(self.finish(pin, freed)),
+                Ok(freed) => return Ok(self.finish(pin, off, freed)),
                 Err(x) => w = x,
             }
         }
@@ -726,7 +740,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                 // lost move.
                 match settle(&pin, off, word, w, w & !LOCKED) {
                     Ok(freed) => {
-                        self.finish(pin, freed);
+                        self.finish(pin, off, freed);
                         return Err(Error::Gone);
                     }
                     Err(x) => {
