@@ -1004,8 +1004,8 @@ int32_t vswap_put(struct vswap_engine *e, uint32_t slot, uint32_t n);
  * Put one count of each slot in `start .. start + len`, batched per cluster.
  * Not atomic: on a failure the slots before it were put and none after it.
  * Writes `*done` (slots put) and `*freed` (slots freed; after a failure a
- * lower bound, possibly 0) in every case but a NULL pointer. Under a charge
- * policy the slots are put one by one, each free uncharged.
+ * lower bound, possibly 0) in every case but a NULL pointer. Each freed slot
+ * gives back its memcg charge under the engine's charge policy.
  *
  * Returns 0; on the first failing slot, its code as for `vswap_put`.
  */
@@ -1022,8 +1022,8 @@ int32_t vswap_put_many(struct vswap_engine *e,
  *
  * Returns 0; -EINVAL for a NULL pointer, an order above the cluster order, a
  * misaligned range or a slot with count 0; -ERANGE; -ENOENT if a slot is
- * free; -EBUSY if a slot is locked; -EOPNOTSUPP under a charge policy other
- * than `VSWAP_CHARGE_NONE` (use `vswap_put_many`).
+ * free; -EBUSY if a slot is locked. Freed slots give back their memcg
+ * charges under the engine's charge policy.
  */
 int32_t vswap_put_range(struct vswap_engine *e, uint32_t start, uint32_t order, uint32_t *freed);
 

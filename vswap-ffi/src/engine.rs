@@ -4,8 +4,8 @@
 use core::ffi::c_void;
 
 use vswap_core::{
-    ChargePolicy, DeviceConfig, Engine, Error, Flushed, LogDevice, Move, PhysDevice, SwapOps,
-    SwapinRange, VirtMove, Writeback,
+    DeviceConfig, Engine, Error, Flushed, LogDevice, Move, PhysDevice, SwapOps, SwapinRange,
+    VirtMove, Writeback,
 };
 
 use crate::host::{Handle, HostOps, create_handle, destroy_handle, vswap_host_ops};
@@ -25,7 +25,6 @@ pub(crate) const PENDING_FLUSHES: usize = 8;
 
 pub(crate) struct EngineInner {
     pub(crate) engine: Engine<HostOps, HostOps>,
-    pub(crate) charge: ChargePolicy,
     pub(crate) flushes: spin::Mutex<[Option<Flushed>; PENDING_FLUSHES]>,
 }
 
@@ -134,7 +133,6 @@ pub unsafe extern "C" fn vswap_engine_create(
             };
             place.write(EngineInner {
                 engine: engine?,
-                charge: core_cfg.charge,
                 flushes: spin::Mutex::new([None; PENDING_FLUSHES]),
             });
             Ok(())
@@ -455,8 +453,8 @@ pub unsafe extern "C" fn vswap_put(e: *mut vswap_engine, slot: u32, n: u32) -> i
 /// Put one count of each slot in `start .. start + len`, batched per cluster.
 /// Not atomic: on a failure the slots before it were put and none after it.
 /// Writes `*done` (slots put) and `*freed` (slots freed; after a failure a
-/// lower bound, possibly 0) in every case but a NULL pointer. Under a charge
-/// policy the slots are put one by one, each free uncharged.
+/// lower bound, possibly 0) in every case but a NULL pointer. Each freed slot
+/// gives back its memcg charge under the engine's charge policy.
 ///
 /// Returns 0; on the first failing slot, its code as for `vswap_put`.
 #[unsafe(no_mangle)]
@@ -471,24 +469,8 @@ pub unsafe extern "C" fn vswap_put_many(
         // SAFETY: NULL or a live handle (the caller's contract).
         let e = unsafe { eng(e) }?;
         let o = slots::BatchOut::new(done, freed)?;
-        if e.charge == ChargePolicy::None {
-            return slots::put_many(e.engine.map(), start, len, o);
-        }
-        // Under a charge policy every free must uncharge: slot by slot.
-        let mut n = 0u32;
-        let mut f = 0u32;
-        while n < len {
-            match e.engine.put(start.wrapping_add(n), 1) {
-                Ok(p) => f += u32::from(p == vswap_core::Put::Freed),
-                Err(err) => {
-                    o.set(n, f);
-                    return Err(err.into());
-                }
-            }
-            n += 1;
-        }
-        o.set(n, f);
-        Ok(0)
+        // Frees give back their charges through the map's free hook.
+        slots::put_many(e.engine.map(), start, len, o)
     })
 }
 
@@ -498,8 +480,8 @@ pub unsafe extern "C" fn vswap_put_many(
 ///
 /// Returns 0; -EINVAL for a NULL pointer, an order above the cluster order, a
 /// misaligned range or a slot with count 0; -ERANGE; -ENOENT if a slot is
-/// free; -EBUSY if a slot is locked; -EOPNOTSUPP under a charge policy other
-/// than `VSWAP_CHARGE_NONE` (use `vswap_put_many`).
+/// free; -EBUSY if a slot is locked. Freed slots give back their memcg
+/// charges under the engine's charge policy.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_put_range(
     e: *mut vswap_engine,
@@ -510,10 +492,6 @@ pub unsafe extern "C" fn vswap_put_range(
     guard(|| {
         // SAFETY: NULL or a live handle (the caller's contract).
         let e = unsafe { eng(e) }?;
-        if e.charge != ChargePolicy::None {
-            out(freed)?;
-            return Err(Code(-VSWAP_EOPNOTSUPP));
-        }
         slots::put_range(e.engine.map(), start, order, freed)
     })
 }

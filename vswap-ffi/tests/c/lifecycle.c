@@ -630,7 +630,13 @@ static void test_charging(void)
 	uint32_t s = 0, done, freed;
 	OK(vswap_alloc(e, 0, 0, 5, true, &s));
 	EXPECT(atomic_load(&H.charged), 1);
-	EXPECT(vswap_put_range(e, s, 0, &freed), -VSWAP_EOPNOTSUPP);
+	OK(vswap_dup(e, s, 1, true));
+	EXPECT(vswap_cache_clear(e, s, 0, true), VSWAP_LIVE);
+	OK(vswap_put_range(e, s, 0, &freed));
+	EXPECT(freed, 1);
+	EXPECT(atomic_load(&H.charged), 0);
+	OK(vswap_alloc(e, 0, 0, 5, true, &s));
+	EXPECT(atomic_load(&H.charged), 1);
 	OK(vswap_dup(e, s, 1, true));
 	EXPECT(vswap_cache_clear(e, s, 0, true), VSWAP_LIVE);
 	OK(vswap_put_many(e, s, 1, &done, &freed));
