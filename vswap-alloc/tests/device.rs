@@ -333,7 +333,7 @@ fn check(dev: &Dev<'_>, m: &mut Model, p: &StdProvider, bytes: u64) {
 // ---------------------------------------------------------------------------
 
 #[derive(Clone, Debug)]
-enum Op {
+pub(crate) enum Op {
     /// An allocation with a fresh owner (`order` and `cpu` are taken modulo
     /// the device's orders and CPUs).
     Alloc {
@@ -651,7 +651,7 @@ fn config() -> Config {
     }
 }
 
-fn run_case(
+pub(crate) fn run_case(
     shift: u32,
     clusters: u64,
     cpus: u32,

@@ -74,7 +74,7 @@ struct Page {
 }
 
 /// The engine side: the owners' descriptors and the flash array.
-struct Engine {
+pub(crate) struct Engine {
     /// Bytes per page in the array (0: no data kept, for fast WA runs).
     page: usize,
     seg_slots: u64,
@@ -84,15 +84,15 @@ struct Engine {
     last_seg: Option<u32>,
     rng: Rng,
     /// Percent chance, in each GC step, of a "concurrent" free first.
-    racing_frees: u64,
-    verify_after_gc: bool,
+    pub(crate) racing_frees: u64,
+    pub(crate) verify_after_gc: bool,
     gc_passes: u64,
     flushes: u64,
     lost_to_free: u64,
 }
 
 impl Engine {
-    fn new(dev: &LogDevice<&StdProvider>, page: usize, seed: u64) -> Self {
+    pub(crate) fn new(dev: &LogDevice<&StdProvider>, page: usize, seed: u64) -> Self {
         Engine {
             page,
             seg_slots: u64::from(dev.segment_slots()),
@@ -115,7 +115,7 @@ impl Engine {
     }
 
     /// Release `o`'s backend and forget it (the engine's free).
-    fn free(&mut self, dev: &LogDevice<&StdProvider>, o: u32) {
+    pub(crate) fn free(&mut self, dev: &LogDevice<&StdProvider>, o: u32) {
         let Some(p) = self.owners.remove(&o) else {
             return;
         };
@@ -126,7 +126,7 @@ impl Engine {
     }
 
     /// Write (or overwrite) `o`: release the old location, stage new data.
-    fn write(&mut self, dev: &LogDevice<&StdProvider>, o: u32) {
+    pub(crate) fn write(&mut self, dev: &LogDevice<&StdProvider>, o: u32) {
         self.free(dev, o);
         self.seed += 1;
         self.owners.insert(
@@ -152,7 +152,7 @@ impl Engine {
     }
 
     /// Flush the host stream, collecting garbage while the device is full.
-    fn host_flush(&mut self, dev: &LogDevice<&StdProvider>, mode: Flush) {
+    pub(crate) fn host_flush(&mut self, dev: &LogDevice<&StdProvider>, mode: Flush) {
         let mut passes = 0;
         loop {
             match dev.flush(Stream::Host, mode) {
@@ -176,7 +176,7 @@ impl Engine {
         }
     }
 
-    fn gc(&mut self, dev: &LogDevice<&StdProvider>) {
+    pub(crate) fn gc(&mut self, dev: &LogDevice<&StdProvider>) {
         dev.gc_pass(|step| self.gc_step(dev, step)).unwrap();
         self.gc_passes += 1;
         if self.verify_after_gc {
@@ -292,7 +292,7 @@ impl Engine {
     }
 
     /// Every invariant, every byte.
-    fn verify(&self, dev: &LogDevice<&StdProvider>) {
+    pub(crate) fn verify(&self, dev: &LogDevice<&StdProvider>) {
         let mut offs = HashSet::new();
         let mut staged = 0;
         for (&o, p) in &self.owners {
@@ -333,7 +333,7 @@ impl Engine {
 
     /// The step-wise GC API by hand: walk half of a victim, then abort it.
     /// What was staged still moves; the rest stays where it is.
-    fn gc_half_then_abort(&mut self, dev: &LogDevice<&StdProvider>) {
+    pub(crate) fn gc_half_then_abort(&mut self, dev: &LogDevice<&StdProvider>) {
         let Some(v) = dev.gc_begin().unwrap() else {
             return;
         };
@@ -354,7 +354,7 @@ impl Engine {
     }
 
     /// Flush everything and let GC drain what it holds.
-    fn settle(&mut self, dev: &LogDevice<&StdProvider>) {
+    pub(crate) fn settle(&mut self, dev: &LogDevice<&StdProvider>) {
         self.host_flush(dev, Flush::Now);
         self.gc(dev);
         while dev.staged(Stream::Gc) != 0 {
@@ -364,7 +364,7 @@ impl Engine {
     }
 }
 
-fn device(
+pub(crate) fn device(
     p: &StdProvider,
     segments: u32,
     seg_shift: u32,

@@ -567,7 +567,7 @@ enum BSel {
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Op {
+pub(crate) enum Op {
     Alloc {
         order: u32,
         cpu: u32,
@@ -719,7 +719,7 @@ fn bsel(k: u8, g: BGen) -> BSel {
 }
 
 /// Build an operation from raw random numbers (weights by the first byte).
-fn make_op(t: u8, k: u8, a: u32, b: u32, c: u64) -> Op {
+pub(crate) fn make_op(t: u8, k: u8, a: u32, b: u32, c: u64) -> Op {
     let s = sel(k, a);
     let k2 = (b >> 24) as u8;
     let order = b % 6;
@@ -1291,7 +1291,7 @@ impl Run<'_> {
     }
 }
 
-fn run_case(shift: u32, slots: u64, cpus: u32, ops: &[Op]) {
+pub(crate) fn run_case(shift: u32, slots: u64, cpus: u32, ops: &[Op]) {
     let p = StdProvider::new();
     let host = RecHost::default();
     let geo = Geometry::tiny(shift, slots, cpus);
