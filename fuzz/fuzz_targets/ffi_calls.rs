@@ -17,7 +17,12 @@ use libfuzzer_sys::fuzz_target;
 use vswap_ffi::*;
 
 /// Host allocator: counts the bytes it has out.
-unsafe extern "C" fn host_alloc(ctx: *mut c_void, size: usize, align: usize, _: bool) -> *mut c_void {
+unsafe extern "C" fn host_alloc(
+    ctx: *mut c_void,
+    size: usize,
+    align: usize,
+    _: bool,
+) -> *mut c_void {
     let Ok(l) = Layout::from_size_align(size.max(1), align) else {
         return ptr::null_mut();
     };
@@ -69,7 +74,9 @@ struct In<'a>(&'a [u8]);
 
 impl In<'_> {
     fn u8(&mut self) -> u8 {
-        let Some((&b, rest)) = self.0.split_first() else { return 0 };
+        let Some((&b, rest)) = self.0.split_first() else {
+            return 0;
+        };
         self.0 = rest;
         b
     }
@@ -142,8 +149,16 @@ fuzz_target!(|data: &[u8]| {
             match op % 26 {
                 0..=3 => {
                     let mut s = 0;
-                    let memcg = if k & 0x40 != 0 { inp.u32() } else { VSWAP_NO_MEMCG };
-                    if check("alloc", vswap_alloc(e, small, a >> 8 & 3, memcg, sleep, &mut s)) == 0 {
+                    let memcg = if k & 0x40 != 0 {
+                        inp.u32()
+                    } else {
+                        VSWAP_NO_MEMCG
+                    };
+                    if check(
+                        "alloc",
+                        vswap_alloc(e, small, a >> 8 & 3, memcg, sleep, &mut s),
+                    ) == 0
+                    {
                         slots.push(s);
                     }
                 }
@@ -174,7 +189,10 @@ fuzz_target!(|data: &[u8]| {
                     check("cache_store", vswap_cache_store(e, slot, inp.u64(), sleep));
                 }
                 12 => {
-                    check("cache_clear", vswap_cache_clear(e, slot, inp.u64() & 0xffff, sleep));
+                    check(
+                        "cache_clear",
+                        vswap_cache_clear(e, slot, inp.u64() & 0xffff, sleep),
+                    );
                 }
                 13 => {
                     let mut cs = std::mem::zeroed();
@@ -197,7 +215,11 @@ fuzz_target!(|data: &[u8]| {
                     // Backends a host may legitimately store: none, zero,
                     // same-filled, zswap (device slots only come from the
                     // engine), plus an unknown kind.
-                    let mk = |kind: u32, value: u64| vswap_backend { kind: kind % 6, dev: 0, value };
+                    let mk = |kind: u32, value: u64| vswap_backend {
+                        kind: kind % 6,
+                        dev: 0,
+                        value,
+                    };
                     let exp = mk(u32::from(inp.u8()), inp.u64() % 4);
                     let new = mk(u32::from(inp.u8()) % 4, inp.u64());
                     if k & 0x40 != 0 {
@@ -209,7 +231,10 @@ fuzz_target!(|data: &[u8]| {
                 19 => {
                     let mut en: vswap_entry = std::mem::zeroed();
                     if check("lookup", vswap_lookup(e, slot, &mut en)) == 0 {
-                        assert!(en.count > 0 || en.cached || en.locked, "lookup of a dead slot: {en:?}");
+                        assert!(
+                            en.count > 0 || en.cached || en.locked,
+                            "lookup of a dead slot: {en:?}"
+                        );
                     }
                 }
                 20 => {
@@ -222,7 +247,11 @@ fuzz_target!(|data: &[u8]| {
                 }
                 22 => {
                     let mut wb = std::mem::zeroed();
-                    if check("writeback_begin", vswap_writeback_begin(e, slot, a & 3, &mut wb)) == 0 {
+                    if check(
+                        "writeback_begin",
+                        vswap_writeback_begin(e, slot, a & 3, &mut wb),
+                    ) == 0
+                    {
                         wbs.push(wb);
                     }
                 }
@@ -237,13 +266,19 @@ fuzz_target!(|data: &[u8]| {
                 }
                 24 => {
                     let (mut d, mut o) = (0, 0);
-                    check("alloc_phys", vswap_alloc_phys(e, small, a >> 8 & 3, slot, sleep, &mut d, &mut o));
+                    check(
+                        "alloc_phys",
+                        vswap_alloc_phys(e, small, a >> 8 & 3, slot, sleep, &mut d, &mut o),
+                    );
                 }
                 _ => {
                     let mut owner = 0;
                     let dev = u32::from(k & 1) * inp.u32();
                     match a % 3 {
-                        0 => check("device_owner", vswap_device_owner(e, dev, inp.u64() % 40, &mut owner)),
+                        0 => check(
+                            "device_owner",
+                            vswap_device_owner(e, dev, inp.u64() % 40, &mut owner),
+                        ),
                         1 => check("device_discard", vswap_device_discard(e, dev)),
                         _ => {
                             let mut st = std::mem::zeroed();

@@ -23,7 +23,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let segments = 6 + u32::from(h[0]) % 16;
     let shift = 1 + u32::from(h[1]) % 3;
-    let policy = if h[2] & 1 == 0 { GcPolicy::Greedy } else { GcPolicy::CostBenefit };
+    let policy = if h[2] & 1 == 0 {
+        GcPolicy::Greedy
+    } else {
+        GcPolicy::CostBenefit
+    };
     let p = StdProvider::new();
     let dev = logdev::device(&p, segments, shift, 16, policy);
     let mut e = logdev::Engine::new(&dev, 16, u64::from(h[3]));
