@@ -603,7 +603,10 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
 
     /// The page is on the device: commit, unlock, free the zswap object.
     /// `Gone` if the slot died meanwhile (the device slot is given back).
+    /// A writeback that already ended changes nothing (see
+    /// [`writeback_abort`](Self::writeback_abort)).
     pub fn writeback_commit(&self, w: Writeback) -> Result<()> {
+        self.in_flight(&w)?;
         // The slot is ours (locked) until the commit: read its charge now, a
         // lost commit frees it.
         let charged = match self.cfg.charge {
@@ -633,16 +636,39 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     }
 
     /// Give up a writeback: free the device slot, unlock.
+    ///
+    /// A [`Writeback`] that already ended (committed, aborted or lost) is
+    /// refused with `NotAllocated`, `NotLocked` or `WrongState` and changes
+    /// nothing; one identical to a writeback still in flight cannot be told
+    /// from it.
     pub fn writeback_abort(&self, w: Writeback) -> Result<Put> {
+        self.in_flight(&w)?;
         self.free_phys(w.dev, w.off, w.slot);
         self.uncharge_phys(w.slot);
         self.map.unlock(w.slot)
+    }
+
+    /// Is `w` still in flight: its slot locked, in zswap with `w.handle`,
+    /// and `(w.dev, w.off)` reserved for it? A token is `Copy`: a second
+    /// commit or abort used to free the device slot its slot had moved to.
+    fn in_flight(&self, w: &Writeback) -> Result<()> {
+        let e = self.map.lookup(w.slot)?;
+        if !e.locked {
+            return Err(Error::NotLocked);
+        }
+        if e.backend != Backend::Zswap(w.handle)
+            || self.devices().pin(w.dev)?.owner(w.off)? != Some(w.slot)
+        {
+            return Err(Error::WrongState);
+        }
+        Ok(())
     }
 
     /// Move every slot off device `dev` (swapoff) through its reverse map: to
     /// device `to`, or to memory when `to` is `None`. `io` carries out each
     /// [`Move`] (returning the folio cookie for a `Read`, anything for a
     /// `Copy`); an `Err` from it leaves that slot where it was and stops.
+    /// `BadConfig` if `to` is `dev` itself.
     pub fn evacuate(
         &self,
         dev: u8,
@@ -650,6 +676,11 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
         cpu: u32,
         mut io: impl FnMut(Move) -> Result<u64>,
     ) -> Result<Evacuated> {
+        if to == Some(dev) {
+            // Every pass would move every slot again (for ever, beside a
+            // busy one).
+            return Err(Error::BadConfig);
+        }
         let mut done = Evacuated::default();
         let slots = self.devices().pin(dev)?.slots();
         loop {
