@@ -31,7 +31,6 @@ const _: () = assert!(core::mem::size_of::<SidePage>() == PAGE);
 pub(crate) struct Chain {
     first: Option<NonNull<SidePage>>,
     pages: usize,
-    entries: usize,
 }
 
 // SAFETY: the pages are provider memory reached only under the side lock.
@@ -51,7 +50,6 @@ impl SideTable {
             chain: Mutex::new(Chain {
                 first: None,
                 pages: 0,
-                entries: 0,
             }),
         }
     }
@@ -84,7 +82,6 @@ impl SideTable {
         let mut c = self.chain.lock();
         let mut cur = c.first.take();
         c.pages = 0;
-        c.entries = 0;
         drop(c);
         while let Some(pg) = cur {
             // SAFETY: the chain is unlinked; we own every page of it.
@@ -142,20 +139,14 @@ impl Chain {
         if slot == 0 {
             return Err(Error::OutOfRange);
         }
-        let mut inserted = false;
         for mut p in self.pages() {
             // SAFETY: as in `update`.
             let pg = unsafe { p.as_mut() };
             if let Some(e) = pg.pairs.iter_mut().find(|(s, _)| *s == 0) {
                 *e = (slot, count);
                 pg.used += 1;
-                inserted = true;
-                break;
+                return Ok(());
             }
-        }
-        if inserted {
-            self.entries += 1;
-            return Ok(());
         }
         let page = spare.take().ok_or(Error::NoMem)?.cast::<SidePage>();
         // SAFETY: a fresh zeroed page of PAGE bytes, aligned for SidePage, whose
@@ -168,7 +159,6 @@ impl Chain {
         pg.used = 1;
         self.first = Some(page);
         self.pages += 1;
-        self.entries += 1;
         Ok(())
     }
 
@@ -182,7 +172,6 @@ impl Chain {
             if let Some(e) = pg.pairs.iter_mut().find(|(s, _)| *s == slot) {
                 *e = (0, 0);
                 pg.used -= 1;
-                self.entries -= 1;
                 if pg.used == 0 {
                     match prev {
                         // SAFETY: linked page, exclusive under the lock.
