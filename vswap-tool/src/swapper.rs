@@ -1,0 +1,526 @@
+//! The swap backends behind the engine: the zswap pool (lz4), the swap file
+//! (a [`PhysDevice`] or the flash [`LogDevice`]), and the swap-out / swap-in /
+//! writeback paths that drive [`Engine`].
+//!
+//! The engine keeps every descriptor (virtual slot -> zero, same-filled,
+//! zswap handle, device offset) and the device allocators and reverse maps;
+//! this module only moves bytes. Calls come from one thread at a time in
+//! practice (the swapper's evictor runs while the mutators, and so the fault
+//! handler, are stopped), but every path is safe to call concurrently.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use vswap_core::{
+    Backend, Ctx, DeviceConfig, Engine, EngineConfig, EngineHost, Error as VError, Flush,
+    LogConfig, LogDevice, MapConfig, PhysDevice, StdProvider, Stream,
+};
+
+use crate::ToolError;
+use crate::workload::PAGE;
+
+/// Which device takes pages that need one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// A swap file through a fixed-slot [`PhysDevice`] (cluster allocator).
+    File,
+    /// A swap file through the flash log device (whole-segment writes, GC).
+    Log,
+}
+
+/// Swapper configuration.
+#[derive(Clone, Debug)]
+pub struct SwapConfig {
+    /// Device kind.
+    pub device: DeviceKind,
+    /// Swap file size in pages.
+    pub swap_pages: u64,
+    /// zswap pool limit in bytes (compressed).
+    pub pool_limit: u64,
+    /// The swap file (created, truncated; see `keep_file`).
+    pub path: PathBuf,
+    /// Keep the file after the run (else it is unlinked at once).
+    pub keep_file: bool,
+    /// log2 of the log device's segment size in pages.
+    pub seg_shift: u32,
+}
+
+/// Backend index in the counters: zero, same, zswap, file.
+pub const BACKENDS: [&str; 4] = ["zero", "same", "zswap", "file"];
+
+/// Event counters (relaxed atomics).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Swap-outs by backend (zero, same, zswap, file/staged).
+    pub out: [AtomicU64; 4],
+    /// Swap-ins by backend (zero, same, zswap, file, swap cache).
+    pub inn: [AtomicU64; 5],
+    /// zswap objects written back to the file.
+    pub writebacks: AtomicU64,
+    /// Pages the pool refused: compressed over 3/4 of a page.
+    pub rejected_incompressible: AtomicU64,
+    /// Pages the pool refused: pool at its limit.
+    pub rejected_full: AtomicU64,
+    /// Bytes written to the swap file (padding and GC copies included).
+    pub file_written: AtomicU64,
+    /// Bytes read from the swap file.
+    pub file_read: AtomicU64,
+    /// Uncompressed bytes ever stored in the pool.
+    pub pool_in: AtomicU64,
+    /// Compressed bytes ever stored in the pool.
+    pub pool_out: AtomicU64,
+    /// Largest pool size seen.
+    pub pool_peak: AtomicU64,
+}
+
+#[derive(Default)]
+struct Pool {
+    objs: HashMap<u64, Box<[u8]>>,
+    next: u64,
+    bytes: u64,
+}
+
+/// The engine's host: the zswap pool.
+pub struct ToolHost {
+    pool: Mutex<Pool>,
+    limit: u64,
+    bypass: AtomicBool,
+    /// Counters.
+    pub c: Counters,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl EngineHost for ToolHost {
+    fn release_zswap(&self, handle: u64) {
+        let mut p = lock(&self.pool);
+        if let Some(o) = p.objs.remove(&handle) {
+            p.bytes -= o.len() as u64;
+        }
+    }
+
+    fn zswap_store(&self, _slot: u32, page: &[u8]) -> Option<u64> {
+        if self.bypass.load(Relaxed) {
+            return None;
+        }
+        let c = lz4_flex::block::compress(page);
+        if c.len() > PAGE * 3 / 4 {
+            self.c.rejected_incompressible.fetch_add(1, Relaxed);
+            return None;
+        }
+        let mut p = lock(&self.pool);
+        if p.bytes + c.len() as u64 > self.limit {
+            self.c.rejected_full.fetch_add(1, Relaxed);
+            return None;
+        }
+        p.next += 1;
+        let h = p.next;
+        p.bytes += c.len() as u64;
+        self.c.pool_peak.fetch_max(p.bytes, Relaxed);
+        self.c.pool_in.fetch_add(PAGE as u64, Relaxed);
+        self.c.pool_out.fetch_add(c.len() as u64, Relaxed);
+        p.objs.insert(h, c.into_boxed_slice());
+        Some(h)
+    }
+}
+
+impl ToolHost {
+    /// Compressed bytes in the pool now.
+    pub fn pool_bytes(&self) -> u64 {
+        lock(&self.pool).bytes
+    }
+
+    fn load(&self, h: u64, out: &mut [u8]) -> Result<(), ToolError> {
+        let p = lock(&self.pool);
+        let o = p
+            .objs
+            .get(&h)
+            .ok_or(ToolError::Internal("zswap handle missing"))?;
+        match lz4_flex::block::decompress_into(o, out) {
+            Ok(n) if n == PAGE => Ok(()),
+            _ => Err(ToolError::Internal("zswap object does not decompress")),
+        }
+    }
+}
+
+/// Where a swapped-in page's content came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loaded {
+    /// All zeroes (map the zero page).
+    Zero,
+    /// In the caller's buffer.
+    Data,
+}
+
+/// The engine, its devices and backends.
+pub struct Swapper<'p> {
+    engine: Engine<&'p StdProvider, ToolHost>,
+    dev_provider: &'p StdProvider,
+    kind: DeviceKind,
+    file: File,
+    path: PathBuf,
+    /// Log mode: pages staged for the next segment (the swap cache).
+    staging: Mutex<HashMap<u32, Box<[u8]>>>,
+    /// zswap objects in store order: (page, slot, handle), for writeback.
+    lru: Mutex<VecDeque<(u32, u32, u64)>>,
+}
+
+const DEV: u8 = 0;
+
+fn eng(what: &'static str) -> impl Fn(VError) -> ToolError {
+    move |e| ToolError::Engine(what, e)
+}
+
+impl<'p> Swapper<'p> {
+    /// Build the engine and its device; `map_p` accounts the virtual map's
+    /// memory, `dev_p` the device's.
+    pub fn new(
+        cfg: &SwapConfig,
+        map_p: &'p StdProvider,
+        dev_p: &'p StdProvider,
+    ) -> Result<Self, ToolError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&cfg.path)
+            .map_err(|e| ToolError::io("create swap file", &cfg.path, e))?;
+        if !cfg.keep_file {
+            let _ = std::fs::remove_file(&cfg.path);
+        }
+        let mut ecfg = EngineConfig {
+            map: MapConfig::default(),
+            ..Default::default()
+        };
+        ecfg.map.geometry.cpus = 2;
+        let host = ToolHost {
+            pool: Mutex::new(Pool::default()),
+            limit: cfg.pool_limit,
+            bypass: AtomicBool::new(false),
+            c: Counters::default(),
+        };
+        let engine = match cfg.device {
+            DeviceKind::File => {
+                let e = Engine::new(ecfg, map_p, host).map_err(eng("engine"))?;
+                let d = PhysDevice::new(DeviceConfig::new(cfg.swap_pages, 2), &[], dev_p)
+                    .map_err(eng("swap device"))?;
+                e.add_device(DEV, 10, d).map_err(eng("add device"))?;
+                e
+            }
+            DeviceKind::Log => {
+                let segs = (cfg.swap_pages >> cfg.seg_shift) as u32;
+                let l =
+                    LogDevice::new(LogConfig::new(segs, cfg.seg_shift), dev_p).map_err(|_| {
+                        ToolError::BadArg(format!(
+                            "--swap-size: a log device needs at least 4 segments of {} KiB",
+                            (PAGE << cfg.seg_shift) >> 10
+                        ))
+                    })?;
+                Engine::with_log(ecfg, map_p, host, DEV, l).map_err(eng("engine"))?
+            }
+        };
+        Ok(Self {
+            engine,
+            dev_provider: dev_p,
+            kind: cfg.device,
+            file,
+            path: cfg.path.clone(),
+            staging: Mutex::new(HashMap::new()),
+            lru: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine<&'p StdProvider, ToolHost> {
+        &self.engine
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Counters {
+        &self.engine.host().c
+    }
+
+    /// Device metadata bytes (allocator, reverse map, log segments).
+    pub fn device_meta_bytes(&self) -> u64 {
+        self.dev_provider.bytes_in_use()
+    }
+
+    fn write(&self, buf: &[u8], off: u64) -> Result<(), ToolError> {
+        self.file
+            .write_all_at(buf, off * PAGE as u64)
+            .map_err(|e| ToolError::io("write swap file", &self.path, e))?;
+        self.counters()
+            .file_written
+            .fetch_add(buf.len() as u64, Relaxed);
+        Ok(())
+    }
+
+    fn read(&self, buf: &mut [u8], off: u64) -> Result<(), ToolError> {
+        self.file
+            .read_exact_at(buf, off * PAGE as u64)
+            .map_err(|e| ToolError::io("read swap file", &self.path, e))?;
+        self.counters()
+            .file_read
+            .fetch_add(buf.len() as u64, Relaxed);
+        Ok(())
+    }
+
+    /// Swap out `data` (one page of region page `page`): a new virtual slot
+    /// with one reference, written to the cheapest backend. Returns the slot.
+    pub fn swap_out(&self, page: u32, data: &[u8], cpu: u32) -> Result<u32, ToolError> {
+        let e = &self.engine;
+        let slot = e.alloc(0, cpu, None, Ctx::MaySleep).map_err(eng("alloc"))?;
+        let r = self.store(page, slot, data, cpu);
+        if r.is_err() {
+            let _ = e.cache_clear(slot, 0, Ctx::MaySleep);
+        }
+        r.map(|()| slot)
+    }
+
+    fn store(&self, page: u32, slot: u32, data: &[u8], cpu: u32) -> Result<(), ToolError> {
+        let e = &self.engine;
+        let c = self.counters();
+        let b = match self.kind {
+            DeviceKind::File => {
+                let b = match e.writeout(slot, data, cpu) {
+                    Err(VError::NoSpace) => return Err(ToolError::SwapFull(self.path.clone())),
+                    r => r.map_err(eng("writeout"))?,
+                };
+                if let Backend::Phys { off, .. } = b {
+                    self.write(data, off)?;
+                }
+                Some(b)
+            }
+            DeviceKind::Log => loop {
+                match e.log_writeout(slot, data) {
+                    Err(VError::Busy) => self.log_flush(Flush::Full)?,
+                    r => break r.map_err(eng("log writeout"))?,
+                }
+            },
+        };
+        e.map().dup(slot, 1, Ctx::MaySleep).map_err(eng("dup"))?;
+        match b {
+            Some(b) => {
+                let i = match b {
+                    Backend::Zero => 0,
+                    Backend::Same(_) => 1,
+                    Backend::Zswap(h) => {
+                        lock(&self.lru).push_back((page, slot, h));
+                        2
+                    }
+                    _ => 3,
+                };
+                c.out[i].fetch_add(1, Relaxed);
+                e.cache_clear(slot, 0, Ctx::MaySleep)
+                    .map_err(eng("cache clear"))?;
+            }
+            None => {
+                // Staged on the log device: the page stays in our swap cache
+                // until its segment is written.
+                c.out[3].fetch_add(1, Relaxed);
+                lock(&self.staging).insert(slot, data.into());
+                let log = self.log_device()?;
+                if log.staged(Stream::Host) >= log.segment_slots() {
+                    self.log_flush(Flush::Full)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn log_device(&self) -> Result<&LogDevice<&'p StdProvider>, ToolError> {
+        self.engine
+            .log_device()
+            .ok_or(ToolError::Internal("no log device"))
+    }
+
+    /// Swap in virtual slot `slot` into `out` and drop its reference (the
+    /// slot is freed, its backend released).
+    pub fn swap_in(&self, slot: u32, out: &mut [u8]) -> Result<Loaded, ToolError> {
+        let e = &self.engine;
+        let c = self.counters();
+        let ent = e.map().lookup(slot).map_err(eng("lookup"))?;
+        let (i, l) = match ent.backend {
+            Backend::Zero => (0, Loaded::Zero),
+            Backend::Same(w) => {
+                for ch in out.chunks_exact_mut(8) {
+                    ch.copy_from_slice(&w.to_ne_bytes());
+                }
+                (1, Loaded::Data)
+            }
+            Backend::Zswap(h) => {
+                e.host().load(h, out)?;
+                (2, Loaded::Data)
+            }
+            Backend::Phys { off, .. } => {
+                self.read(out, off)?;
+                (3, Loaded::Data)
+            }
+            Backend::None => {
+                let d = lock(&self.staging)
+                    .remove(&slot)
+                    .ok_or(ToolError::Internal("staged page missing"))?;
+                out.copy_from_slice(&d);
+                if let Ok(log) = self.log_device() {
+                    let _ = log.cancel(Stream::Host, slot);
+                }
+                (4, Loaded::Data)
+            }
+        };
+        c.inn[i].fetch_add(1, Relaxed);
+        if ent.cached {
+            e.cache_clear(slot, 0, Ctx::MaySleep)
+                .map_err(eng("cache clear"))?;
+        }
+        e.put(slot, 1).map_err(eng("put"))?;
+        Ok(l)
+    }
+
+    /// Background work: write the oldest zswap objects back to the file
+    /// until the pool is under 90% of its limit. In log mode a written-back
+    /// page gets a new virtual slot and `remap(page, old, new)` must move the
+    /// page's entry (returning false if the page no longer maps `old`).
+    pub fn maintain(
+        &self,
+        limit: u64,
+        cpu: u32,
+        mut remap: impl FnMut(u32, u32, u32) -> bool,
+    ) -> Result<(), ToolError> {
+        let e = &self.engine;
+        let target = limit / 10 * 9;
+        let mut buf = vec![0u8; PAGE];
+        while e.host().pool_bytes() > target {
+            let Some((page, slot, h)) = lock(&self.lru).pop_front() else {
+                break;
+            };
+            if e.map().lookup(slot).map(|x| x.backend) != Ok(Backend::Zswap(h)) {
+                continue; // swapped in (and maybe reused) since
+            }
+            match self.kind {
+                DeviceKind::File => {
+                    let w = match e.writeback_begin(slot, cpu) {
+                        Ok(w) => w,
+                        Err(VError::NoSpace) => return Err(ToolError::SwapFull(self.path.clone())),
+                        Err(err) => return Err(ToolError::Engine("writeback", err)),
+                    };
+                    let r = e
+                        .host()
+                        .load(h, &mut buf)
+                        .and_then(|()| self.write(&buf, w.off));
+                    if let Err(err) = r {
+                        let _ = e.writeback_abort(w);
+                        return Err(err);
+                    }
+                    e.writeback_commit(w).map_err(eng("writeback commit"))?;
+                }
+                DeviceKind::Log => {
+                    // The engine has no zswap -> log writeback: swap the page
+                    // in from the pool and out again to the log under a new
+                    // slot, and move the page's entry.
+                    e.host().load(h, &mut buf)?;
+                    e.host().bypass.store(true, Relaxed);
+                    let new = self.swap_out(page, &buf, cpu);
+                    e.host().bypass.store(false, Relaxed);
+                    let new = new?;
+                    self.counters().out[3].fetch_sub(1, Relaxed);
+                    if remap(page, slot, new) {
+                        e.put(slot, 1).map_err(eng("put"))?;
+                    } else {
+                        let mut scratch = vec![0u8; PAGE];
+                        self.swap_in(new, &mut scratch)?;
+                        continue;
+                    }
+                }
+            }
+            self.counters().writebacks.fetch_add(1, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Log mode: write staged pages (a full segment, or everything with
+    /// [`Flush::Now`]), collecting garbage when the device runs out of free
+    /// segments.
+    pub fn log_flush(&self, mode: Flush) -> Result<(), ToolError> {
+        let e = &self.engine;
+        let log = self.log_device()?;
+        let mut tries = 0;
+        loop {
+            if log.free_segments() <= log.config().reserve + 1 {
+                self.gc()?;
+            }
+            let f = match e.log_flush(mode) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(VError::NoSpace) if tries < 4 => {
+                    tries += 1;
+                    self.gc()?;
+                    continue;
+                }
+                Err(VError::NoSpace) => return Err(ToolError::SwapFull(self.path.clone())),
+                Err(err) => return Err(ToolError::Engine("log flush", err)),
+            };
+            let seg_pages = log.segment_slots() as usize;
+            let mut buf = vec![0u8; seg_pages * PAGE];
+            let mut owners = Vec::with_capacity(f.len() as usize);
+            {
+                let st = lock(&self.staging);
+                for (owner, off) in log.live(f.segment()).map_err(eng("log live"))? {
+                    let i = (off - f.base()) as usize;
+                    if let (Some(d), Some(dst)) =
+                        (st.get(&owner), buf.get_mut(i * PAGE..(i + 1) * PAGE))
+                    {
+                        dst.copy_from_slice(d);
+                    }
+                    owners.push(owner);
+                }
+            }
+            self.write(&buf, f.base())?;
+            e.log_commit(&f).map_err(eng("log commit"))?;
+            let mut st = lock(&self.staging);
+            for o in owners {
+                if let Ok(ent) = e.map().lookup(o) {
+                    if matches!(ent.backend, Backend::Phys { .. }) && st.remove(&o).is_some() {
+                        let _ = e.cache_clear(o, 0, Ctx::MaySleep);
+                    }
+                }
+            }
+            if mode == Flush::Full || log.staged(Stream::Host) == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    fn gc(&self) -> Result<(), ToolError> {
+        let log = self.log_device()?;
+        let mut err = None;
+        let mut buf = vec![0u8; PAGE];
+        for _ in 0..8 {
+            let pass = self
+                .engine
+                .log_gc(|_, from, to| {
+                    let r = self
+                        .read(&mut buf, from)
+                        .and_then(|()| self.write(&buf, to));
+                    if let Err(e) = r {
+                        err.get_or_insert(e);
+                    }
+                })
+                .map_err(eng("log gc"))?;
+            if let Some(e) = err.take() {
+                return Err(e);
+            }
+            if pass.victim.is_none() || log.free_segments() > log.config().reserve + 1 {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
