@@ -287,6 +287,84 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
         })
     }
 
+    /// [`Engine::new`], built directly in `place` (for example memory from
+    /// the host's allocator): no engine-sized temporary on the stack. The
+    /// engine is about 11 KiB; by value, `new` needs more than that in its
+    /// own frame (and its caller another copy), too much for a 16 KiB kernel
+    /// stack. On `Err` nothing was built in `place`. The engine lives in
+    /// `place` until the caller drops it there
+    /// ([`MaybeUninit::assume_init_drop`]); forgetting it only leaks.
+    ///
+    /// ```
+    /// use core::mem::MaybeUninit;
+    /// use vswap_core::{Ctx, Engine, EngineConfig, EngineHost, StdProvider};
+    /// struct NoZswap;
+    /// impl EngineHost for NoZswap {
+    ///     fn release_zswap(&self, _handle: u64) {}
+    /// }
+    /// let mut place = Box::new(MaybeUninit::<Engine<StdProvider, NoZswap>>::uninit());
+    /// let engine = Engine::new_in(&mut place, EngineConfig::default(), StdProvider::new(), NoZswap)?;
+    /// let slot = engine.alloc(0, 0, None, Ctx::MaySleep)?;
+    /// assert_ne!(slot, 0);
+    /// // SAFETY: built by `new_in` above and not dropped before.
+    /// unsafe { place.assume_init_drop() };
+    /// # Ok::<(), vswap_core::Error>(())
+    /// ```
+    pub fn new_in(
+        place: &mut core::mem::MaybeUninit<Self>,
+        cfg: EngineConfig,
+        provider: P,
+        host: H,
+    ) -> Result<&mut Self> {
+        Self::build_in(place, cfg, provider, host, None)
+    }
+
+    /// [`Engine::with_log`], built directly in `place` (see
+    /// [`Engine::new_in`]).
+    pub fn with_log_in(
+        place: &mut core::mem::MaybeUninit<Self>,
+        cfg: EngineConfig,
+        provider: P,
+        host: H,
+        id: u8,
+        log: LogDevice<P>,
+    ) -> Result<&mut Self> {
+        if usize::from(id) >= MAX_DEVICES {
+            return Err(Error::NoDevice);
+        }
+        Self::build_in(place, cfg, provider, host, Some((id, log)))
+    }
+
+    fn build_in(
+        place: &mut core::mem::MaybeUninit<Self>,
+        cfg: EngineConfig,
+        provider: P,
+        host: H,
+        log: Option<(u8, LogDevice<P>)>,
+    ) -> Result<&mut Self> {
+        let p = place.as_mut_ptr();
+        let charge = cfg.charge;
+        // SAFETY: `p` is valid for writes of an engine and aligned (it is
+        // `place`). The map (fallible, first: nothing is written on `Err`)
+        // writes its own fields and lets the closure write the router's;
+        // the router writes the device table entry by entry. Every field is
+        // written once, through raw pointers, before `assume_init_mut`.
+        unsafe {
+            VswapMap::init_in(core::ptr::addr_of_mut!((*p).map), cfg.map, provider, |r| {
+                Devices::init_in(core::ptr::addr_of_mut!((*r).devices));
+                core::ptr::addr_of_mut!((*r).charge).write(charge);
+                core::ptr::addr_of_mut!((*r).log).write(log);
+                core::ptr::addr_of_mut!((*r).host).write(host);
+            })?;
+            core::ptr::addr_of_mut!((*p).cfg).write(cfg);
+            let rr = core::ptr::addr_of_mut!((*p).rr).cast::<Rr>();
+            for i in 0..RR_CPUS {
+                rr.add(i).write(Rr(AtomicU32::new(0)));
+            }
+            Ok(place.assume_init_mut())
+        }
+    }
+
     /// The virtual map (dup, put, cache, lock, lookup ... on virtual slots).
     pub fn map(&self) -> &VswapMap<P, Router<P, H>> {
         &self.map

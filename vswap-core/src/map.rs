@@ -131,6 +131,33 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         })
     }
 
+    /// Build a new, empty map in `place` (for [`Engine::new_in`]): the map
+    /// is written field by field, never whole through the stack; `host` is
+    /// written last, in place, by `init_host`. On `Err` nothing was written
+    /// and `init_host` was not called.
+    ///
+    /// # Safety
+    /// `place` is valid for writes of a `Self` and aligned; `init_host`
+    /// initialises the `H` it is given.
+    ///
+    /// [`Engine::new_in`]: crate::Engine::new_in
+    pub(crate) unsafe fn init_in(
+        place: *mut Self,
+        cfg: MapConfig,
+        provider: P,
+        init_host: impl FnOnce(*mut H),
+    ) -> Result<()> {
+        let space = SlotSpace::new(cfg.geometry, provider, RESERVED)?;
+        // SAFETY: `place` is valid for writes (contract); each field is
+        // written once through a raw pointer, without reading the rest.
+        unsafe {
+            core::ptr::addr_of_mut!((*place).space).write(space);
+            core::ptr::addr_of_mut!((*place).side).write(SideTable::new());
+            init_host(core::ptr::addr_of_mut!((*place).host));
+        }
+        Ok(())
+    }
+
     /// A *direct-mode* device: the map's slots are the slots of a physical
     /// device of `cfg.geometry.slots` pages, each carrying a core word of its
     /// own, the location being the slot itself (the kernel's model without a

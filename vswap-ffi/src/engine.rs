@@ -2,6 +2,7 @@
 //! optionally a flash log device), with every operation on virtual slots.
 
 use core::ffi::c_void;
+use core::mem::MaybeUninit;
 
 use vswap_core::{
     DeviceConfig, Engine, Error, Flushed, LogDevice, Move, PhysDevice, SwapOps, SwapinRange,
@@ -125,16 +126,28 @@ pub unsafe extern "C" fn vswap_engine_create(
             // SAFETY: a non-NULL `log` points to a valid config (contract).
             Some((dev_id(cfg.log_dev)?, unsafe { read(cfg.log)? }.to_core()?))
         };
-        let h = create_handle(ops, |host, place| {
-            let engine = match log {
-                None => Engine::new(core_cfg, host, host),
-                Some((id, lc)) => LogDevice::new(lc, host)
-                    .and_then(|dev| Engine::with_log(core_cfg, host, host, id, dev)),
+        let h = create_handle(ops, |host, place: &mut MaybeUninit<EngineInner>| {
+            let p = place.as_mut_ptr();
+            // SAFETY: `p` is the handle's fresh, aligned place for an
+            // `EngineInner`; the engine (about 11 KiB) is built directly in
+            // its field, never on this stack (a kernel stack is 16 KiB), and
+            // `flushes` is written after it succeeds. On `Err` nothing was
+            // built there and `create_handle` frees the block.
+            let engine = unsafe {
+                &mut *core::ptr::addr_of_mut!((*p).engine)
+                    .cast::<MaybeUninit<Engine<HostOps, HostOps>>>()
             };
-            place.write(EngineInner {
-                engine: engine?,
-                flushes: spin::Mutex::new([None; PENDING_FLUSHES]),
-            });
+            match log {
+                None => Engine::new_in(engine, core_cfg, host, host).map(|_| ()),
+                Some((id, lc)) => LogDevice::new(lc, host)
+                    .and_then(|dev| Engine::with_log_in(engine, core_cfg, host, host, id, dev))
+                    .map(|_| ()),
+            }?;
+            // SAFETY: as above; the engine is now initialised.
+            unsafe {
+                core::ptr::addr_of_mut!((*p).flushes)
+                    .write(spin::Mutex::new([None; PENDING_FLUSHES]));
+            }
             Ok(())
         })?;
         // SAFETY: checked by `out`; writable by the caller's contract.
