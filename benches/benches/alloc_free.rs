@@ -1,40 +1,33 @@
-//! Order-0 allocate+free of the virtual swap map: one CPU, two threads, and
-//! frees on another CPU than the allocation.
+//! vswap and its peers side by side: order-0 and order-4 allocate+free (one
+//! CPU, two threads, frees on another CPU), free cost alone, dup/put, lookup
+//! and the writeout transitions. The `floor` group measures the machine's
+//! atomic floor in the same run.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use criterion::{Criterion, criterion_group, criterion_main};
-use vswap_core::{Ctx, MapConfig, NoHost, StdProvider, VswapMap};
-
-type Map = VswapMap<StdProvider, NoHost>;
-
-fn new_map() -> Map {
-    VswapMap::new(MapConfig::default(), StdProvider::new(), NoHost).unwrap()
-}
-
-/// The kernel's pair: allocate at swap-out (count 0, cached), then drop the
-/// swap cache reference, which frees the slot.
-#[inline]
-fn pair(m: &Map, cpu: u32) {
-    let s = m.alloc(0, cpu, Ctx::NoSleep).unwrap();
-    m.cache_clear(black_box(s), 0, Ctx::NoSleep).unwrap();
-}
+use criterion::{
+    BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
+};
+use vswap_benches::{for_each_impl, work};
 
 #[repr(align(64))]
 struct Line(AtomicU64);
 
-/// The machine's atomic floor, measured in the same run: the DESIGN.md
-/// sequence (fetch_or + CAS + store + fetch_and), and one locked
-/// read-modify-write. Absolute nanoseconds differ between machines; ratios to
-/// these do not.
-fn floor(c: &mut Criterion) {
-    let mut g = c.benchmark_group("floor");
+fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut g = c.benchmark_group(name);
     g.warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1));
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(50);
+    g
+}
+
+/// The machine's atomic floor: one locked RMW, and the DESIGN.md sequence
+/// (fetch_or + CAS + store + fetch_and).
+fn floor(c: &mut Criterion) {
+    let mut g = group(c, "floor");
     let (a, b) = (Line(AtomicU64::new(0)), Line(AtomicU64::new(0)));
     g.bench_function("rmw", |bn| {
         bn.iter(|| black_box(&a.0).fetch_add(1, Ordering::AcqRel))
@@ -50,127 +43,63 @@ fn floor(c: &mut Criterion) {
     g.finish();
 }
 
-fn bench(c: &mut Criterion) {
-    let mut g = c.benchmark_group("order0_alloc_free");
-    g.warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
-
-    let m = new_map();
-    g.bench_function("one_cpu", |b| b.iter(|| pair(&m, 0)));
-
-    // Two threads, each on its own CPU number, each doing `iters` pairs; time
-    // per iteration is wall time / iters, so throughput(2) / throughput(1) =
-    // 2 * one_cpu / two_threads.
-    let m = new_map();
-    g.bench_function("two_threads", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            std::thread::scope(|s| {
-                for cpu in 0..2 {
-                    let m = &m;
-                    s.spawn(move || {
-                        for _ in 0..iters {
-                            pair(m, cpu);
-                        }
-                    });
-                }
+fn alloc_free(c: &mut Criterion) {
+    for order in [0u32, 4] {
+        let mut g = group(c, &format!("order{order}_one_cpu"));
+        for_each_impl!(order, |name, m| {
+            g.bench_function(name, |b| b.iter_custom(|n| work::one_cpu(m, order, n)));
+        });
+        g.finish();
+        // Wall time per iteration of two threads each doing one pair:
+        // throughput(2) / throughput(1) = 2 * one_cpu / two_threads.
+        let mut g = group(c, &format!("order{order}_two_threads"));
+        for_each_impl!(order, |name, m| {
+            g.bench_function(name, |b| b.iter_custom(|n| work::two_threads(m, order, n)));
+        });
+        g.finish();
+        // CPU 0 allocates while CPU 1 frees: wall time per pair.
+        let mut g = group(c, &format!("order{order}_other_cpu_free"));
+        for_each_impl!(order, |name, m| {
+            g.bench_function(name, |b| {
+                b.iter_custom(|n| work::other_cpu_free(m, order, n))
             });
-            start.elapsed()
-        })
-    });
-
-    // Order-4 (mTHP) allocate + free of all 16 slots.
-    let m = new_map();
-    g.bench_function("order4_one_cpu", |b| {
-        b.iter(|| {
-            let s = m.alloc(4, 0, Ctx::NoSleep).unwrap();
-            for i in 0..16 {
-                m.cache_clear(s + i, 0, Ctx::NoSleep).unwrap();
-            }
-        })
-    });
-    g.finish();
-
-    // Free cost alone: slots allocated on this thread vs on another thread
-    // (another CPU), freed here. Timed part: the frees only.
-    let mut g = c.benchmark_group("order0_free");
-    g.warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
-    const BATCH: usize = 1024;
-    let m = new_map();
-    g.bench_function("same_cpu", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut done = 0;
-            while done < iters {
-                let n = BATCH.min((iters - done) as usize);
-                let v: Vec<u32> = (0..n)
-                    .map(|_| m.alloc(0, 0, Ctx::NoSleep).unwrap())
-                    .collect();
-                let t = Instant::now();
-                for &s in &v {
-                    m.cache_clear(s, 0, Ctx::NoSleep).unwrap();
-                }
-                total += t.elapsed();
-                done += n as u64;
-            }
-            total
-        })
-    });
-    let m = new_map();
-    g.bench_function("other_cpu", |b| {
-        b.iter_custom(|iters| {
-            let (tx, rx) = mpsc::sync_channel::<Vec<u32>>(2);
-            let (ack_tx, ack_rx) = mpsc::channel::<()>();
-            std::thread::scope(|s| {
-                let m = &m;
-                s.spawn(move || {
-                    let mut done = 0;
-                    while done < iters {
-                        let n = BATCH.min((iters - done) as usize);
-                        tx.send(
-                            (0..n)
-                                .map(|_| m.alloc(0, 1, Ctx::NoSleep).unwrap())
-                                .collect(),
-                        )
-                        .unwrap();
-                        done += n as u64;
-                        // Wait until the batch is freed so the allocator is idle
-                        // while the other CPU frees.
-                        ack_rx.recv().unwrap();
-                    }
-                });
-                let mut total = Duration::ZERO;
-                for v in rx.iter() {
-                    let t = Instant::now();
-                    for &s in &v {
-                        m.cache_clear(s, 0, Ctx::NoSleep).unwrap();
-                    }
-                    total += t.elapsed();
-                    let _ = ack_tx.send(());
-                }
-                total
-            })
-        })
-    });
-    g.finish();
-
-    let mut g = c.benchmark_group("ops");
-    g.warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1));
-    let m = new_map();
-    let s = m.alloc(0, 0, Ctx::NoSleep).unwrap();
-    g.bench_function("dup_put", |b| {
-        b.iter(|| {
-            m.dup(s, 1, Ctx::NoSleep).unwrap();
-            m.put(s, 1).unwrap();
-        })
-    });
-    g.bench_function("lookup", |b| {
-        b.iter(|| black_box(m.lookup(black_box(s)).unwrap()))
+        });
+        g.finish();
+    }
+    // Free cost alone: slots allocated on this CPU or on another one.
+    let mut g = group(c, "order0_free_only");
+    for_each_impl!(0, |name, m| {
+        g.bench_function(format!("{name}/same_cpu"), |b| {
+            b.iter_custom(|n| work::free_only(m, 0, n))
+        });
+        g.bench_function(format!("{name}/other_cpu"), |b| {
+            b.iter_custom(|n| work::free_only(m, 1, n))
+        });
     });
     g.finish();
 }
 
-criterion_group!(benches, floor, bench);
+fn ops(c: &mut Criterion) {
+    let mut g = group(c, "dup_put");
+    for_each_impl!(0, |name, m| {
+        let h = work::live_slot(m);
+        g.bench_function(name, |b| b.iter_custom(|n| work::dup_put(m, h, n)));
+    });
+    g.finish();
+    let mut g = group(c, "lookup");
+    for_each_impl!(0, |name, m| {
+        let h = work::live_slot(m);
+        g.bench_function(name, |b| b.iter_custom(|n| work::lookup(m, h, n)));
+    });
+    g.finish();
+    // Four backend transitions per iteration (work::WRITEOUT_CYCLE).
+    let mut g = group(c, "writeout_4_transitions");
+    for_each_impl!(0, |name, m| {
+        let h = work::live_slot(m);
+        g.bench_function(name, |b| b.iter_custom(|n| work::writeout(m, h, n)));
+    });
+    g.finish();
+}
+
+criterion_group!(benches, floor, alloc_free, ops);
 criterion_main!(benches);

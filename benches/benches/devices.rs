@@ -1,0 +1,51 @@
+//! Physical devices: allocate+free on an empty device and on a fragmented
+//! one (vswap's `PhysDevice`, 4-byte reverse map, vs the v5 baseline's
+//! spinlocked clusters with an 8-byte reverse map); flash log device GC
+//! throughput (vswap only: v5 has no log device).
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use vswap_benches::v5::V5Phys;
+use vswap_benches::work::{self, LogBench};
+
+const DEV_SLOTS: u64 = 1 << 18;
+
+fn devices(c: &mut Criterion) {
+    let mut g = c.benchmark_group("phys_device");
+    g.warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(50);
+    let d = work::vswap_device(DEV_SLOTS);
+    g.bench_function("vswap/order0_alloc_free", |b| {
+        b.iter_custom(|n| work::phys_pair(&d, 0, n))
+    });
+    let d = V5Phys::new(DEV_SLOTS, 2);
+    g.bench_function("v5/order0_alloc_free", |b| {
+        b.iter_custom(|n| work::phys_pair(&d, 0, n))
+    });
+    let d = work::vswap_device(DEV_SLOTS);
+    work::fragment(&d, DEV_SLOTS, 7);
+    g.bench_function("vswap/order0_fragmented", |b| {
+        b.iter_custom(|n| work::phys_pair(&d, 0, n))
+    });
+    let d = V5Phys::new(DEV_SLOTS, 2);
+    work::fragment(&d, DEV_SLOTS, 7);
+    g.bench_function("v5/order0_fragmented", |b| {
+        b.iter_custom(|n| work::phys_pair(&d, 0, n))
+    });
+    g.finish();
+
+    // Time per GC pass (one victim segment of 512 slots, 80% full device).
+    let mut g = c.benchmark_group("log_gc");
+    g.warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
+    let mut lb = LogBench::new();
+    g.bench_function("vswap/pass", |b| b.iter_custom(|n| lb.run(n).0));
+    g.finish();
+}
+
+criterion_group!(benches, devices);
+criterion_main!(benches);
