@@ -179,6 +179,16 @@ pub enum Move {
         /// Source offset.
         off: u64,
     },
+    /// The folio read by the `Read` just before (cookie `cookie`) was not
+    /// taken into the swap cache: the slot already had a folio there (which
+    /// holds its data), or the slot died meanwhile. The host frees it; the
+    /// result of `io` for this move is ignored.
+    Drop {
+        /// The virtual slot.
+        slot: u32,
+        /// The cookie `io` returned for the `Read`.
+        cookie: u64,
+    },
 }
 
 /// What an evacuation did.
@@ -551,41 +561,62 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     /// kept if it has one) and store it. Returns the backend; for `Phys` the
     /// host writes the page there. `WrongState` for any other backend.
     pub fn writeout(&self, slot: u32, page: &[u8], cpu: u32) -> Result<Backend> {
-        let cur = self.map.lookup(slot)?.backend;
+        let mut cur = self.map.lookup(slot)?.backend;
         if !matches!(cur, Backend::None | Backend::Phys { .. }) {
             return Err(Error::WrongState);
         }
-        let new = match self.classify(slot, page)? {
-            Some(b) => b,
-            None => {
-                if let Backend::Phys { .. } = cur {
-                    return Ok(cur); // eager slot already there
-                }
-                self.charge_phys(slot)?;
-                match self.alloc_phys(0, cpu, slot, Ctx::NoSleep) {
-                    Ok((dev, off)) => Backend::Phys { dev, off },
-                    Err(e) => {
-                        self.uncharge_phys(slot);
-                        return Err(e);
+        let class = self.classify(slot, page)?;
+        loop {
+            let new = match class {
+                Some(b) => b,
+                None => {
+                    if let Backend::Phys { .. } = cur {
+                        return Ok(cur); // eager slot already there
+                    }
+                    self.charge_phys(slot)?;
+                    match self.alloc_phys(0, cpu, slot, Ctx::NoSleep) {
+                        Ok((dev, off)) => Backend::Phys { dev, off },
+                        Err(e) => {
+                            self.uncharge_phys(slot);
+                            return Err(e);
+                        }
                     }
                 }
-            }
-        };
-        if let Err(e) = self.map.store(slot, cur, new) {
-            match new {
-                Backend::Zswap(h) => self.host().release_zswap(h),
-                Backend::Phys { dev, off } => {
-                    self.free_phys(dev, off, slot);
-                    self.uncharge_phys(slot);
+            };
+            match self.map.store(slot, cur, new) {
+                Ok(()) => {
+                    if let Backend::Phys { .. } = cur {
+                        self.uncharge_phys(slot); // the eager slot went back
+                    }
+                    return Ok(new);
                 }
-                _ => {}
+                Err(e) => {
+                    if let Backend::Phys { dev, off } = new {
+                        if class.is_none() {
+                            self.free_phys(dev, off, slot);
+                            self.uncharge_phys(slot);
+                        }
+                    }
+                    // An evacuation moved the eager device slot (or read it
+                    // into memory) between the lookup and the store: write
+                    // out again over what is there now.
+                    if e == Error::WrongState {
+                        if let Ok(now) = self.map.lookup(slot) {
+                            if matches!(now.backend, Backend::None | Backend::Phys { .. })
+                                && now.backend != cur
+                            {
+                                cur = now.backend;
+                                continue;
+                            }
+                        }
+                    }
+                    if let Some(Backend::Zswap(h)) = class {
+                        self.host().release_zswap(h);
+                    }
+                    return Err(e);
+                }
             }
-            return Err(e);
         }
-        if let Backend::Phys { .. } = cur {
-            self.uncharge_phys(slot); // the eager slot went back
-        }
-        Ok(new)
     }
 
     /// The backend a page gets without a device slot: `Zero`, `Same` (one
@@ -881,7 +912,16 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
                     Ok(c) => c,
                     Err(e) => return unlock(Err(e)),
                 };
-                match self.map.cache_add(owner, cookie, Ctx::NoSleep) {
+                let added = self.map.cache_add(owner, cookie, Ctx::NoSleep);
+                if added.is_err() {
+                    // The host's folio is not the slot's: give it back.
+                    let _ = io(Move::Drop {
+                        slot: owner,
+                        cookie,
+                    });
+                }
+                match added {
+                    // A folio already in the swap cache holds the data.
                     Ok(()) | Err(Error::WrongState) => {}
                     // The last reference went while we held the lock (a
                     // zombie): the unlock frees it, as a lost commit would.

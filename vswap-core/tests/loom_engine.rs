@@ -342,6 +342,10 @@ fn io(slot: u32, to: Option<u8>) -> impl FnMut(Move) -> Result<u64, Error> {
                 },
                 None,
             ) => assert_eq!(s, slot),
+            // A folio was already in the swap cache: ours is handed back.
+            (Move::Drop { slot: s, cookie }, None) => {
+                assert_eq!((s, cookie), (slot, 0xc00 + u64::from(slot)));
+            }
             other => panic!("unexpected move {other:?}"),
         }
         Ok(0xc00 + u64::from(slot))

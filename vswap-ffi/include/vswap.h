@@ -202,6 +202,12 @@
 #define VSWAP_MOVE_READ 1
 
 /**
+ * Evacuation move: the folio read for `slot` just before (cookie in
+ * `*cookie`) was not taken into the swap cache; free it.
+ */
+#define VSWAP_MOVE_DROP 2
+
+/**
  * Swap-in check: swap in page by page (kinds differ, zswap, or device slots
  * not contiguous).
  */
@@ -600,7 +606,7 @@ struct vswap_writeback {
  */
 struct vswap_move {
     /**
-     * `VSWAP_MOVE_COPY` or `VSWAP_MOVE_READ`.
+     * `VSWAP_MOVE_COPY`, `VSWAP_MOVE_READ` or `VSWAP_MOVE_DROP`.
      */
     uint32_t kind;
     /**
@@ -628,7 +634,10 @@ struct vswap_move {
 /**
  * The host's side of an evacuation: carry out `*mv` (the slot is locked
  * meanwhile). For `VSWAP_MOVE_READ`, read the page into a swap cache folio
- * and set `*cookie` to its cookie. Return 0 on success, a negative errno to
+ * and set `*cookie` to its cookie. `VSWAP_MOVE_DROP` (with `*cookie` set)
+ * hands back the folio of the read just before: the slot already had one in
+ * the swap cache, or died meanwhile; its return value is ignored. Return 0
+ * on success, a negative errno to
  * stop the evacuation (returned by `vswap_evacuate`), or -EBUSY to leave
  * this slot for a later pass. Must not call into the same engine.
  */

@@ -890,7 +890,10 @@ pub unsafe extern "C" fn vswap_relocate(
 
 /// The host's side of an evacuation: carry out `*mv` (the slot is locked
 /// meanwhile). For `VSWAP_MOVE_READ`, read the page into a swap cache folio
-/// and set `*cookie` to its cookie. Return 0 on success, a negative errno to
+/// and set `*cookie` to its cookie. `VSWAP_MOVE_DROP` (with `*cookie` set)
+/// hands back the folio of the read just before: the slot already had one in
+/// the swap cache, or died meanwhile; its return value is ignored. Return 0
+/// on success, a negative errno to
 /// stop the evacuation (returned by `vswap_evacuate`), or -EBUSY to leave
 /// this slot for a later pass. Must not call into the same engine.
 pub type vswap_move_fn =
@@ -948,6 +951,20 @@ pub unsafe extern "C" fn vswap_evacuate(
                     from: off,
                     to: 0,
                 },
+                Move::Drop { slot, cookie } => {
+                    let mv = vswap_move {
+                        kind: VSWAP_MOVE_DROP,
+                        slot,
+                        from_dev: 0,
+                        to_dev: 0,
+                        from: 0,
+                        to: 0,
+                    };
+                    let mut c = cookie;
+                    // SAFETY: as below; the result of a drop is ignored.
+                    let _ = unsafe { io(arg, &mv, &mut c) };
+                    return Ok(0);
+                }
             };
             let mut cookie = 0u64;
             // SAFETY: the caller's callback with its own argument; `mv` and

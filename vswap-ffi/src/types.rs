@@ -437,12 +437,15 @@ pub const VSWAP_MOVE_COPY: u32 = 0;
 /// Evacuation move: read the page from `(from_dev, from)` into a swap cache
 /// folio and return its cookie.
 pub const VSWAP_MOVE_READ: u32 = 1;
+/// Evacuation move: the folio read for `slot` just before (cookie in
+/// `*cookie`) was not taken into the swap cache; free it.
+pub const VSWAP_MOVE_DROP: u32 = 2;
 
 /// One move of an evacuation (`vswap_evacuate`), for the host to carry out.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct vswap_move {
-    /// `VSWAP_MOVE_COPY` or `VSWAP_MOVE_READ`.
+    /// `VSWAP_MOVE_COPY`, `VSWAP_MOVE_READ` or `VSWAP_MOVE_DROP`.
     pub kind: u32,
     /// The virtual slot.
     pub slot: u32,

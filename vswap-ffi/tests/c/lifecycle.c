@@ -302,6 +302,7 @@ static void test_writeback_and_relocate(void)
 struct moves {
 	int copies, reads;
 	uint64_t cookie_base;
+	int drops;
 };
 
 static int32_t on_move(void *arg, const struct vswap_move *mv, uint64_t *cookie)
@@ -309,9 +310,14 @@ static int32_t on_move(void *arg, const struct vswap_move *mv, uint64_t *cookie)
 	struct moves *m = arg;
 	if (mv->kind == VSWAP_MOVE_COPY) {
 		m->copies++;
-	} else {
+	} else if (mv->kind == VSWAP_MOVE_READ) {
 		m->reads++;
 		*cookie = m->cookie_base + mv->slot;
+	} else {
+		/* VSWAP_MOVE_DROP: the slot already had a folio; none here. */
+		CHECK(mv->kind == VSWAP_MOVE_DROP);
+		CHECK(*cookie == m->cookie_base + mv->slot);
+		m->drops++;
 	}
 	return 0;
 }
@@ -343,7 +349,7 @@ static void test_swapoff_device(void)
 	}
 	EXPECT(vswap_device_remove(e, 0), -VSWAP_EBUSY); /* still holds data */
 	OK(add_device(e, 1, 5, 4096));
-	struct moves m = {0, 0, 100};
+	struct moves m = {0, 0, 100, 0};
 	struct vswap_evacuated ev;
 	/* an I/O error stops the evacuation with its own code */
 	EXPECT(vswap_evacuate(e, 0, 1, 0, failing_move, NULL, &ev), -EIO);
@@ -352,9 +358,12 @@ static void test_swapoff_device(void)
 	EXPECT(m.copies, N);
 	OK(vswap_device_remove(e, 0));
 	EXPECT(vswap_device_remove(e, 0), -VSWAP_ENODEV);
-	/* swapoff of device 1 into memory */
+	/* swapoff of device 1 into memory; s[0] already has a folio in the
+	 * swap cache (cookie 7): the one read for it is handed back */
+	OK(vswap_cache_add(e, s[0], 7, true));
 	OK(vswap_evacuate(e, 1, -1, 0, on_move, &m, &ev));
 	EXPECT(m.reads, N);
+	EXPECT(m.drops, 1);
 	for (int i = 0; i < N; i++) {
 		struct vswap_entry en;
 		struct vswap_cache_state cs;
@@ -362,7 +371,7 @@ static void test_swapoff_device(void)
 		EXPECT(en.backend.kind, VSWAP_BACKEND_NONE);
 		CHECK(en.cached);
 		OK(vswap_cache_get(e, s[i], &cs));
-		EXPECT(cs.word, 100 + s[i]);
+		EXPECT(cs.word, i == 0 ? 7 : 100 + s[i]);
 	}
 	OK(vswap_device_remove(e, 1));
 	for (int i = 0; i < N; i++) {
