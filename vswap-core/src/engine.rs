@@ -777,7 +777,10 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     /// device `to`, or to memory when `to` is `None`. `io` carries out each
     /// [`Move`] (returning the folio cookie for a `Read`, anything for a
     /// `Copy`); an `Err` from it leaves that slot where it was and stops.
-    /// `BadConfig` if `to` is `dev` itself.
+    /// `BadConfig` if `to` is `dev` itself. `Busy` after a pass that made no
+    /// progress while slots were left: locked by someone else, or device
+    /// slots reserved by [`alloc_phys`](Self::alloc_phys) that their owner
+    /// does not refer to (yet).
     pub fn evacuate(
         &self,
         dev: u8,
@@ -818,8 +821,22 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
                             progress = true;
                         }
                         Ok(false) => {
-                            done.lost_to_free += 1;
-                            progress = true;
+                            // Freed or moved meanwhile: its device slot went
+                            // back. Unless it is still reserved for `owner`
+                            // without `owner` referring to it (an
+                            // `alloc_phys` the host has not stored yet): that
+                            // is not progress, and counting it as such spun
+                            // for ever beside a slot that stays locked.
+                            let reserved = self
+                                .devices()
+                                .pin(dev)
+                                .is_ok_and(|d| d.owner(off) == Ok(Some(owner)));
+                            if reserved {
+                                left += 1;
+                            } else {
+                                done.lost_to_free += 1;
+                                progress = true;
+                            }
                         }
                         Err(Error::Busy) => left += 1,
                         Err(e) => {

@@ -417,3 +417,46 @@ fn mthp_swapin_check_and_readahead() {
     );
     assert_eq!(e.readahead(z, &mut out).unwrap(), 0, "not on a device");
 }
+
+/// Regression (found by the `ffi_calls` fuzz target): a device slot reserved
+/// with `alloc_phys` for a slot that does not refer to it used to count as
+/// progress on every pass, so an evacuation beside a slot locked by someone
+/// else never returned. Now such a reservation is "left", and a pass without
+/// progress ends the evacuation with `Busy`.
+#[test]
+fn evacuation_beside_a_reservation_and_a_locked_slot_returns() {
+    let p = StdProvider::new();
+    let e = engine(&p, cfg(Placement::Deferred, ChargePolicy::None));
+    e.add_device(0, 2, device(&p, 64)).unwrap();
+    e.add_device(1, 1, device(&p, 64)).unwrap();
+    // A page on device 0, locked by someone else for the whole evacuation.
+    let (locked, b) = swap_out(&e, &page(|i| i as u8 | 1), None);
+    assert!(matches!(b, Backend::Phys { dev: 0, .. }));
+    e.map().lock(locked).unwrap();
+    // A reservation for a live slot that still has no backend.
+    let owner = e.alloc(0, 0, None, S).unwrap();
+    let (dev, off) = e.alloc_phys(0, 0, owner, S).unwrap();
+    assert_eq!(dev, 0);
+    // A page that can move.
+    let (movable, _) = swap_out(&e, &page(|i| i as u8 | 3), None);
+    let mut moves = 0;
+    let r = e.evacuate(0, Some(1), 0, |_| {
+        moves += 1;
+        Ok(0)
+    });
+    assert_eq!(r, Err(Error::Busy));
+    assert_eq!(moves, 1, "only the unlocked page moved");
+    assert!(matches!(
+        e.map().lookup(movable).unwrap().backend,
+        Backend::Phys { dev: 1, .. }
+    ));
+    assert_eq!(e.device(0).unwrap().owner(off), Ok(Some(owner)));
+    // Once the lock is gone and the reservation is stored, it completes.
+    e.map().unlock(locked).unwrap();
+    e.map()
+        .store(owner, Backend::None, Backend::Phys { dev, off })
+        .unwrap();
+    let r = e.evacuate(0, Some(1), 0, |_| Ok(0)).unwrap();
+    assert_eq!(r.moved, 2);
+    assert_eq!(e.device(0).unwrap().stats().used, 0);
+}
