@@ -1,7 +1,12 @@
 //! The C ABI of `vswap-ffi` (called through the rlib, as C would call it) fed
 //! arbitrary arguments within a live engine: stale slots (freed, reused),
 //! slot 0, slots past the space, bad orders, CPUs and memcg ids, unknown
-//! devices, counts up to `u32::MAX`, stale writeback descriptors. The checks:
+//! devices, counts up to `u32::MAX`, stale writeback descriptors; writeout
+//! of arbitrary pages, relocation, evacuation (host callbacks that fail,
+//! answer -EBUSY, and see folios handed back), device add / remove, mTHP
+//! swap-in check, readahead, swapoff of the virtual layer (to memory or to a
+//! direct map), the flash log device path (writeout, flush, commit, GC), and
+//! a standalone direct-mode map through the `vswap_map_*` calls. The checks:
 //! every return code is 0 / positive or one of the documented `-VSWAP_E*`
 //! codes, nothing crashes (the library's panic boundary answering -EFAULT
 //! counts as a crash: libFuzzer's panic hook aborts first), a successful
@@ -70,6 +75,102 @@ fn check(what: &str, rc: i32) -> i32 {
     rc
 }
 
+/// What the evacuation / swapoff / GC callbacks do, driven by the input.
+#[derive(Default)]
+struct Io {
+    /// Bits consumed one per call: 1 = fail (-EBUSY or -EIO by the next bit).
+    script: u64,
+    calls: u32,
+    /// Cookies handed out for reads and not yet handed back or adopted.
+    reads: Vec<(u32, u64)>,
+    next_cookie: u64,
+}
+
+impl Io {
+    fn fail(&mut self) -> Option<i32> {
+        let bit = |n: u32| self.script >> (n % 64) & 1 == 1;
+        let c = self.calls;
+        self.calls += 2;
+        bit(c).then(|| if bit(c + 1) { -VSWAP_EBUSY } else { -5 })
+    }
+}
+
+unsafe extern "C" fn on_move(arg: *mut c_void, mv: *const vswap_move, cookie: *mut u64) -> i32 {
+    // SAFETY: `arg` is the target's `Io`; `mv` and `cookie` are valid for
+    // the call (the library's contract).
+    let (io, mv) = unsafe { (&mut *arg.cast::<Io>(), &*mv) };
+    match mv.kind {
+        VSWAP_MOVE_DROP => {
+            // SAFETY: as above.
+            let c = unsafe { *cookie };
+            let i = io.reads.iter().position(|r| *r == (mv.slot, c));
+            assert!(i.is_some(), "drop of a folio never read: {mv:?} {c}");
+            io.reads.swap_remove(i.unwrap_or(0));
+            0
+        }
+        VSWAP_MOVE_COPY | VSWAP_MOVE_READ => {
+            if let Some(rc) = io.fail() {
+                return rc;
+            }
+            if mv.kind == VSWAP_MOVE_READ {
+                io.next_cookie += 1;
+                io.reads.push((mv.slot, io.next_cookie));
+                // SAFETY: as above.
+                unsafe { *cookie = io.next_cookie };
+            }
+            0
+        }
+        k => panic!("unknown move kind {k}"),
+    }
+}
+
+unsafe extern "C" fn on_virt_move(arg: *mut c_void, mv: *const vswap_virt_move) -> i32 {
+    // SAFETY: as in `on_move`.
+    let (io, mv) = unsafe { (&mut *arg.cast::<Io>(), &*mv) };
+    assert!(
+        mv.kind == VSWAP_VIRT_TO_DIRECT || mv.kind == VSWAP_VIRT_TO_MEMORY,
+        "unknown virtual move kind {}",
+        mv.kind
+    );
+    io.fail().unwrap_or(0)
+}
+
+unsafe extern "C" fn on_gc_copy(arg: *mut c_void, _owner: u32, from: u64, to: u64) {
+    // SAFETY: as in `on_move`.
+    let io = unsafe { &mut *arg.cast::<Io>() };
+    assert_ne!(from, to, "GC copy onto itself");
+    io.calls += 1;
+}
+
+unsafe extern "C" fn on_live(arg: *mut c_void, _owner: u32, _off: u64) {
+    // SAFETY: as in `on_move`.
+    unsafe { (*arg.cast::<Io>()).calls += 1 };
+}
+
+/// A page from the input: zero, one repeated word, or bytes (length maybe
+/// not a multiple of 8, or empty).
+fn page(inp: &mut In<'_>) -> Vec<u8> {
+    let kind = inp.u8();
+    let len = match kind >> 4 {
+        0 => 0,
+        1 => 7,
+        _ => 64,
+    };
+    match kind % 4 {
+        0 => vec![0; len],
+        1 => {
+            let w = inp.u64() & 0xff_ffff;
+            (0..len).map(|i| (w >> (8 * (i % 8))) as u8).collect()
+        }
+        _ => (0..len).map(|_| inp.u8()).collect(),
+    }
+}
+
+/// `check` for calls that hand back the host callback's own code (-EIO).
+fn check_io(what: &str, rc: i32) -> i32 {
+    if rc == -5 { rc } else { check(what, rc) }
+}
+
 struct In<'a>(&'a [u8]);
 
 impl In<'_> {
@@ -112,7 +213,20 @@ fuzz_target!(|data: &[u8]| {
     cfg.geometry.slots = 64;
     cfg.geometry.dir_leaf_shift = 1;
     cfg.geometry.dir_mid_shift = 1;
-    cfg.placement = u32::from(inp.u8() & 1);
+    let flags = inp.u8();
+    cfg.placement = u32::from(flags & 1);
+    // Half the inputs get a flash log device as device 3.
+    let lc = vswap_log_config {
+        segments: 6 + u32::from(flags >> 4 & 3),
+        seg_shift: 2,
+        page_size: 4096,
+        reserve: 2,
+        policy: u32::from(flags >> 6 & 1),
+    };
+    if flags & 2 != 0 {
+        cfg.log = &lc;
+        cfg.log_dev = 3;
+    }
     let mut e: *mut vswap_engine = ptr::null_mut();
     // SAFETY: valid pointers; `ops.ctx` outlives the engine.
     let rc = unsafe { vswap_engine_create(&cfg, &ops, &mut e) };
@@ -127,7 +241,22 @@ fuzz_target!(|data: &[u8]| {
     // SAFETY: live engine, valid config.
     assert_eq!(unsafe { vswap_device_add(e, 0, 1, &dc) }, 0);
 
+    // A standalone direct-mode map (device number 5, 32 slots), fuzzed
+    // through the `vswap_map_*` calls and used as a swapoff target.
+    let mut direct: *mut vswap_map = ptr::null_mut();
+    // SAFETY: valid config and pointers; `ops.ctx` outlives the map.
+    assert_eq!(
+        unsafe { vswap_map_create_direct(&dc, 5, &ops, &mut direct) },
+        0
+    );
+    let mut io = Io {
+        script: inp.u64(),
+        ..Io::default()
+    };
+    let io_arg: *mut c_void = (&raw mut io).cast();
+
     let mut slots: Vec<u32> = Vec::new();
+    let mut dslots: Vec<u32> = Vec::new();
     let mut wbs: Vec<vswap_writeback> = Vec::new();
     let mut n = 0;
     while !inp.0.is_empty() && n < 300 {
@@ -146,7 +275,7 @@ fuzz_target!(|data: &[u8]| {
         // SAFETY (every call below): a live engine and valid (or NULL where
         // allowed) out pointers; the arguments are what is being fuzzed.
         unsafe {
-            match op % 26 {
+            match op % 40 {
                 0..=3 => {
                     let mut s = 0;
                     let memcg = if k & 0x40 != 0 {
@@ -271,6 +400,202 @@ fuzz_target!(|data: &[u8]| {
                         vswap_alloc_phys(e, small, a >> 8 & 3, slot, sleep, &mut d, &mut o),
                     );
                 }
+                26..=27 => {
+                    let pg = page(&mut inp);
+                    let mut b = std::mem::zeroed();
+                    if k & 0x40 != 0 {
+                        check(
+                            "log_writeout",
+                            vswap_log_writeout(e, slot, pg.as_ptr(), pg.len(), &mut b),
+                        );
+                    } else {
+                        check(
+                            "writeout",
+                            vswap_writeout(e, slot, pg.as_ptr(), pg.len(), a & 3, &mut b),
+                        );
+                    }
+                }
+                28 => {
+                    let (fd, td) = (u32::from(k & 1) * 3, a >> 8 & 7);
+                    check(
+                        "relocate",
+                        vswap_relocate(e, slot, fd, inp.u64() % 40, td, inp.u64() % 40),
+                    );
+                }
+                29 => {
+                    let mut ev = std::mem::zeroed();
+                    let to = match a % 4 {
+                        0 => -1,
+                        1 => 0,
+                        2 => 1,
+                        _ => inp.u32() as i32,
+                    };
+                    let dev = if k & 0x40 != 0 {
+                        inp.u32()
+                    } else {
+                        u32::from(k & 1)
+                    };
+                    let rc = check_io(
+                        "evacuate",
+                        vswap_evacuate(e, dev, to, a >> 8 & 3, Some(on_move), io_arg, &mut ev),
+                    );
+                    if rc == 0 {
+                        assert!(ev.passes >= 1, "{ev:?}");
+                    }
+                    // Every folio read is adopted or handed back: forget the
+                    // adopted ones (their slots own them now).
+                    io.reads.clear();
+                }
+                30 => {
+                    let mut dc2 = dc;
+                    dc2.discard = k & 1 == 1;
+                    if k & 0x40 != 0 {
+                        check("device_remove", vswap_device_remove(e, a % 5));
+                    } else {
+                        check("device_add", vswap_device_add(e, a % 5, a >> 8 & 3, &dc2));
+                    }
+                }
+                31 => {
+                    if k & 0x40 != 0 {
+                        let mut r = std::mem::zeroed();
+                        check("swapin_check", vswap_swapin_check(e, slot, small, &mut r));
+                    } else {
+                        let mut out = [0u32; 8];
+                        let rc = check(
+                            "readahead",
+                            vswap_readahead(e, slot, out.as_mut_ptr(), a as usize % 9),
+                        );
+                        assert!(rc <= (a % 9) as i32, "readahead wrote {rc} slots");
+                    }
+                }
+                32 if k & 0x3f == 0 => {
+                    // Rare: it empties the virtual layer.
+                    let mut moved = 0;
+                    let target = if k & 0x40 != 0 {
+                        direct
+                    } else {
+                        ptr::null_mut()
+                    };
+                    check_io(
+                        "swapoff_virtual",
+                        vswap_swapoff_virtual(
+                            e,
+                            target,
+                            a & 3,
+                            Some(on_virt_move),
+                            io_arg,
+                            &mut moved,
+                        ),
+                    );
+                }
+                33 => {
+                    let mut fl = std::mem::zeroed();
+                    match a % 4 {
+                        0 => check("log_flush", vswap_log_flush(e, k & 1 == 1, &mut fl)),
+                        1 => check("log_commit", vswap_log_commit(e, inp.u32() % 12)),
+                        2 => {
+                            // Its precondition: the caller holds no slot
+                            // lock (it waits for them). Unlock every locked
+                            // slot first: ours, and any a previous pass left
+                            // staged (a host bug the library must survive).
+                            for s in 0..80 {
+                                let mut en: vswap_entry = std::mem::zeroed();
+                                if vswap_lookup(e, s, &mut en) == 0 && en.locked {
+                                    check("unlock before gc", vswap_unlock(e, s));
+                                }
+                            }
+                            let mut pass = std::mem::zeroed();
+                            check(
+                                "log_gc",
+                                vswap_log_gc(e, Some(on_gc_copy), io_arg, &mut pass),
+                            )
+                        }
+                        _ => check(
+                            "log_for_each_live",
+                            vswap_log_for_each_live(e, inp.u32() % 12, Some(on_live), io_arg),
+                        ),
+                    };
+                }
+                34..=37 => {
+                    // The direct map: its own slots, maybe stale.
+                    let ds = match k % 3 {
+                        0 if !dslots.is_empty() => dslots[a as usize % dslots.len()],
+                        1 => a % 40,
+                        _ => inp.u32(),
+                    };
+                    let sel = u32::from(op % 40 - 34) + u32::from(k >> 6 & 1) * 4;
+                    match sel {
+                        0 => {
+                            let mut s = 0;
+                            let rc = check(
+                                "map_alloc",
+                                vswap_map_alloc(direct, small % 4, a >> 8 & 3, sleep, &mut s),
+                            );
+                            if rc == 0 {
+                                dslots.push(s);
+                            }
+                            rc
+                        }
+                        1 => check("map_dup", vswap_map_dup(direct, ds, small, sleep)),
+                        2 => check("map_put", vswap_map_put(direct, ds, small)),
+                        3 => {
+                            let mut en: vswap_entry = std::mem::zeroed();
+                            let rc = check("map_lookup", vswap_map_lookup(direct, ds, &mut en));
+                            if rc == 0 {
+                                assert!(en.count > 0 || en.cached || en.locked, "{en:?}");
+                            }
+                            rc
+                        }
+                        4 => check(
+                            "map_cache_add",
+                            vswap_map_cache_add(direct, ds, a.into(), sleep),
+                        ),
+                        5 => check(
+                            "map_cache_clear",
+                            vswap_map_cache_clear(direct, ds, 0, sleep),
+                        ),
+                        6 => {
+                            if k & 1 == 1 {
+                                check("map_lock", vswap_map_lock(direct, ds))
+                            } else {
+                                check("map_unlock", vswap_map_unlock(direct, ds))
+                            }
+                        }
+                        _ => {
+                            let mut f = 0;
+                            match a % 4 {
+                                0 => check(
+                                    "map_put_range",
+                                    vswap_map_put_range(direct, ds, small % 3, &mut f),
+                                ),
+                                1 => {
+                                    let mut d = 0;
+                                    check(
+                                        "map_put_many",
+                                        vswap_map_put_many(direct, ds, a >> 8 & 7, &mut d, &mut f),
+                                    )
+                                }
+                                2 => {
+                                    let b = vswap_backend {
+                                        kind: u32::from(k) % 6,
+                                        dev: 5,
+                                        value: u64::from(a >> 4),
+                                    };
+                                    let none = vswap_backend {
+                                        kind: 0,
+                                        dev: 0,
+                                        value: 0,
+                                    };
+                                    check("map_store", vswap_map_store(direct, ds, &none, &b))
+                                }
+                                _ => {
+                                    let mut st = std::mem::zeroed();
+                                    check("map_get_stats", vswap_map_get_stats(direct, &mut st))
+                                }
+                            }
+                        }
+                    };
+                }
                 _ => {
                     let mut owner = 0;
                     let dev = u32::from(k & 1) * inp.u32();
@@ -289,7 +614,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    // SAFETY: the live engine, not used afterwards.
-    unsafe { vswap_engine_destroy(e) };
+    // SAFETY: the live engine and map, not used afterwards.
+    unsafe {
+        vswap_engine_destroy(e);
+        vswap_map_destroy(direct);
+    }
     assert_eq!(bytes, 0, "destroy gives every host byte back");
 });
