@@ -163,7 +163,7 @@ fn main() -> ExitCode {
                     size: c.size,
                     budget: c.budget,
                     pool_limit: c.pool_limit.unwrap_or(c.budget / 4),
-                    swap_size: c.swap_size.unwrap_or(c.size),
+                    swap_size: c.swap_size,
                     swap_file: path,
                     device: c.device,
                     ops: c.ops,

@@ -385,8 +385,11 @@ fn fault_loop(sh: &Shared<'_>) {
 }
 
 fn evict_loop(sh: &Shared<'_>) {
-    let high = sh.budget - (sh.budget / 32).max(1);
-    let low = sh.budget - (sh.budget / 8).max(2);
+    // Mutators wait above `budget - BATCH * threads` (see `worker`): start
+    // below that, so a waiting mutator always has the evictor working.
+    let wait_at = sh.budget - BATCH * u64::from(sh.cfg.threads);
+    let high = wait_at - (sh.budget / 32).max(1);
+    let low = high - (sh.budget / 8).max(1);
     let mut hand = 0u64;
     let mut victims = Vec::new();
     let mut buf = vec![0u8; PAGE];

@@ -85,8 +85,8 @@ pub struct SimConfig {
     pub budget: u64,
     /// zswap pool limit bytes.
     pub pool_limit: u64,
-    /// Swap file bytes.
-    pub swap_size: u64,
+    /// Swap file bytes (default: the region size).
+    pub swap_size: Option<u64>,
     /// Swap file path.
     pub swap_file: std::path::PathBuf,
     /// Device kind.
@@ -122,7 +122,7 @@ pub fn sim(cfg: SimConfig) -> Result<Report, ToolError> {
     let sw = Swapper::new(
         &SwapConfig {
             device: cfg.device,
-            swap_pages: cfg.swap_size / PAGE as u64,
+            swap_pages: cfg.swap_size.map_or(pages, |b| b / PAGE as u64),
             pool_limit: cfg.pool_limit,
             path: cfg.swap_file.clone(),
             keep_file: false,
