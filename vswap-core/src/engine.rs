@@ -302,8 +302,8 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     /// engine is about 11 KiB; by value, `new` needs more than that in its
     /// own frame (and its caller another copy), too much for a 16 KiB kernel
     /// stack. On `Err` nothing was built in `place`. The engine lives in
-    /// `place` until the caller drops it there
-    /// ([`MaybeUninit::assume_init_drop`]); forgetting it only leaks.
+    /// `place` until the caller drops it there (`assume_init_drop`, see
+    /// [`MaybeUninit`](core::mem::MaybeUninit)); forgetting it only leaks.
     ///
     /// ```
     /// use core::mem::MaybeUninit;
