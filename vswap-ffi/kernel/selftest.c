@@ -296,13 +296,23 @@ static void test_engine_create_stack(void)
 
 /* ----------------------------------------------------------- the tiers */
 
+static int evac_dropped;
+
 /* Evacuation into memory: "read" the page into a real page, whose address
- * is the swap cache cookie. */
+ * is the swap cache cookie; a folio the engine hands back is freed. */
 static int evac_read(void *arg, const struct vswap_move *mv, uint64_t *cookie)
 {
 	struct page **pages = arg;
 	struct page *p;
 
+	if (mv->kind == VSWAP_MOVE_DROP) {
+		p = virt_to_page((void *)(uintptr_t)*cookie);
+		if (pages[mv->slot & 63] == p)
+			pages[mv->slot & 63] = NULL;
+		__free_page(p);
+		evac_dropped++;
+		return 0;
+	}
 	if (mv->kind != VSWAP_MOVE_READ)
 		return -EINVAL;
 	p = alloc_page(GFP_KERNEL);
@@ -368,6 +378,7 @@ static void test_tiers(void)
 	moved = ev.moved;
 	KOK(vswap_evacuate(e, 1, -1, 1, evac_read, pages, &ev));
 	KEXPECT(moved + ev.moved, 4);
+	KEXPECT(evac_dropped, 0); /* every slot took its folio */
 	KEXPECT(atomic64_read(&H.phys_slots), 5);
 	for (i = 0; i < 4; i++) {
 		KOK(vswap_cache_get(e, s[i], &cs));
