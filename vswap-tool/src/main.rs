@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use vswap_tool::report::Report;
-use vswap_tool::swapper::DeviceKind;
+use vswap_tool::swapper::{DeviceKind, GcKind};
 use vswap_tool::workload::{Mix, Workload};
 use vswap_tool::{ToolError, parse_size, run, sim};
 
@@ -47,6 +47,9 @@ struct Common {
     /// The device behind the swap file.
     #[arg(long, value_enum, default_value = "file")]
     device: DeviceKind,
+    /// The log device's GC victim policy.
+    #[arg(long, value_enum, default_value = "cost-benefit")]
+    gc: GcKind,
     /// Accesses after the initial fill.
     #[arg(long, default_value_t = 1_000_000)]
     ops: u64,
@@ -137,6 +140,7 @@ fn main() -> ExitCode {
                 swap_file: path,
                 keep_file: keep,
                 device: c.device,
+                gc: c.gc,
                 threads: a.threads,
                 ops: c.ops,
                 write_pct: c.write_pct,
@@ -166,6 +170,7 @@ fn main() -> ExitCode {
                     swap_size: c.swap_size,
                     swap_file: path,
                     device: c.device,
+                    gc: c.gc,
                     ops: c.ops,
                     write_pct: c.write_pct,
                     hot_share: c.hot_share,

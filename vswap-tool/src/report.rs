@@ -57,6 +57,8 @@ impl Latency {
 /// Flash log device figures.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct LogFigures {
+    /// GC victim policy.
+    pub gc_policy: &'static str,
     /// Device bytes per host byte.
     pub write_amplification: f64,
     /// Segments written.
@@ -210,6 +212,10 @@ impl Report {
         if let Some(l) = s.engine().log_device() {
             let ls = l.stats();
             self.log = Some(LogFigures {
+                gc_policy: match l.policy() {
+                    vswap_core::GcPolicy::Greedy => "greedy",
+                    vswap_core::GcPolicy::CostBenefit => "cost-benefit",
+                },
                 write_amplification: ls.write_amplification().unwrap_or(0.0),
                 segments_written: ls.segments_written,
                 gc_runs: ls.gc_runs,
@@ -332,10 +338,11 @@ impl Report {
             line(
                 "log device",
                 format!(
-                    "write amplification {:.2}, {} segments written, {} GC runs, {:.1} MiB relocated",
+                    "write amplification {:.2}, {} segments written, {} GC runs ({}), {:.1} MiB relocated",
                     l.write_amplification,
                     l.segments_written,
                     l.gc_runs,
+                    l.gc_policy,
                     mib(l.gc_bytes)
                 ),
             );

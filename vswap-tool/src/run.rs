@@ -37,7 +37,7 @@ use vswap_core::{Flush, StdProvider};
 
 use crate::ToolError;
 use crate::report::{Latency, Report};
-use crate::swapper::{DeviceKind, Loaded, SwapConfig, Swapper};
+use crate::swapper::{DeviceKind, GcKind, Loaded, SwapConfig, Swapper};
 use crate::uffd::{Fault, UFFD_PAGEFAULT_FLAG_WRITE, Uffd};
 use crate::workload::{PAGE, Rng, Workload};
 
@@ -58,6 +58,8 @@ pub struct RunConfig {
     pub keep_file: bool,
     /// Device kind.
     pub device: DeviceKind,
+    /// The log device's GC policy.
+    pub gc: GcKind,
     /// Mutator threads.
     pub threads: u32,
     /// Accesses after the fill, all threads together.
@@ -162,6 +164,7 @@ pub fn run(cfg: RunConfig) -> Result<Report, ToolError> {
             path: cfg.swap_file.clone(),
             keep_file: cfg.keep_file,
             seg_shift: 9,
+            gc: cfg.gc,
         },
         &map_p,
         &dev_p,

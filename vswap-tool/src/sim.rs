@@ -29,7 +29,7 @@ use vswap_core::StdProvider;
 
 use crate::ToolError;
 use crate::report::{Latency, Report};
-use crate::swapper::{DeviceKind, Loaded, SwapConfig, Swapper};
+use crate::swapper::{DeviceKind, GcKind, Loaded, SwapConfig, Swapper};
 use crate::workload::{PAGE, Rng, Workload};
 
 /// One access.
@@ -91,6 +91,8 @@ pub struct SimConfig {
     pub swap_file: std::path::PathBuf,
     /// Device kind.
     pub device: DeviceKind,
+    /// The log device's GC policy.
+    pub gc: GcKind,
     /// Synthetic accesses (ignored with a trace).
     pub ops: u64,
     /// Percent of synthetic accesses that write.
@@ -127,6 +129,7 @@ pub fn sim(cfg: SimConfig) -> Result<Report, ToolError> {
             path: cfg.swap_file.clone(),
             keep_file: false,
             seg_shift: 9,
+            gc: cfg.gc,
         },
         &map_p,
         &dev_p,

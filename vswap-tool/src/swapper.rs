@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use vswap_core::{
-    Backend, Ctx, DeviceConfig, Engine, EngineConfig, EngineHost, Error as VError, Flush,
+    Backend, Ctx, DeviceConfig, Engine, EngineConfig, EngineHost, Error as VError, Flush, GcPolicy,
     LogConfig, LogDevice, MapConfig, PhysDevice, StdProvider, Stream,
 };
 
@@ -31,6 +31,16 @@ pub enum DeviceKind {
     File,
     /// A swap file through the flash log device (whole-segment writes, GC).
     Log,
+}
+
+/// The log device's garbage-collection victim policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GcKind {
+    /// Fewest valid slots.
+    Greedy,
+    /// LFS cost-benefit: `(1 - u) * age / (1 + u)`.
+    CostBenefit,
 }
 
 /// Swapper configuration.
@@ -48,6 +58,8 @@ pub struct SwapConfig {
     pub keep_file: bool,
     /// log2 of the log device's segment size in pages.
     pub seg_shift: u32,
+    /// The log device's GC policy.
+    pub gc: GcKind,
 }
 
 /// Backend index in the counters: zero, same, zswap, file.
@@ -217,13 +229,17 @@ impl<'p> Swapper<'p> {
             }
             DeviceKind::Log => {
                 let segs = (cfg.swap_pages >> cfg.seg_shift) as u32;
-                let l =
-                    LogDevice::new(LogConfig::new(segs, cfg.seg_shift), dev_p).map_err(|_| {
-                        ToolError::BadArg(format!(
-                            "--swap-size: a log device needs at least 4 segments of {} KiB",
-                            (PAGE << cfg.seg_shift) >> 10
-                        ))
-                    })?;
+                let mut lc = LogConfig::new(segs, cfg.seg_shift);
+                lc.policy = match cfg.gc {
+                    GcKind::Greedy => GcPolicy::Greedy,
+                    GcKind::CostBenefit => GcPolicy::CostBenefit,
+                };
+                let l = LogDevice::new(lc, dev_p).map_err(|_| {
+                    ToolError::BadArg(format!(
+                        "--swap-size: a log device needs at least 4 segments of {} KiB",
+                        (PAGE << cfg.seg_shift) >> 10
+                    ))
+                })?;
                 Engine::with_log(ecfg, map_p, host, DEV, l).map_err(eng("engine"))?
             }
         };
