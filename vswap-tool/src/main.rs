@@ -41,7 +41,8 @@ struct Common {
     /// Swap file size; default the region size.
     #[arg(long, value_parser = parse_size)]
     swap_size: Option<u64>,
-    /// Swap file; default a file in the temp directory, removed at once.
+    /// Swap file (new or empty; kept afterwards); default a file in the
+    /// temp directory, unlinked at once.
     #[arg(long)]
     swap_file: Option<PathBuf>,
     /// The device behind the swap file.

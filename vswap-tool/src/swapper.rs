@@ -27,7 +27,7 @@ use crate::workload::PAGE;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
-    /// A swap file through a fixed-slot [`PhysDevice`] (cluster allocator).
+    /// A swap file through a fixed-slot physical device (cluster allocator).
     File,
     /// A swap file through the flash log device (whole-segment writes, GC).
     Log,
@@ -198,6 +198,14 @@ impl<'p> Swapper<'p> {
         map_p: &'p StdProvider,
         dev_p: &'p StdProvider,
     ) -> Result<Self, ToolError> {
+        if let Ok(m) = std::fs::metadata(&cfg.path) {
+            if m.is_file() && m.len() > 0 {
+                return Err(ToolError::BadArg(format!(
+                    "--swap-file {}: exists and is not empty; remove it or name a new file",
+                    cfg.path.display()
+                )));
+            }
+        }
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
