@@ -404,6 +404,17 @@ fn date() -> String {
         .unwrap_or_default()
 }
 
+/// This process's nice value (field 19 of `/proc/self/stat`).
+fn nice() -> String {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')').map(|(_, r)| r.to_string())?;
+            rest.split_whitespace().nth(16).map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -463,8 +474,9 @@ fn main() {
     let _ = writeln!(w, "- Date: {when}");
     let _ = writeln!(
         w,
-        "- Load average (1, 5, 15 min) at the start: {load0}; at the end: {}",
-        loadavg()
+        "- Load average (1, 5, 15 min) at the start: {load0}; at the end: {}; nice {}",
+        loadavg(),
+        nice()
     );
     let _ = writeln!(
         w,
@@ -618,16 +630,45 @@ fn main() {
         w,
         "\nWhy the speed targets are missed here: a locked read-modify-write costs {floor:.1} ns \
          on this machine. vswap's order-0 pair is five of them (allocation: pin the cluster, \
-         claim the word; free: pin, CAS, unpin), {:.0} ns of floor, and every lock-free free \
+         claim the word; free: pin, CAS, unpin), {:.0} ns of floor; the pin keeps a lookup \
+         or put of a free slot memory-safe while its cluster goes back to the provider, \
+         without RCU from the host (the v5 baseline never frees a cluster struct, standing in \
+         for the kernel's RCU). Every lock-free free \
          of a slot is at least one (the CAS that takes the word), so the batch free cannot \
          go below {floor:.1} ns per slot without a lock amortised over many slots; the \
          physical-backed free adds the device slot's CAS. The v5 baseline's pair is two \
          uncontended spinlock acquisitions, and its batch free takes one lock per 512 slots \
          and then writes plain memory: without contention a per-cluster spinlock beats \
-         per-slot atomics. vswap wins where CPUs share clusters (allocation on one CPU while \
-         another frees) and on memory.",
+         per-slot atomics.",
         5.0 * floor
     );
+    let wins: Vec<&str> = rows
+        .iter()
+        .filter(|r| matches!((r.get("v5"), r.get("vswap")), (Some(p), Some(v)) if p > v))
+        .map(|r| r.name.as_str())
+        .collect();
+    let _ = writeln!(
+        w,
+        "\nRows where vswap is faster than the v5 baseline in this run: {}.",
+        if wins.is_empty() {
+            "none".to_string()
+        } else {
+            wins.join(", ")
+        }
+    );
+    let busy = load0
+        .split_whitespace()
+        .next()
+        .and_then(|x| x.parse::<f64>().ok())
+        .is_some_and(|l| l > 1.5);
+    if busy {
+        let _ = writeln!(
+            w,
+            "\nOther processes shared the 2 CPUs during this run (load average above): the \
+             two-thread rows (and the 2-thread scaling target) include time slices taken by \
+             them, and a spinlock holder that is preempted stalls its waiter."
+        );
+    }
     let _ = writeln!(
         w,
         "\n## Memory per live slot (counting global allocator, every heap byte)\n"
