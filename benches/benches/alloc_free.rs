@@ -32,6 +32,11 @@ fn floor(c: &mut Criterion) {
     g.bench_function("rmw", |bn| {
         bn.iter(|| black_box(&a.0).fetch_add(1, Ordering::AcqRel))
     });
+    // Two threads, one RMW each on its own line: the control for every
+    // two-thread figure (equals `rmw` when two CPUs are really free).
+    g.bench_function("rmw_two_threads", |bn| {
+        bn.iter_custom(work::floor_rmw_two_threads)
+    });
     g.bench_function("fetch_or_cas_store_fetch_and", |bn| {
         bn.iter(|| {
             black_box(&b.0).fetch_or(1, Ordering::AcqRel);

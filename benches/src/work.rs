@@ -473,3 +473,24 @@ pub fn floor_rmw(iters: u64) -> Duration {
     }
     t.elapsed()
 }
+
+/// The floor on two threads at once, each on its own cache line: wall time
+/// per iteration equals [`floor_rmw`]'s when the machine really gives two
+/// CPUs, and doubles when other processes take one (the control for every
+/// two-thread figure of the same run).
+pub fn floor_rmw_two_threads(iters: u64) -> Duration {
+    #[repr(align(64))]
+    struct Line(AtomicU64);
+    let lines = [Line(AtomicU64::new(0)), Line(AtomicU64::new(0))];
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for l in &lines {
+            s.spawn(move || {
+                for _ in 0..iters {
+                    black_box(&l.0).fetch_add(1, Ordering::AcqRel);
+                }
+            });
+        }
+    });
+    t.elapsed()
+}
