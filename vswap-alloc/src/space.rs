@@ -9,7 +9,7 @@
 //! The space is cut into clusters of `2^cluster_shift` slots. A three-level
 //! directory (top array in the space, middle and leaf pages made on demand and
 //! kept until the space is dropped) maps a cluster index to its `DirEntry`: a
-//! 32-byte record holding the cluster's lifetime word, a pointer to its slot
+//! 64-byte record (one cache line) holding the cluster's lifetime word, a pointer to its slot
 //! table (one page for 512 64-bit slots), list links and a pointer to its
 //! optional tables (`ClusterExt`). An empty virtual map of 2^32 slots is the top
 //! array.
@@ -141,6 +141,14 @@ pub struct Policy {
 
 /// One cluster's directory record. Lives in a leaf page that is never freed
 /// while the space exists.
+///
+/// One cache line each: every allocation and free pins and unpins its
+/// cluster's lifetime word, and CPUs work in different (often consecutive)
+/// clusters; two records to a line made CPUs bounce each other's line and
+/// throughput fell as threads were added (measured on 16 cores: 4 threads
+/// slower than 2). It costs 32 bytes per cluster (0.06 B per slot at 512
+/// slots per cluster), only for clusters whose leaf page exists.
+#[repr(align(64))]
 pub struct DirEntry<W> {
     state: AtomicU64,
     words: AtomicPtr<W>,

@@ -75,7 +75,9 @@ fn free_and_check(label: &str, p: &StdProvider, map: Map<'_>, mut slots: Vec<u32
     assert_eq!(st.live_slots, 0);
     assert_eq!(p.bytes_in_use(), st.total_bytes());
     let left = p.bytes_in_use();
-    let bound = 64.0 * 1024.0 + 0.1 * SLOTS as f64;
+    // What stays: the per-CPU caches' live clusters and the directory (one
+    // 64-byte record per cluster ever used, never freed: 0.125 B per slot).
+    let bound = 64.0 * 1024.0 + 0.14 * SLOTS as f64;
     println!(
         "{label}: all freed: {left} B left ({} live clusters held by per-CPU caches and slot 0, \
          {} B directory); bound {bound:.0} B",
