@@ -778,9 +778,9 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     /// [`Move`] (returning the folio cookie for a `Read`, anything for a
     /// `Copy`); an `Err` from it leaves that slot where it was and stops.
     /// `BadConfig` if `to` is `dev` itself. `Busy` after a pass that made no
-    /// progress while slots were left: locked by someone else, or device
-    /// slots reserved by [`alloc_phys`](Self::alloc_phys) that their owner
-    /// does not refer to (yet).
+    /// progress while slots locked by someone else were left (a device slot
+    /// reserved by [`alloc_phys`](Self::alloc_phys) that its owner does not
+    /// refer to yet is skipped, and is not progress).
     pub fn evacuate(
         &self,
         dev: u8,
@@ -821,20 +821,19 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
                             progress = true;
                         }
                         Ok(false) => {
-                            // Freed or moved meanwhile: its device slot went
-                            // back. Unless it is still reserved for `owner`
-                            // without `owner` referring to it (an
-                            // `alloc_phys` the host has not stored yet): that
-                            // is not progress, and counting it as such spun
-                            // for ever beside a slot that stays locked.
+                            // Freed or moved meanwhile: its device slot goes
+                            // back. If it is still reserved for `owner` (a
+                            // free still releasing it, or an `alloc_phys`
+                            // the host has not stored), that is not
+                            // progress: counted as such, an orphaned
+                            // reservation beside a slot that stays locked
+                            // made the pass loop spin for ever.
+                            done.lost_to_free += 1;
                             let reserved = self
                                 .devices()
                                 .pin(dev)
                                 .is_ok_and(|d| d.owner(off) == Ok(Some(owner)));
-                            if reserved {
-                                left += 1;
-                            } else {
-                                done.lost_to_free += 1;
+                            if !reserved {
                                 progress = true;
                             }
                         }

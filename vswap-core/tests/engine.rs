@@ -421,8 +421,9 @@ fn mthp_swapin_check_and_readahead() {
 /// Regression (found by the `ffi_calls` fuzz target): a device slot reserved
 /// with `alloc_phys` for a slot that does not refer to it used to count as
 /// progress on every pass, so an evacuation beside a slot locked by someone
-/// else never returned. Now such a reservation is "left", and a pass without
-/// progress ends the evacuation with `Busy`.
+/// else never returned. Now such a reservation is skipped without counting
+/// as progress, so a pass that only meets it and the locked slot ends the
+/// evacuation with `Busy`.
 #[test]
 fn evacuation_beside_a_reservation_and_a_locked_slot_returns() {
     let p = StdProvider::new();

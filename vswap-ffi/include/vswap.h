@@ -1232,9 +1232,9 @@ int32_t vswap_relocate(struct vswap_engine *e,
  *
  * Returns 0; -EINVAL for a NULL pointer or `io`; -ENODEV for an unknown
  * source or target device; -ENOSPC if the target is full; -EBUSY if slots
- * stayed locked, or reserved by `vswap_alloc_phys` without their owner
- * referring to them (or `io` kept returning -EBUSY), with no progress in a
- * pass; `io`'s own negative code when it fails.
+ * stayed locked (or `io` kept returning -EBUSY) with no progress in a pass
+ * (device slots reserved by `vswap_alloc_phys` but not stored are skipped,
+ * and are not progress); `io`'s own negative code when it fails.
  */
 int32_t vswap_evacuate(struct vswap_engine *e,
                        uint32_t dev,
