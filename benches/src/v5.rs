@@ -69,6 +69,9 @@ struct Inner<D> {
     cap: u32,
     /// The order the cluster serves.
     order: u32,
+    /// A per-CPU cache holds it (the kernel's cluster flags, read under the
+    /// cluster lock so that frees need not take the list lock to know).
+    cached: bool,
     /// Allocation bitmap.
     map: [u64; WORDS],
     /// Per-slot data, made when the cluster is first used.
@@ -230,6 +233,7 @@ impl<D: Copy + Default + Send> V5Space<D> {
                     free: CLUSTER as u32,
                     cap: CLUSTER as u32,
                     order: 0,
+                    cached: false,
                     map: [0; WORDS],
                     data: keep_tables.then(|| vec![D::default(); CLUSTER].into_boxed_slice()),
                 };
@@ -272,6 +276,7 @@ impl<D: Copy + Default + Send> V5Space<D> {
     /// File cluster `c` (its CPU let go of it because it had no room for
     /// `order`), under its lock.
     fn file(&self, c: u32, g: &mut Inner<D>, order: u32) {
+        g.cached = false;
         let mut l = self.lists.lock();
         if l.on.get(c as usize) != Some(&ON_CACHED) {
             return;
@@ -342,6 +347,7 @@ impl<D: Copy + Default + Send> V5Space<D> {
                 if g.free == g.cap {
                     g.order = order;
                 }
+                g.cached = true;
             }
             pc.store(c, Ordering::Relaxed);
         }
@@ -438,7 +444,7 @@ impl<D: Copy + Default + Send> V5Space<D> {
     #[inline]
     fn settle(&self, c: u32, g: &mut Inner<D>, was_full: bool) {
         let empty = g.free == g.cap;
-        if !(empty || (was_full && g.free > 0)) {
+        if g.cached || !(empty || (was_full && g.free > 0)) {
             return;
         }
         let mut l = self.lists.lock();
