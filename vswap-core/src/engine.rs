@@ -670,7 +670,7 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     }
 
     /// The memcg id a slot is charged to, if charging is on.
-    fn memcg_of(&self, slot: u32) -> Option<u16> {
+    pub(crate) fn memcg_of(&self, slot: u32) -> Option<u16> {
         match self.cfg.charge {
             ChargePolicy::None => None,
             _ => self
