@@ -432,10 +432,7 @@ fn evict_loop(sh: &Shared<'_>) {
             }
         }
         discard(sh, &mut victims);
-        let r = sh.swapper.maintain(sh.cfg.pool_limit, 0, |page, old, new| {
-            let s = &sh.slot[page as usize];
-            s.compare_exchange(old, new, Relaxed, Relaxed).is_ok()
-        });
+        let r = sh.swapper.maintain(sh.cfg.pool_limit, 0);
         if let Err(e) = r {
             sh.fail(e);
         }

@@ -197,15 +197,7 @@ pub fn sim(cfg: SimConfig) -> Result<Report, ToolError> {
                     resident -= 1;
                     live += 1;
                 }
-                sw.maintain(cfg.pool_limit, 0, |page, old, new| {
-                    let s = &mut slot[page as usize];
-                    if *s == old {
-                        *s = new;
-                        true
-                    } else {
-                        false
-                    }
-                })?;
+                sw.maintain(cfg.pool_limit, 0)?;
                 if live > peak_live {
                     peak_live = live;
                     meta = map_p.bytes_in_use();

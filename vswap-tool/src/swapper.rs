@@ -367,38 +367,60 @@ impl<'p> Swapper<'p> {
     }
 
     /// Swap in virtual slot `slot` into `out` and drop its reference (the
-    /// slot is freed, its backend released).
+    /// slot is freed, its backend released). A slot locked by a staged log
+    /// writeback is read from its zswap object without the lock, and the
+    /// writeback is taken back (or, if its segment is being written, the
+    /// slot dies under the lock and the commit frees it).
     pub fn swap_in(&self, slot: u32, out: &mut [u8]) -> Result<Loaded, ToolError> {
         let e = &self.engine;
         let c = self.counters();
-        let ent = e.map().lookup(slot).map_err(eng("lookup"))?;
-        let (i, l) = match ent.backend {
-            Backend::Zero => (0, Loaded::Zero),
-            Backend::Same(w) => {
-                for ch in out.chunks_exact_mut(8) {
-                    ch.copy_from_slice(&w.to_ne_bytes());
+        let mut tries = 0;
+        let (ent, i, l) = loop {
+            let ent = e.map().lookup(slot).map_err(eng("lookup"))?;
+            let (i, l) = match ent.backend {
+                Backend::Zero => (0, Loaded::Zero),
+                Backend::Same(w) => {
+                    for ch in out.chunks_exact_mut(8) {
+                        ch.copy_from_slice(&w.to_ne_bytes());
+                    }
+                    (1, Loaded::Data)
                 }
-                (1, Loaded::Data)
-            }
-            Backend::Zswap(h) => {
-                e.host().load(h, out)?;
-                (2, Loaded::Data)
-            }
-            Backend::Phys { off, .. } => {
-                self.read(out, off)?;
-                (3, Loaded::Data)
-            }
-            Backend::None => {
-                let d = lock(&self.staging)
-                    .remove(&slot)
-                    .ok_or(ToolError::Internal("staged page missing"))?;
-                out.copy_from_slice(&d);
-                if let Ok(log) = self.log_device() {
-                    let _ = log.cancel(Stream::Host, slot);
+                Backend::Zswap(h) => {
+                    if let Err(err) = e.host().load(h, out) {
+                        // Written back (and released) since the lookup:
+                        // look again.
+                        tries += 1;
+                        if tries < 4
+                            && e.map().lookup(slot).map(|x| x.backend) != Ok(Backend::Zswap(h))
+                        {
+                            continue;
+                        }
+                        return Err(err);
+                    }
+                    (2, Loaded::Data)
                 }
-                (4, Loaded::Data)
-            }
+                Backend::Phys { off, .. } => {
+                    self.read(out, off)?;
+                    (3, Loaded::Data)
+                }
+                Backend::None => {
+                    let d = lock(&self.staging)
+                        .remove(&slot)
+                        .ok_or(ToolError::Internal("staged page missing"))?;
+                    out.copy_from_slice(&d);
+                    if let Ok(log) = self.log_device() {
+                        let _ = log.cancel(Stream::Host, slot);
+                    }
+                    (4, Loaded::Data)
+                }
+            };
+            break (ent, i, l);
         };
+        if ent.locked && i == 2 && self.kind == DeviceKind::Log {
+            // A staged writeback (refused, changing nothing, if the lock is
+            // someone else's or the segment is flushed already).
+            let _ = e.log_writeback_abort(slot);
+        }
         c.inn[i].fetch_add(1, Relaxed);
         if ent.cached {
             e.cache_clear(slot, 0, Ctx::MaySleep)
@@ -408,21 +430,17 @@ impl<'p> Swapper<'p> {
         Ok(l)
     }
 
-    /// Background work: write the oldest zswap objects back to the file
-    /// until the pool is under 90% of its limit. In log mode a written-back
-    /// page gets a new virtual slot and `remap(page, old, new)` must move the
-    /// page's entry (returning false if the page no longer maps `old`).
-    pub fn maintain(
-        &self,
-        limit: u64,
-        cpu: u32,
-        mut remap: impl FnMut(u32, u32, u32) -> bool,
-    ) -> Result<(), ToolError> {
+    /// Background work: write the oldest zswap objects back to the swap file
+    /// until the pool is under 90% of its limit. Every page keeps its virtual
+    /// slot. In log mode a writeback is staged (its slot locked, its data
+    /// still in the pool) and written with its segment: the pool shrinks when
+    /// the segment is committed.
+    pub fn maintain(&self, limit: u64, cpu: u32) -> Result<(), ToolError> {
         let e = &self.engine;
         let target = limit / 10 * 9;
         let mut buf = vec![0u8; PAGE];
         while e.host().pool_bytes() > target {
-            let Some((page, slot, h)) = lock(&self.lru).pop_front() else {
+            let Some((_, slot, h)) = lock(&self.lru).pop_front() else {
                 break;
             };
             if e.map().lookup(slot).map(|x| x.backend) != Ok(Backend::Zswap(h)) {
@@ -444,27 +462,35 @@ impl<'p> Swapper<'p> {
                         return Err(err);
                     }
                     e.writeback_commit(w).map_err(eng("writeback commit"))?;
+                    self.counters().writebacks.fetch_add(1, Relaxed);
                 }
                 DeviceKind::Log => {
-                    // The engine has no zswap -> log writeback: swap the page
-                    // in from the pool and out again to the log under a new
-                    // slot, and move the page's entry.
-                    e.host().load(h, &mut buf)?;
-                    e.host().bypass.store(true, Relaxed);
-                    let new = self.swap_out(page, &buf, cpu);
-                    e.host().bypass.store(false, Relaxed);
-                    let new = new?;
-                    self.counters().out[3].fetch_sub(1, Relaxed);
-                    if remap(page, slot, new) {
-                        e.put(slot, 1).map_err(eng("put"))?;
-                    } else {
-                        let mut scratch = vec![0u8; PAGE];
-                        self.swap_in(new, &mut scratch)?;
-                        continue;
+                    let log = self.log_device()?;
+                    loop {
+                        match e.log_writeback_begin(slot) {
+                            Ok(()) => break,
+                            // A whole segment staged: write it first.
+                            Err(VError::Busy)
+                                if log.staged(Stream::Host) >= log.segment_slots() =>
+                            {
+                                self.log_flush(Flush::Full)?;
+                            }
+                            Err(VError::NoSpace) => {
+                                return Err(ToolError::SwapFull(self.path.clone()));
+                            }
+                            // Locked by someone else, or changed since the
+                            // lookup: leave it.
+                            Err(VError::Busy | VError::WrongState | VError::NotAllocated) => {
+                                break;
+                            }
+                            Err(err) => return Err(ToolError::Engine("log writeback", err)),
+                        }
+                    }
+                    if log.staged(Stream::Host) >= log.segment_slots() {
+                        self.log_flush(Flush::Full)?;
                     }
                 }
             }
-            self.counters().writebacks.fetch_add(1, Relaxed);
         }
         Ok(())
     }
@@ -494,14 +520,21 @@ impl<'p> Swapper<'p> {
             let seg_pages = log.segment_slots() as usize;
             let mut buf = vec![0u8; seg_pages * PAGE];
             let mut owners = Vec::with_capacity(f.len() as usize);
+            let mut written_back = Vec::new();
             {
                 let st = lock(&self.staging);
                 for (owner, off) in log.live(f.segment()).map_err(eng("log live"))? {
                     let i = (off - f.base()) as usize;
-                    if let (Some(d), Some(dst)) =
-                        (st.get(&owner), buf.get_mut(i * PAGE..(i + 1) * PAGE))
-                    {
+                    let Some(dst) = buf.get_mut(i * PAGE..(i + 1) * PAGE) else {
+                        continue;
+                    };
+                    if let Some(d) = st.get(&owner) {
                         dst.copy_from_slice(d);
+                    } else if let Ok(Backend::Zswap(h)) = e.map().lookup(owner).map(|x| x.backend) {
+                        // A staged writeback (its slot locked: the object
+                        // stays until the commit, even if the slot died).
+                        e.host().load(h, dst)?;
+                        written_back.push(owner);
                     }
                     owners.push(owner);
                 }
@@ -514,6 +547,12 @@ impl<'p> Swapper<'p> {
                     if matches!(ent.backend, Backend::Phys { .. }) && st.remove(&o).is_some() {
                         let _ = e.cache_clear(o, 0, Ctx::MaySleep);
                     }
+                }
+            }
+            drop(st);
+            for o in written_back {
+                if let Ok(Backend::Phys { .. }) = e.map().lookup(o).map(|x| x.backend) {
+                    self.counters().writebacks.fetch_add(1, Relaxed);
                 }
             }
             if mode == Flush::Full || log.staged(Stream::Host) == 0 {
