@@ -5,7 +5,8 @@
 //! of arbitrary pages, relocation, evacuation (host callbacks that fail,
 //! answer -EBUSY, and see folios handed back), device add / remove, mTHP
 //! swap-in check, readahead, swapoff of the virtual layer (to memory or to a
-//! direct map), the flash log device path (writeout, flush, commit, GC), and
+//! direct map), the flash log device path (writeout, zswap writeback kept
+//! in its virtual slot: begin and abort, flush, commit, GC), and
 //! a standalone direct-mode map through the `vswap_map_*` calls. The checks:
 //! every return code is 0 / positive or one of the documented `-VSWAP_E*`
 //! codes, nothing crashes (the library's panic boundary answering -EFAULT
@@ -400,6 +401,15 @@ fuzz_target!(|data: &[u8]| {
                         vswap_alloc_phys(e, small, a >> 8 & 3, slot, sleep, &mut d, &mut o),
                     );
                 }
+                25 => {
+                    // zswap -> log writeback (a slot in zswap, maybe stale,
+                    // maybe staged already); its commit is `log_commit`.
+                    if k & 0x40 != 0 {
+                        check("log_writeback_abort", vswap_log_writeback_abort(e, slot));
+                    } else {
+                        check("log_writeback_begin", vswap_log_writeback_begin(e, slot));
+                    }
+                }
                 26..=27 => {
                     let pg = page(&mut inp);
                     let mut b = std::mem::zeroed();
@@ -496,8 +506,9 @@ fuzz_target!(|data: &[u8]| {
                         2 => {
                             // Its precondition: the caller holds no slot
                             // lock (it waits for them). Unlock every locked
-                            // slot first: ours, and any a previous pass left
-                            // staged (a host bug the library must survive).
+                            // slot first: ours, any a previous pass left
+                            // staged, and staged log writebacks (host bugs
+                            // the library must survive).
                             for s in 0..80 {
                                 let mut en: vswap_entry = std::mem::zeroed();
                                 if vswap_lookup(e, s, &mut en) == 0 && en.locked {

@@ -1302,6 +1302,34 @@ int32_t vswap_log_writeout(struct vswap_engine *e,
                            struct vswap_backend *backend);
 
 /**
+ * Start a zswap writeback to the log device, keeping the virtual slot: lock
+ * the slot, check it is in zswap, charge its device slot and stage it. The
+ * slot stays locked (its data readable from zswap) until `vswap_log_commit`
+ * of the segment it is flushed into commits it (or `vswap_log_writeback_abort`
+ * takes it back before the flush); the host writes its page at the flush
+ * from the zswap object. Nothing changes on an error.
+ *
+ * Returns 0; -EINVAL for a NULL engine; -ENODEV if the engine has no log
+ * device; -ERANGE; -ENOENT; -EBUSY if the slot is locked (a staged writeback
+ * of it included) or a whole segment is staged already (flush first);
+ * -EEXIST if the slot is not in zswap; -ENOSPC if the charge is refused.
+ */
+int32_t vswap_log_writeback_begin(struct vswap_engine *e, uint32_t slot);
+
+/**
+ * Take back a writeback staged by `vswap_log_writeback_begin` before its
+ * flush: unstage it, give back its charge, unlock. Refuses, changing
+ * nothing, anything else.
+ *
+ * Returns `VSWAP_LIVE`, or `VSWAP_FREED` if the slot died while staged (the
+ * unlock frees it and releases its zswap object); -EINVAL for a NULL engine;
+ * -ENODEV; -ERANGE; -ENOENT; -EPERM if the slot is not locked; -EEXIST if
+ * it is not a staged writeback (not in zswap, not staged, or flushed
+ * already: then only `vswap_log_commit` ends it).
+ */
+int32_t vswap_log_writeback_abort(struct vswap_engine *e, uint32_t slot);
+
+/**
  * Flush the staged pages into one segment: only a full segment unless
  * `now`, which pads the rest. Writes the flushed segment; the host writes
  * its pages (`vswap_log_for_each_live`) and calls `vswap_log_commit`. At
@@ -1327,7 +1355,9 @@ int32_t vswap_log_for_each_live(struct vswap_engine *e,
 
 /**
  * The host wrote flushed segment `segment`: store each owner's new
- * location, drop owners that died or changed meanwhile, seal the segment.
+ * location (a staged writeback's commit also unlocks its slot and releases
+ * its zswap object), drop owners that died or changed meanwhile, seal the
+ * segment.
  *
  * Returns the number of owners committed (>= 0); -EINVAL for a NULL
  * engine; -ENODEV; -ENOENT if `segment` is not a flushed segment waiting

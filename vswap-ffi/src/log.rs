@@ -5,12 +5,21 @@
 //! Flow: `vswap_log_writeout` stages; `vswap_log_flush` hands a segment to
 //! the host, which writes every `(owner, offset)` of
 //! `vswap_log_for_each_live` and then calls `vswap_log_commit`.
+//!
+//! zswap writeback to the log keeps the page's virtual slot:
+//! `vswap_log_writeback_begin` locks the slot (in zswap) and stages it; the
+//! host writes its page at the flush by decompressing the slot's zswap object
+//! (`vswap_lookup` shows it; the object stays until the commit), and
+//! `vswap_log_commit` stores the new offset, unlocks and releases the object.
+//! Until then only `vswap_log_writeback_abort` (before the flush) or the
+//! commit may end it: never `vswap_unlock` or `vswap_writeback_*` on it.
 
 use core::ffi::c_void;
 
 use vswap_core::{Flush, Flushed, GcPolicy};
 
 use crate::engine::{EngineInner, bytes, eng, vswap_engine};
+use crate::slots;
 use crate::types::*;
 use crate::util::{Code, guard, out, write};
 
@@ -111,6 +120,45 @@ pub unsafe extern "C" fn vswap_log_writeout(
     })
 }
 
+/// Start a zswap writeback to the log device, keeping the virtual slot: lock
+/// the slot, check it is in zswap, charge its device slot and stage it. The
+/// slot stays locked (its data readable from zswap) until `vswap_log_commit`
+/// of the segment it is flushed into commits it (or `vswap_log_writeback_abort`
+/// takes it back before the flush); the host writes its page at the flush
+/// from the zswap object. Nothing changes on an error.
+///
+/// Returns 0; -EINVAL for a NULL engine; -ENODEV if the engine has no log
+/// device; -ERANGE; -ENOENT; -EBUSY if the slot is locked (a staged writeback
+/// of it included) or a whole segment is staged already (flush first);
+/// -EEXIST if the slot is not in zswap; -ENOSPC if the charge is refused.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vswap_log_writeback_begin(e: *mut vswap_engine, slot: u32) -> i32 {
+    guard(|| {
+        // SAFETY: NULL or a live handle (the caller's contract).
+        let e = unsafe { eng(e) }?;
+        e.engine.log_writeback_begin(slot)?;
+        Ok(0)
+    })
+}
+
+/// Take back a writeback staged by `vswap_log_writeback_begin` before its
+/// flush: unstage it, give back its charge, unlock. Refuses, changing
+/// nothing, anything else.
+///
+/// Returns `VSWAP_LIVE`, or `VSWAP_FREED` if the slot died while staged (the
+/// unlock frees it and releases its zswap object); -EINVAL for a NULL engine;
+/// -ENODEV; -ERANGE; -ENOENT; -EPERM if the slot is not locked; -EEXIST if
+/// it is not a staged writeback (not in zswap, not staged, or flushed
+/// already: then only `vswap_log_commit` ends it).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vswap_log_writeback_abort(e: *mut vswap_engine, slot: u32) -> i32 {
+    guard(|| {
+        // SAFETY: NULL or a live handle (the caller's contract).
+        let e = unsafe { eng(e) }?;
+        slots::put_result(e.engine.log_writeback_abort(slot))
+    })
+}
+
 /// Flush the staged pages into one segment: only a full segment unless
 /// `now`, which pads the rest. Writes the flushed segment; the host writes
 /// its pages (`vswap_log_for_each_live`) and calls `vswap_log_commit`. At
@@ -190,7 +238,9 @@ fn take_pending(e: &EngineInner, segment: u32) -> Option<Flushed> {
 }
 
 /// The host wrote flushed segment `segment`: store each owner's new
-/// location, drop owners that died or changed meanwhile, seal the segment.
+/// location (a staged writeback's commit also unlocks its slot and releases
+/// its zswap object), drop owners that died or changed meanwhile, seal the
+/// segment.
 ///
 /// Returns the number of owners committed (>= 0); -EINVAL for a NULL
 /// engine; -ENODEV; -ENOENT if `segment` is not a flushed segment waiting

@@ -165,6 +165,8 @@ static void test_null_handle_and_pointers(void)
 	EXPECT(vswap_log_gc(NULL, noop_copy, NULL, &gp), EINV);
 	EXPECT(vswap_log_set_policy(NULL, VSWAP_GC_GREEDY), EINV);
 	EXPECT(vswap_log_get_stats(NULL, &ls), EINV);
+	EXPECT(vswap_log_writeback_begin(NULL, NB), EINV);
+	EXPECT(vswap_log_writeback_abort(NULL, NB), EINV);
 	vswap_engine_destroy(NULL); /* ignored */
 
 	/* NULL maps */

@@ -620,6 +620,51 @@ static void test_log_device(void)
 	EXPECT(ls.live_slots, 2);
 	EXPECT(ls.gc_runs, 1);
 	EXPECT(ls.host_bytes, N * 4096);
+	/* zswap writeback to the log, keeping the virtual slot */
+	uint32_t z[3];
+	uint64_t zh[3];
+	for (int i = 0; i < 3; i++) {
+		z[i] = alloc_slot(e);
+		OK(vswap_dup(e, z[i], 1, true));
+		fill_zswap(page, 10 + (unsigned)i);
+		EXPECT(vswap_log_writeout(e, z[i], page, PAGE, &b), 0);
+		EXPECT(b.kind, VSWAP_BACKEND_ZSWAP);
+		zh[i] = b.value;
+		EXPECT(vswap_cache_clear(e, z[i], 0, true), VSWAP_LIVE);
+		OK(vswap_log_writeback_begin(e, z[i]));
+	}
+	EXPECT(vswap_log_writeback_begin(e, z[0]), -VSWAP_EBUSY); /* staged already */
+	EXPECT(vswap_log_writeback_begin(e, s[N]), -VSWAP_EEXIST); /* zero, not zswap */
+	EXPECT(vswap_log_writeback_abort(e, s[N]), -VSWAP_EPERM);  /* not locked */
+	OK(vswap_lookup(e, z[0], &en));
+	CHECK(en.locked);
+	EXPECT(en.backend.kind, VSWAP_BACKEND_ZSWAP); /* still readable from zswap */
+	CHECK(en.backend.value == zh[0]);
+	EXPECT(vswap_log_writeback_abort(e, z[2]), VSWAP_LIVE);
+	EXPECT(vswap_log_writeback_abort(e, z[2]), -VSWAP_EPERM);
+	OK(vswap_lookup(e, z[2], &en));
+	CHECK(!en.locked);
+	EXPECT(en.backend.kind, VSWAP_BACKEND_ZSWAP);
+	/* z[1] dies while staged: its commit loses, its object goes once */
+	EXPECT(vswap_put(e, z[1], 1), VSWAP_LIVE);
+	long long released = atomic_load(&H.zswap_released);
+	EXPECT(vswap_log_flush(e, true, &f), 1);
+	EXPECT(f.len, 2);
+	EXPECT(vswap_log_writeback_abort(e, z[0]), -VSWAP_EEXIST); /* flushed */
+	live_calls = 0;
+	EXPECT(vswap_log_for_each_live(e, f.segment, on_live, NULL), 2);
+	EXPECT(vswap_log_commit(e, f.segment), 1);
+	EXPECT(atomic_load(&H.zswap_released), released + 2);
+	OK(vswap_lookup(e, z[0], &en));
+	CHECK(!en.locked);
+	EXPECT(en.backend.kind, VSWAP_BACKEND_PHYS);
+	EXPECT(en.backend.dev, 3);
+	EXPECT(vswap_lookup(e, z[1], &en), -VSWAP_ENOENT);
+	OK(vswap_log_get_stats(e, &ls));
+	EXPECT(ls.live_slots, 3);
+	EXPECT(vswap_put(e, z[0], 1), VSWAP_FREED);
+	EXPECT(vswap_put(e, z[2], 1), VSWAP_FREED);
+	EXPECT(atomic_load(&H.zswap_released), released + 3);
 	for (int i = N - 2; i <= N; i++) {
 		EXPECT(vswap_put(e, s[i], 1), VSWAP_LIVE);
 		EXPECT(vswap_cache_clear(e, s[i], 0, true), VSWAP_FREED);
@@ -628,6 +673,8 @@ static void test_log_device(void)
 	struct vswap_engine *plain = make_engine(&OPS, VSWAP_PLACEMENT_DEFERRED, VSWAP_CHARGE_NONE);
 	EXPECT(vswap_log_flush(plain, true, &f), -VSWAP_ENODEV);
 	EXPECT(vswap_log_get_stats(plain, &ls), -VSWAP_ENODEV);
+	EXPECT(vswap_log_writeback_begin(plain, 1), -VSWAP_ENODEV);
+	EXPECT(vswap_log_writeback_abort(plain, 1), -VSWAP_ENODEV);
 	vswap_engine_destroy(plain);
 	teardown_engine(e);
 }
