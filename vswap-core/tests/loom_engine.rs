@@ -1,6 +1,7 @@
 //! loom models of the physical side and the engine: the fixed-device cluster
 //! allocator (per-CPU caches, lists, discard), and the engine's moves
-//! (evacuation, writeback) and device table (pins, removal) racing frees.
+//! (evacuation, writeback, zswap writeback to the log device) and device
+//! table (pins, removal) racing frees.
 //!
 //! Build and run (see `.ci/loom`):
 //! ```text
@@ -35,8 +36,8 @@ use loom::sync::atomic::{AtomicU32, Ordering};
 use loom::thread;
 use vswap_alloc::{ClusterState, ListCounts};
 use vswap_core::{
-    Backend, Ctx, DeviceConfig, Devices, Engine, EngineConfig, EngineHost, Error, Evacuated,
-    Geometry, MapConfig, Move, PhysDevice, Placement, Put,
+    Backend, ChargePolicy, Ctx, DeviceConfig, Devices, Engine, EngineConfig, EngineHost, Error,
+    Evacuated, Flush, Geometry, LogConfig, LogDevice, MapConfig, Move, PhysDevice, Placement, Put,
 };
 
 mod common;
@@ -212,6 +213,8 @@ fn drain_device(prov: &TestProvider, dev: Arc<Dev>) {
 struct EHostLog {
     zswap: StdMutex<Vec<u64>>,
     phys: StdMutex<Vec<(u8, u64)>>,
+    /// Pages charged minus uncharged (models that turn charging on).
+    charged: StdMutex<i64>,
 }
 
 /// Logs the zswap handles and device slots the engine releases (device slots
@@ -242,6 +245,13 @@ impl EngineHost for EHost {
             .lock()
             .unwrap()
             .extend((off..off + len).map(|o| (dev, o)));
+    }
+    fn charge(&self, _id: u16, pages: u32) -> bool {
+        *self.0.charged.lock().unwrap() += i64::from(pages);
+        true
+    }
+    fn uncharge(&self, _id: u16, pages: u32) {
+        *self.0.charged.lock().unwrap() -= i64::from(pages);
     }
 }
 
@@ -679,6 +689,85 @@ fn e3c_writeback_abort_races_evacuate() {
     let want = [BEFORE, BUSY, AFTER_ABORT];
     engine_model("e3c_writeback_abort_races_evacuate", 3, &want, move |o| {
         writeback_races_evacuate(o, false, Some(1))
+    });
+}
+
+// ---------------------------------------------------------------------------
+// 3d. zswap writeback to the log device: the commit racing the last put.
+// ---------------------------------------------------------------------------
+
+const LOG_COMMITTED: &str = "committed, then freed on the log";
+const LOG_GONE: &str = "freed under the writeback's lock: Gone at the commit";
+
+/// An engine with only a log device (number 3: 4 segments of 2 slots), one
+/// map cluster of 4 slots, charging physical slots only. Slot `s` (count 1,
+/// memcg 1) is in zswap (handle 7); its writeback to the log is begun (slot
+/// locked, charged, staged) and flushed. A commits the segment
+/// (`log_commit`: lookup, then the CAS that unlocks); B drops the last count.
+/// Either the commit wins (the slot moves to the log, its zswap object goes,
+/// and the put frees the log slot), or the put leaves a zombie under the
+/// writeback's lock and the commit finds `Gone` (the zombie freed with its
+/// zswap object, the new offset invalidated). Either way: the zswap handle
+/// released exactly once, the log empty, the charge back to zero, no lock
+/// left, every byte back.
+#[test]
+fn e3d_log_writeback_commit_races_put() {
+    let want = [LOG_COMMITTED, LOG_GONE];
+    engine_model("e3d_log_writeback_commit_races_put", 3, &want, move |o| {
+        let prov = TestProvider::default();
+        let host = EHost::default();
+        let cfg = EngineConfig {
+            map: MapConfig {
+                geometry: Geometry::tiny(2, 4, 1),
+            },
+            charge: ChargePolicy::PhysicalOnly,
+            ..EngineConfig::default()
+        };
+        let log = LogDevice::new(LogConfig::new(4, 1), prov.clone()).unwrap();
+        let e = Arc::new(Engine::with_log(cfg, prov.clone(), host.clone(), 3, log).unwrap());
+        let s = e.alloc(0, 0, Some(1), S).unwrap();
+        e.map().store(s, Backend::None, Backend::Zswap(7)).unwrap();
+        e.map().dup(s, 1, S).unwrap();
+        assert_eq!(e.cache_clear(s, 0, S), Ok(Put::Live));
+        e.log_writeback_begin(s).unwrap();
+        assert_eq!(*host.0.charged.lock().unwrap(), 1);
+        let f = e.log_flush(Flush::Now).unwrap().unwrap();
+        let off = f.base();
+        assert_eq!(e.log_device().unwrap().owner(off), Ok(Some(s)));
+        let ea = e.clone();
+        let ta = thread::spawn(move || ea.log_commit(&f));
+        let eb = e.clone();
+        let tb = thread::spawn(move || eb.put(s, 1));
+        let committed = ta.join().unwrap().unwrap();
+        let p = tb.join().unwrap().unwrap();
+        let log = e.log_device().unwrap();
+        match (committed, p) {
+            (1, Put::Freed) => {
+                // The put freed the committed slot: its log slot went back.
+                assert_eq!(host.phys(), vec![(3, off)]);
+                o.saw(LOG_COMMITTED);
+            }
+            (0, Put::Live) => {
+                // The commit lost: the offset was invalidated directly.
+                assert!(host.phys().is_empty());
+                o.saw(LOG_GONE);
+            }
+            other => panic!("outcome {other:?}"),
+        }
+        assert!(e.map().lookup(s).is_err(), "slot {s} still live");
+        assert_eq!(log.owner(off), Ok(None));
+        assert_eq!(log.stats().live_slots, 0);
+        assert_eq!(host.zswap(), vec![7], "zswap handle released once");
+        assert_eq!(*host.0.charged.lock().unwrap(), 0, "charge not given back");
+        let st = e.map().stats();
+        assert_eq!(st.locked, 0, "a lock bit was left behind");
+        assert_eq!(
+            st.total_bytes() + log.memory_bytes(),
+            prov.bytes(),
+            "map {st:?} + log differ from provider bytes"
+        );
+        drop(e);
+        assert_eq!(prov.bytes(), 0, "provider bytes not returned");
     });
 }
 
