@@ -13,7 +13,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use vswap_core::{
     Backend, Ctx, DeviceConfig, Engine, EngineConfig, EngineHost, Error as VError, Flush, GcPolicy,
@@ -101,7 +101,6 @@ struct Pool {
 pub struct ToolHost {
     pool: Mutex<Pool>,
     limit: u64,
-    bypass: AtomicBool,
     /// Counters.
     pub c: Counters,
 }
@@ -119,9 +118,6 @@ impl EngineHost for ToolHost {
     }
 
     fn zswap_store(&self, _slot: u32, page: &[u8]) -> Option<u64> {
-        if self.bypass.load(Relaxed) {
-            return None;
-        }
         let c = lz4_flex::block::compress(page);
         if c.len() > PAGE * 3 / 4 {
             self.c.rejected_incompressible.fetch_add(1, Relaxed);
@@ -224,7 +220,6 @@ impl<'p> Swapper<'p> {
         let host = ToolHost {
             pool: Mutex::new(Pool::default()),
             limit: cfg.pool_limit,
-            bypass: AtomicBool::new(false),
             c: Counters::default(),
         };
         let engine = match cfg.device {
@@ -434,7 +429,8 @@ impl<'p> Swapper<'p> {
     /// until the pool is under 90% of its limit. Every page keeps its virtual
     /// slot. In log mode a writeback is staged (its slot locked, its data
     /// still in the pool) and written with its segment: the pool shrinks when
-    /// the segment is committed.
+    /// the segment is committed, so staging goes on until a segment is full
+    /// (a whole segment of the oldest objects leaves the pool at once).
     pub fn maintain(&self, limit: u64, cpu: u32) -> Result<(), ToolError> {
         let e = &self.engine;
         let target = limit / 10 * 9;
