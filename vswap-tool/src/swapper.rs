@@ -583,3 +583,97 @@ impl<'p> Swapper<'p> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+    use super::*;
+
+    /// A page the pool takes (compressible text, not same-filled).
+    fn text(n: u32) -> Vec<u8> {
+        format!("page {n:08} ")
+            .into_bytes()
+            .into_iter()
+            .cycle()
+            .take(PAGE)
+            .collect()
+    }
+
+    /// Log mode: zswap pages written back keep their slots; a swap-in of a
+    /// staged writeback reads the pool without waiting for the lock and takes
+    /// the writeback back; a swap-in of one whose segment is being written
+    /// leaves a zombie that the commit frees.
+    #[test]
+    fn log_writeback_keeps_slots_and_swap_in_copes() {
+        let (mp, dp) = (StdProvider::new(), StdProvider::new());
+        let path = std::env::temp_dir().join(format!("vswap-swapper-test-{}", std::process::id()));
+        let cfg = SwapConfig {
+            device: DeviceKind::Log,
+            swap_pages: 16 << 4,
+            pool_limit: 1 << 20,
+            path,
+            keep_file: false,
+            seg_shift: 4,
+            gc: GcKind::Greedy,
+        };
+        let sw = Swapper::new(&cfg, &mp, &dp).unwrap();
+        let e = sw.engine();
+        let slots: Vec<u32> = (0..40)
+            .map(|i| sw.swap_out(i, &text(i), 0).unwrap())
+            .collect();
+        for &s in &slots {
+            assert!(matches!(
+                e.map().lookup(s).unwrap().backend,
+                Backend::Zswap(_)
+            ));
+        }
+        // Everything over the limit: two whole segments are written, the
+        // last 8 stay staged (locked, in the pool).
+        sw.maintain(1, 0).unwrap();
+        assert_eq!(sw.counters().writebacks.load(Relaxed), 32);
+        for (i, &s) in slots.iter().enumerate() {
+            let en = e.map().lookup(s).unwrap();
+            if i < 32 {
+                assert!(!en.locked && matches!(en.backend, Backend::Phys { .. }));
+            } else {
+                assert!(en.locked && matches!(en.backend, Backend::Zswap(_)));
+            }
+        }
+        let mut buf = vec![0u8; PAGE];
+        // A staged writeback: read from the pool, taken back, freed.
+        assert_eq!(sw.swap_in(slots[32], &mut buf).unwrap(), Loaded::Data);
+        assert_eq!(buf, text(32));
+        assert!(e.map().lookup(slots[32]).is_err());
+        // Flushed, not committed: the swap-in reads the pool, the slot dies
+        // under the lock; the host writes the segment, the commit loses it.
+        let f = e.log_flush(Flush::Now).unwrap().unwrap();
+        assert_eq!(f.len(), 7);
+        assert_eq!(sw.swap_in(slots[33], &mut buf).unwrap(), Loaded::Data);
+        assert_eq!(buf, text(33));
+        let en = e.map().lookup(slots[33]).unwrap();
+        assert!(en.locked && en.count == 0);
+        let log = e.log_device().unwrap();
+        for (owner, off) in log.live(f.segment()).unwrap() {
+            let Backend::Zswap(h) = e.map().lookup(owner).unwrap().backend else {
+                panic!("not in zswap");
+            };
+            e.host().load(h, &mut buf).unwrap();
+            sw.write(&buf, off).unwrap();
+        }
+        assert_eq!(e.log_commit(&f).unwrap(), 6);
+        assert!(e.map().lookup(slots[33]).is_err());
+        assert_eq!(e.host().pool_bytes(), 0);
+        // Every other page reads back from the log, in its own slot.
+        for (i, &s) in slots
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !(32..34).contains(i))
+        {
+            assert_eq!(sw.swap_in(s, &mut buf).unwrap(), Loaded::Data);
+            assert_eq!(buf, text(i as u32), "page {i}");
+        }
+        assert_eq!(e.map().stats().live_slots, 0);
+        assert_eq!(log.stats().live_slots, 0);
+    }
+}
