@@ -198,6 +198,13 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     /// invalidate the offsets of owners that died or changed meanwhile, and
     /// seal the segment. Returns how many committed.
     ///
+    /// A staged writeout whose slot someone else holds locked at this moment
+    /// (a GC check or a swap-in, however briefly) is not committed either
+    /// (`store` refuses a locked slot and this call does not wait): the count
+    /// says how many went through, and the host checks each owner's backend
+    /// afterwards and keeps the folio of any still without one (to write it
+    /// out again), as `vswap-tool` does.
+    ///
     /// A staged writeout (no backend) gets its offset by compare-and-set from
     /// no backend; a staged writeback (locked, in zswap: see the module
     /// documentation) by the CAS that also unlocks, which releases its zswap
