@@ -182,26 +182,8 @@ static inline void host_init(struct test_host *h, struct vswap_host_ops *ops)
 
 static int t_failed_checks;
 
-#define CHECK(cond)                                                              \
-	do {                                                                     \
-		if (!(cond)) {                                                   \
-			pr_err("vswap selftest: %s:%d: check failed: %s\n",      \
-			       __FILE__, __LINE__, #cond);                       \
-			t_failed_checks++;                                       \
-		}                                                                \
-	} while (0)
-
-#define EXPECT(call, want)                                                       \
-	do {                                                                     \
-		long long got_ = (long long)(call);                              \
-		long long want_ = (long long)(want);                             \
-		if (got_ != want_) {                                             \
-			pr_err("vswap selftest: %s:%d: %s returned %lld, want %lld\n", \
-			       __FILE__, __LINE__, #call, got_, want_);          \
-			t_failed_checks++;                                       \
-		}                                                                \
-	} while (0)
-
+#define CHECK(cond) VK_CHECK(t_failed_checks, cond)
+#define EXPECT(call, want) VK_EXPECT(t_failed_checks, call, want)
 #define OK(call) EXPECT(call, 0)
 
 static int t_passed, t_failed;

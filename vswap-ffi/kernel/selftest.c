@@ -31,26 +31,8 @@
 
 static int checks_failed;
 
-#define KCHECK(cond)                                                             \
-	do {                                                                     \
-		if (!(cond)) {                                                   \
-			pr_err("vswap selftest: %s:%d: check failed: %s\n",      \
-			       __FILE__, __LINE__, #cond);                       \
-			checks_failed++;                                         \
-		}                                                                \
-	} while (0)
-
-#define KEXPECT(call, want)                                                      \
-	do {                                                                     \
-		long long got_ = (long long)(call);                              \
-		long long want_ = (long long)(want);                             \
-		if (got_ != want_) {                                             \
-			pr_err("vswap selftest: %s:%d: %s returned %lld, want %lld\n", \
-			       __FILE__, __LINE__, #call, got_, want_);          \
-			checks_failed++;                                         \
-		}                                                                \
-	} while (0)
-
+#define KCHECK(cond) VK_CHECK(checks_failed, cond)
+#define KEXPECT(call, want) VK_EXPECT(checks_failed, call, want)
 #define KOK(call) KEXPECT(call, 0)
 
 int vk_passed, vk_failed;

@@ -7,6 +7,7 @@
 #define VSWAP_KMOD_H
 
 #include <linux/atomic.h>
+#include <linux/printk.h>
 #include <linux/types.h>
 
 #include "vswap.h"
@@ -77,5 +78,28 @@ void vk_run(const char *name, void (*fn)(void));
 void vk_suite_kernel(void);
 int vswap_kt_lifecycle_main(void);
 int vswap_kt_bad_input_main(void);
+
+/* Self-test checks: log the failed condition or call and count it in
+ * `counter` (the module's own tests and the userspace suites' harness each
+ * keep their counter). */
+#define VK_CHECK(counter, cond)                                                  \
+	do {                                                                     \
+		if (!(cond)) {                                                   \
+			pr_err("vswap selftest: %s:%d: check failed: %s\n",      \
+			       __FILE__, __LINE__, #cond);                       \
+			(counter)++;                                             \
+		}                                                                \
+	} while (0)
+
+#define VK_EXPECT(counter, call, want)                                           \
+	do {                                                                     \
+		long long got_ = (long long)(call);                              \
+		long long want_ = (long long)(want);                             \
+		if (got_ != want_) {                                             \
+			pr_err("vswap selftest: %s:%d: %s returned %lld, want %lld\n", \
+			       __FILE__, __LINE__, #call, got_, want_);          \
+			(counter)++;                                             \
+		}                                                                \
+	} while (0)
 
 #endif /* VSWAP_KMOD_H */
