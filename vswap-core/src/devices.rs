@@ -197,16 +197,23 @@ impl<P: Provider> Devices<P> {
     /// return it.
     pub fn remove(&self, id: u8) -> Result<PhysDevice<P>> {
         let e = self.entry(id)?;
+        Self::mark(e, DYING)?;
+        self.take(e)
+    }
+
+    /// The start of both removals: the device is present, nothing pins it
+    /// and no `remove_empty` is checking it; then `bit` (`DYING` or
+    /// `NOALLOC`) is set by CAS from that state, which is returned.
+    fn mark(e: &Entry<P>, bit: u64) -> Result<u64> {
         let s = e.state.load(Ordering::Acquire);
         if s & (PRESENT | DYING) != PRESENT {
             return Err(Error::NoDevice);
         }
-        // Pinned, or `remove_empty` is checking it.
         if s & (PINS | NOALLOC) != 0 {
             return Err(Error::Busy);
         }
         e.state
-            .compare_exchange(s, s | DYING, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(s, s | bit, Ordering::AcqRel, Ordering::Acquire)
             .map_err(|x| {
                 if x & (PRESENT | DYING) != PRESENT {
                     Error::NoDevice
@@ -214,7 +221,7 @@ impl<P: Provider> Devices<P> {
                     Error::Busy
                 }
             })?;
-        self.take(e)
+        Ok(s)
     }
 
     /// Remove device `id` if it holds no data and no operation holds it
@@ -223,24 +230,9 @@ impl<P: Provider> Devices<P> {
     /// meanwhile its allocations answer `NoSpace`.
     pub fn remove_empty(&self, id: u8) -> Result<PhysDevice<P>> {
         let e = self.entry(id)?;
-        let s = e.state.load(Ordering::Acquire);
-        if s & (PRESENT | DYING) != PRESENT {
-            return Err(Error::NoDevice);
-        }
-        if s & (PINS | NOALLOC) != 0 {
-            return Err(Error::Busy);
-        }
         // No pin, so no allocation in flight; pins taken from now on cannot
         // allocate, so the device's used count can only fall.
-        e.state
-            .compare_exchange(s, s | NOALLOC, Ordering::AcqRel, Ordering::Acquire)
-            .map_err(|x| {
-                if x & (PRESENT | DYING) != PRESENT {
-                    Error::NoDevice
-                } else {
-                    Error::Busy
-                }
-            })?;
+        let s = Self::mark(e, NOALLOC)?;
         let empty = self.pin(id).is_ok_and(|d| d.stats().used == 0);
         if empty
             && e.state

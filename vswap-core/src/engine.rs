@@ -272,29 +272,21 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
         id: u8,
         log: LogDevice<P>,
     ) -> Result<Self> {
-        if usize::from(id) >= MAX_DEVICES {
-            return Err(Error::NoDevice);
-        }
         Self::build(cfg, provider, host, Some((id, log)))
     }
 
+    /// By value: built in place on the stack by [`build_in`](Self::build_in)
+    /// (one construction path) and moved out.
     fn build(
         cfg: EngineConfig,
         provider: P,
         host: H,
         log: Option<(u8, LogDevice<P>)>,
     ) -> Result<Self> {
-        let router = Router {
-            devices: Devices::new(),
-            charge: cfg.charge,
-            log,
-            host,
-        };
-        Ok(Self {
-            map: VswapMap::new(cfg.map, provider, router)?,
-            cfg,
-            rr: core::array::from_fn(|_| Rr(AtomicU32::new(0))),
-        })
+        let mut place = core::mem::MaybeUninit::uninit();
+        Self::build_in(&mut place, cfg, provider, host, log)?;
+        // SAFETY: `build_in` returned `Ok`, so it initialised every field.
+        Ok(unsafe { place.assume_init() })
     }
 
     /// [`Engine::new`], built directly in `place` (for example memory from
@@ -339,9 +331,6 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
         id: u8,
         log: LogDevice<P>,
     ) -> Result<&mut Self> {
-        if usize::from(id) >= MAX_DEVICES {
-            return Err(Error::NoDevice);
-        }
         Self::build_in(place, cfg, provider, host, Some((id, log)))
     }
 
@@ -352,6 +341,12 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
         host: H,
         log: Option<(u8, LogDevice<P>)>,
     ) -> Result<&mut Self> {
+        if log
+            .as_ref()
+            .is_some_and(|(id, _)| usize::from(*id) >= MAX_DEVICES)
+        {
+            return Err(Error::NoDevice);
+        }
         let p = place.as_mut_ptr();
         let charge = cfg.charge;
         // SAFETY: `p` is valid for writes of an engine and aligned (it is
