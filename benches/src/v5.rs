@@ -121,6 +121,30 @@ impl<D> Inner<D> {
         None
     }
 
+    /// Run `f` on slot `s` (this cluster's) if it is allocated, and free
+    /// it if `f` says so; `true` if it was freed. Under the cluster lock.
+    fn update_one(&mut self, s: u64, f: &mut impl FnMut(u64, &mut D) -> bool) -> bool
+    where
+        D: Default,
+    {
+        let off = (s as usize) & (CLUSTER - 1);
+        if !self.is_set(off) {
+            return false;
+        }
+        let Some(d) = self.data.as_mut().and_then(|d| d.get_mut(off)) else {
+            return false;
+        };
+        if !f(s, d) {
+            return false;
+        }
+        *d = D::default();
+        if let Some(w) = self.map.get_mut(off / 64) {
+            *w &= !(1 << (off % 64));
+        }
+        self.free += 1;
+        true
+    }
+
     fn set_run(&mut self, i: usize, n: usize) {
         for j in i..i + n {
             if let Some(w) = self.map.get_mut(j / 64) {
@@ -373,21 +397,7 @@ impl<D: Copy + Default + Send> V5Space<D> {
                     break;
                 }
                 i += 1;
-                let off = (s as usize) & (CLUSTER - 1);
-                if !g.is_set(off) {
-                    continue;
-                }
-                let Some(d) = g.data.as_mut().and_then(|d| d.get_mut(off)) else {
-                    continue;
-                };
-                if f(s, d) {
-                    *d = D::default();
-                    if let Some(w) = g.map.get_mut(off / 64) {
-                        *w &= !(1 << (off % 64));
-                    }
-                    g.free += 1;
-                    freed += 1;
-                }
+                freed += u32::from(g.update_one(s, &mut f));
             }
             self.settle(c as u32, &mut g, was_full);
         }
@@ -406,20 +416,8 @@ impl<D: Copy + Default + Send> V5Space<D> {
         let was_full = g.free == 0;
         let mut freed = 0;
         for s in start..start + u64::from(n) {
-            let off = (s as usize) & (CLUSTER - 1);
-            if s >> SHIFT != c || !g.is_set(off) {
-                continue;
-            }
-            let Some(d) = g.data.as_mut().and_then(|d| d.get_mut(off)) else {
-                continue;
-            };
-            if f(s, d) {
-                *d = D::default();
-                if let Some(w) = g.map.get_mut(off / 64) {
-                    *w &= !(1 << (off % 64));
-                }
-                g.free += 1;
-                freed += 1;
+            if s >> SHIFT == c {
+                freed += u32::from(g.update_one(s, &mut f));
             }
         }
         self.settle(c as u32, &mut g, freed > 0 && was_full);

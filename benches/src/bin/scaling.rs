@@ -36,34 +36,61 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The control shared by one measurement's worker threads: they wait at
+/// `start`, work until `stop`, and add what they did to `done`.
+struct Run {
+    stop: AtomicBool,
+    done: AtomicU64,
+    start: Barrier,
+}
+
+impl Run {
+    fn new(workers: u32) -> Self {
+        Self {
+            stop: AtomicBool::new(false),
+            done: AtomicU64::new(0),
+            start: Barrier::new(workers as usize + 1),
+        }
+    }
+
+    /// On the measuring thread, inside the scope: release the workers, let
+    /// them run for [`RUN`], stop them. Returns when timing started.
+    fn drive(&self) -> Instant {
+        self.start.wait();
+        let t = Instant::now();
+        std::thread::sleep(RUN);
+        self.stop.store(true, Ordering::Relaxed);
+        t
+    }
+
+    /// After the scope (workers joined): million units per second.
+    fn rate(&self, t: Instant) -> f64 {
+        self.done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64() / 1e6
+    }
+}
+
 /// Million allocate+free pairs per second, `threads` threads each on its own
 /// CPU number, for [`RUN`].
 fn pairs<T: SwapSlots>(m: &T, threads: u32) -> f64 {
-    let stop = AtomicBool::new(false);
-    let done = AtomicU64::new(0);
-    let start = Barrier::new(threads as usize + 1);
+    let run = Run::new(threads);
     let t = std::thread::scope(|s| {
         for cpu in 0..threads {
-            let (stop, done, start) = (&stop, &done, &start);
+            let run = &run;
             s.spawn(move || {
-                start.wait();
+                run.start.wait();
                 let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
+                while !run.stop.load(Ordering::Relaxed) {
                     for _ in 0..256 {
                         pair(m, 0, cpu);
                     }
                     n += 256;
                 }
-                done.fetch_add(n, Ordering::Relaxed);
+                run.done.fetch_add(n, Ordering::Relaxed);
             });
         }
-        start.wait();
-        let t = Instant::now();
-        std::thread::sleep(RUN);
-        stop.store(true, Ordering::Relaxed);
-        t
+        run.drive()
     });
-    done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64() / 1e6
+    run.rate(t)
 }
 
 /// Million slots per second through `threads / 2` allocator -> freer pairs
@@ -71,16 +98,14 @@ fn pairs<T: SwapSlots>(m: &T, threads: u32) -> f64 {
 /// handed it, in batches of 64).
 fn handoff<T: SwapSlots>(m: &T, threads: u32) -> f64 {
     let pairs_n = (threads / 2).max(1);
-    let stop = AtomicBool::new(false);
-    let done = AtomicU64::new(0);
-    let start = Barrier::new(2 * pairs_n as usize + 1);
+    let run = Run::new(2 * pairs_n);
     let t = std::thread::scope(|s| {
         for p in 0..pairs_n {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u64>>(8);
-            let (stop, done, start) = (&stop, &done, &start);
+            let run = &run;
             s.spawn(move || {
-                start.wait();
-                while !stop.load(Ordering::Relaxed) {
+                run.start.wait();
+                while !run.stop.load(Ordering::Relaxed) {
                     let v: Vec<u64> = (0..64).filter_map(|_| m.alloc(0, 2 * p)).collect();
                     if tx.send(v).is_err() {
                         return;
@@ -88,7 +113,7 @@ fn handoff<T: SwapSlots>(m: &T, threads: u32) -> f64 {
                 }
             });
             s.spawn(move || {
-                start.wait();
+                run.start.wait();
                 let mut n = 0u64;
                 for v in rx.iter() {
                     for &h in &v {
@@ -96,16 +121,12 @@ fn handoff<T: SwapSlots>(m: &T, threads: u32) -> f64 {
                     }
                     n += v.len() as u64;
                 }
-                done.fetch_add(n, Ordering::Relaxed);
+                run.done.fetch_add(n, Ordering::Relaxed);
             });
         }
-        start.wait();
-        let t = Instant::now();
-        std::thread::sleep(RUN);
-        stop.store(true, Ordering::Relaxed);
-        t
+        run.drive()
     });
-    done.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64() / 1e6
+    run.rate(t)
 }
 
 fn row<T: SwapSlots>(make: impl Fn() -> T, counts: &[u32], f: fn(&T, u32) -> f64) -> Vec<f64> {
