@@ -12,10 +12,28 @@ pub const MAX_ORDERS: usize = MAX_CLUSTER_SHIFT as usize + 1;
 pub const MAX_SLOTS: u64 = 1 << 32;
 /// Largest number of CPUs.
 pub const MAX_CPUS: u32 = 4096;
-/// Largest number of clusters (cluster indices are kept in 28 bits of list links).
-pub const MAX_CLUSTERS: u64 = 1 << 28;
+/// Largest number of entries of the directory's top level (an array made
+/// with the space: 8 bytes each, 512 KiB at most).
+pub const MAX_TOP_ENTRIES: u64 = 1 << 16;
 
 /// The shape of a slot space.
+///
+/// # Bounds
+/// [`validate`](Self::validate) (and so every constructor) accepts a
+/// geometry exactly when
+/// - `1 <= cluster_shift <= 13` ([`MAX_CLUSTER_SHIFT`]),
+/// - `1 <= slots <= 2^32` ([`MAX_SLOTS`]),
+/// - `1 <= cpus <= 4096` ([`MAX_CPUS`]),
+/// - `1 <= dir_leaf_shift <= 12` and `1 <= dir_mid_shift <= 12`,
+/// - the directory's top level has at most 2^16 entries
+///   ([`MAX_TOP_ENTRIES`]):
+///   `ceil(slots / 2^cluster_shift) <= 2^(16 + dir_leaf_shift + dir_mid_shift)`,
+///
+/// and fails with [`Error::BadConfig`] otherwise. With the default directory
+/// shifts (7 and 9) the last rule holds for every `slots` and
+/// `cluster_shift` above, so any cluster size from 2 to 8192 slots works with
+/// up to 2^32 slots. (Cluster indices are `u32` everywhere, stored as
+/// `index + 1`; at most 2^31 clusters exist, with 2-slot clusters.)
 ///
 /// ```
 /// use vswap_alloc::Geometry;
@@ -31,11 +49,11 @@ pub struct Geometry {
     pub slots: u64,
     /// CPU numbers accepted by per-CPU operations are `0..cpus`.
     pub cpus: u32,
-    /// `log2` of the cluster entries in one directory leaf (default 7: 128
-    /// entries of 32 bytes, one 4 KiB page).
+    /// `log2` of the cluster records in one directory leaf (default 7: 128
+    /// records of 64 bytes, one cache line each: an 8 KiB leaf).
     pub dir_leaf_shift: u32,
-    /// `log2` of the leaf pointers in one directory middle level (default 9: one
-    /// 4 KiB page).
+    /// `log2` of the leaf pointers in one directory middle level (default 9:
+    /// 512 pointers of 8 bytes, one 4 KiB page).
     pub dir_mid_shift: u32,
 }
 
@@ -82,11 +100,12 @@ impl Geometry {
 
     /// Entries in the directory's top level.
     pub(crate) fn top_len(&self) -> usize {
-        let per_top = 1u64 << (self.dir_leaf_shift + self.dir_mid_shift);
+        let per_top = 1u64 << (self.dir_leaf_shift + self.dir_mid_shift).min(24);
         self.clusters().div_ceil(per_top) as usize
     }
 
-    /// Check every bound.
+    /// Check every bound (listed in the type's documentation):
+    /// [`Error::BadConfig`] if one fails.
     pub fn validate(&self) -> Result<()> {
         let ok = (1..=MAX_CLUSTER_SHIFT).contains(&self.cluster_shift)
             && self.slots >= 1
@@ -94,9 +113,8 @@ impl Geometry {
             && (1..=MAX_CPUS).contains(&self.cpus)
             && (1..=12).contains(&self.dir_leaf_shift)
             && (1..=12).contains(&self.dir_mid_shift)
-            && self.clusters() <= MAX_CLUSTERS
             && self.slots() <= MAX_SLOTS
-            && self.top_len() <= 1 << 16;
+            && self.top_len() as u64 <= MAX_TOP_ENTRIES;
         if ok { Ok(()) } else { Err(Error::BadConfig) }
     }
 }

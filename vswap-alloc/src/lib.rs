@@ -41,7 +41,7 @@ pub mod sync;
 
 pub use device::{DeviceConfig, DeviceStats, PhysDevice};
 pub use error::{Error, Result};
-pub use geometry::{Geometry, MAX_CLUSTER_SHIFT, MAX_CPUS, MAX_ORDERS, MAX_SLOTS};
+pub use geometry::{Geometry, MAX_CLUSTER_SHIFT, MAX_CPUS, MAX_ORDERS, MAX_SLOTS, MAX_TOP_ENTRIES};
 pub use logdev::{
     Flush, Flushed, GcPass, GcPolicy, GcStep, Live, LogConfig, LogDevice, LogStats, SegState,
     SegmentInfo, Stream, Victim,

@@ -67,9 +67,10 @@
 //! every CPU number uses CPU 0's cache, so slots go out in device order.
 //!
 //! # Performance notes
-//! An order-0 allocation is two locked RMWs (pin, claim); a free through the
-//! map is three (pin, the word CAS, the unpin that also drops the slot's
-//! reference). The pin is what keeps a lookup or put of a *free* slot from
+//! An order-0 allocation is two locked RMWs (the CAS that adds the slot's
+//! reference to its cluster's `refs`, and the claim of the word); a free
+//! through the map is three (pin, the word CAS, the unpin that also drops the
+//! slot's reference). The pin is what keeps a lookup or put of a *free* slot from
 //! touching a table that is being returned to the provider, without RCU from
 //! the host; batch operations pin once per cluster.
 
@@ -597,18 +598,15 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         Some(unsafe { &*self.percpu.as_ptr().add(cpu as usize) })
     }
 
-    /// Top, middle and leaf position of cluster `idx`. Within a leaf, even
-    /// indices fill the first half and odd ones the second, so that clusters
-    /// made one after the other (usually for different CPUs) do not share the
-    /// cache line of their lifetime words.
+    /// Top, middle and leaf position of cluster `idx`. Records sit in index
+    /// order within a leaf; each is a whole cache line (`DirEntry` is 64-byte
+    /// aligned), so neighbouring clusters never share a lifetime word's line.
     #[inline]
     fn split(&self, idx: u32) -> (usize, usize, usize) {
         let l = self.geo.dir_leaf_shift;
         let m = self.geo.dir_mid_shift;
         let i = idx as usize;
-        let in_leaf = i & ((1 << l) - 1);
-        let spread = ((in_leaf & 1) << (l - 1)) | (in_leaf >> 1);
-        (i >> (l + m), (i >> l) & ((1 << m) - 1), spread)
+        (i >> (l + m), (i >> l) & ((1 << m) - 1), i & ((1 << l) - 1))
     }
 
     /// The directory entry of cluster `idx`, if its pages exist.
@@ -649,11 +647,9 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
                     continue;
                 }
                 for pos in 0..1usize << l {
-                    // Undo `split`'s spreading of indices within a leaf.
-                    let in_leaf = ((pos & ((1 << (l - 1)) - 1)) << 1) | (pos >> (l - 1));
-                    let idx = (((t << m) | mi) << l) | in_leaf;
+                    let idx = (((t << m) | mi) << l) | pos;
                     if idx >= limit as usize {
-                        continue;
+                        return;
                     }
                     // SAFETY: as above for the leaf page of 2^leaf_shift entries.
                     if !f(idx as u32, unsafe { &*leaf.add(pos) }) {
@@ -1405,6 +1401,7 @@ mod tests {
 
     use super::*;
     use crate::StdProvider;
+    use crate::geometry::MAX_CLUSTER_SHIFT;
 
     const INIT: u64 = 0x20;
 
@@ -1776,6 +1773,50 @@ mod tests {
             s.cluster_state(b >> 2),
             ClusterState::Live { frag: true, .. }
         ));
+    }
+
+    /// Issue 12 item 17: 2- to 8-slot clusters were refused with 2^32 slots
+    /// (a stale 2^28 cluster limit) though accepted with 2^20. The one rule
+    /// left is the directory's top level (at most 2^16 entries).
+    #[test]
+    fn every_cluster_size_works_with_the_full_32_bit_space() {
+        let p = StdProvider::new();
+        for shift in 1..=MAX_CLUSTER_SHIFT {
+            let geo = Geometry {
+                cluster_shift: shift,
+                slots: 1 << 32,
+                cpus: 1,
+                ..Geometry::default()
+            };
+            assert_eq!(geo.validate(), Ok(()), "cluster_shift {shift}");
+            let s = SlotSpace::new(geo, &p, u64::MAX).unwrap();
+            // The last cluster works (and never hands out slot 2^32 - 1).
+            s.lists.lock().bump = (geo.clusters() - 1) as u32;
+            let mut got = Vec::new();
+            while let Ok(a) = s.alloc(0, 0, Ctx::MaySleep, INIT) {
+                assert_ne!(a, u32::MAX);
+                assert!(u64::from(a) >= (geo.clusters() - 1) << shift);
+                got.push(a);
+            }
+            assert_eq!(got.len() as u64, (1u64 << shift) - 1, "shift {shift}");
+            for a in got {
+                free(&s, a, 1);
+            }
+        }
+        // The boundary of the top-level rule: 2^31 two-slot clusters need
+        // 2^(31 - 7 - mid) top entries.
+        let g = |mid| Geometry {
+            cluster_shift: 1,
+            slots: 1 << 32,
+            cpus: 1,
+            dir_leaf_shift: 7,
+            dir_mid_shift: mid,
+        };
+        assert_eq!(g(8).validate(), Ok(()));
+        assert_eq!(g(7).validate(), Err(Error::BadConfig));
+        let t = |slots| Geometry::tiny(1, slots, 1).validate();
+        assert_eq!(t(1 << 19), Ok(()), "2^18 clusters, 2^16 top entries of 4");
+        assert_eq!(t((1 << 19) + 1), Err(Error::BadConfig));
     }
 
     #[test]

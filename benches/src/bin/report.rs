@@ -636,8 +636,9 @@ fn main() {
     let _ = writeln!(
         w,
         "\nWhy the speed targets are missed here: a locked read-modify-write costs {floor:.1} ns \
-         on this machine. vswap's order-0 pair is five of them (allocation: pin the cluster, \
-         claim the word; free: pin, CAS, unpin), {:.0} ns of floor; the pin keeps a lookup \
+         on this machine. vswap's order-0 pair is five of them (allocation: take the slot's \
+         reference on its cluster, claim the word; free: pin, CAS, and one unpin that also \
+         drops the slot's reference), {:.0} ns of floor; the pin keeps a lookup \
          or put of a free slot memory-safe while its cluster goes back to the provider, \
          without RCU from the host (the v5 baseline never frees a cluster struct, standing in \
          for the kernel's RCU). Every lock-free free \
