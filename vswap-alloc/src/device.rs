@@ -54,7 +54,10 @@ impl DeviceConfig {
 pub struct DeviceStats {
     /// Slots holding data (the reverse map's set words, reserved ones excluded).
     pub used: u64,
-    /// Slots that can ever be handed out (size less header and bad slots).
+    /// Slots that can ever be handed out: the device's size
+    /// ([`PhysDevice::slots`]) less the header slot and the bad slots (the
+    /// unusable tail of a last cluster past the end of the device is not
+    /// counted either).
     pub usable: u64,
     /// Clusters per list.
     pub lists: ListCounts,
@@ -100,9 +103,12 @@ impl<P: Provider> PhysDevice<P> {
         })
     }
 
-    /// Slots on the device (its size in pages).
+    /// Slots on the device: its size in pages, `geometry().slots` as
+    /// configured. When that is not a whole number of clusters, the last
+    /// cluster's slots at or past it are never handed out and every offset
+    /// at or above it is [`Error::OutOfRange`].
     pub fn slots(&self) -> u64 {
-        self.space.geometry().slots()
+        self.space.geometry().slots
     }
 
     /// The configuration's geometry.

@@ -45,7 +45,10 @@ pub const MAX_TOP_ENTRIES: u64 = 1 << 16;
 pub struct Geometry {
     /// `log2` of the slots in a cluster (default 9: 512 slots).
     pub cluster_shift: u32,
-    /// Slots in the space, at most [`MAX_SLOTS`]; rounded up to whole clusters.
+    /// Slots in the space, at most [`MAX_SLOTS`]. A virtual space rounds it
+    /// up to whole clusters ([`slots()`](Self::slots)); a device (a fixed
+    /// space) has exactly this many, the rest of its last cluster is never
+    /// handed out.
     pub slots: u64,
     /// CPU numbers accepted by per-CPU operations are `0..cpus`.
     pub cpus: u32,
@@ -87,7 +90,7 @@ impl Geometry {
         1 << self.cluster_shift
     }
 
-    /// Slots in the space (whole clusters).
+    /// `slots` rounded up to whole clusters.
     pub fn slots(&self) -> u64 {
         self.clusters() << self.cluster_shift
     }

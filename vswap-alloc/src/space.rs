@@ -359,7 +359,9 @@ pub struct SlotSpace<P: Provider, W: SlotWord = AtomicU64> {
     provider: P,
     geo: Geometry,
     policy: Policy,
-    /// `geo.slots()`, kept to avoid a division on every lookup.
+    /// Slots that exist: `geo.slots()` (whole clusters) for a virtual
+    /// space, `geo.slots` (the device's size) for a fixed one. Slots at or
+    /// above it are out of range.
     slots: u64,
     clusters: u64,
     top: NonNull<AtomicPtr<Mid<W>>>,
@@ -487,6 +489,13 @@ impl<P: Provider> SlotSpace<P, AtomicU64> {
 impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     /// A new space with `policy`. `reserved` (non-zero) marks slots that are
     /// never handed out: slot 0 always, and the `bad` slots of a fixed space.
+    ///
+    /// A fixed space has exactly `geo.slots` slots: when that is not a whole
+    /// number of clusters, the tail of the last cluster (`geo.slots ..
+    /// geo.slots()`) is reserved too (never handed out, and out of range for
+    /// [`pin`](Self::pin)). A bad slot at or above `geo.slots` is
+    /// [`Error::OutOfRange`]. A virtual space has `geo.slots()` slots (whole
+    /// clusters).
     pub fn with_policy(
         geo: Geometry,
         policy: Policy,
@@ -515,7 +524,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             provider,
             geo,
             policy,
-            slots: geo.slots(),
+            slots: if policy.fixed { geo.slots } else { geo.slots() },
             clusters: geo.clusters(),
             top,
             top_len,
@@ -545,10 +554,13 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
                 let e = space.entry_or_create(idx, Ctx::MaySleep)?;
                 space.make_words(e, Ctx::MaySleep)?;
             }
-            for &b in bad.iter().chain(core::iter::once(&0)) {
-                if b >= space.slots {
-                    return Err(Error::OutOfRange);
-                }
+            // Slot 0, the bad slots, and the tail of the last cluster past
+            // the end of the device are reserved: never handed out.
+            if bad.iter().any(|&b| b >= space.slots) {
+                return Err(Error::OutOfRange);
+            }
+            let tail = space.slots..geo.slots();
+            for b in bad.iter().copied().chain(core::iter::once(0)).chain(tail) {
                 let e = space
                     .entry((b >> geo.cluster_shift) as u32)
                     .ok_or(Error::NoMem)?;
@@ -566,6 +578,14 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     /// The space's geometry.
     pub fn geometry(&self) -> &Geometry {
         &self.geo
+    }
+
+    /// Slots in the space: [`Geometry::slots()`] (whole clusters) for a
+    /// virtual space, the configured `geometry().slots` for a fixed one (see
+    /// [`with_policy`](Self::with_policy)). Every slot at or above it is out
+    /// of range.
+    pub fn slots(&self) -> u64 {
+        self.slots
     }
 
     /// The space's policy.

@@ -101,6 +101,8 @@ impl Model {
         let mut reserved: BTreeSet<u64> = bad.iter().copied().collect();
         reserved.insert(0);
         let clusters = g.clusters();
+        // The last cluster's tail past the end of the device is never used.
+        reserved.extend(dev.slots()..clusters << g.cluster_shift);
         Model {
             slots: dev.slots(),
             clusters,
@@ -247,7 +249,7 @@ fn check(dev: &Dev<'_>, m: &mut Model, p: &StdProvider, bytes: u64) {
     assert_eq!(st.used, m.owners.len() as u64, "stats().used");
     assert_eq!(
         st.usable,
-        m.slots - m.reserved.len() as u64,
+        (m.clusters << m.shift) - m.reserved.len() as u64,
         "stats().usable"
     );
     let lc = dev.space().list_counts();
@@ -651,6 +653,7 @@ fn config() -> Config {
     }
 }
 
+#[allow(dead_code)] // the fuzz target `device_ops` calls it
 pub(crate) fn run_case(
     shift: u32,
     clusters: u64,
@@ -660,9 +663,30 @@ pub(crate) fn run_case(
     bad: &[u64],
     ops: &[Op],
 ) {
+    run_case_sized(
+        shift,
+        clusters << shift,
+        cpus,
+        discard,
+        rotational,
+        bad,
+        ops,
+    );
+}
+
+/// As [`run_case`], on a device of `slots` slots (maybe not whole clusters).
+pub(crate) fn run_case_sized(
+    shift: u32,
+    slots: u64,
+    cpus: u32,
+    discard: bool,
+    rotational: bool,
+    bad: &[u64],
+    ops: &[Op],
+) {
     let p = StdProvider::new();
-    let cfg = tiny(shift, clusters << shift, cpus, discard, rotational);
-    let slots = cfg.geometry.slots();
+    let cfg = tiny(shift, slots, cpus, discard, rotational);
+    let slots = cfg.geometry.slots;
     let bad: Vec<u64> = bad.iter().map(|b| b % slots).collect();
     let dev = PhysDevice::new(cfg, &bad, &p).unwrap();
     let bytes = p.bytes_in_use();
@@ -689,8 +713,12 @@ proptest! {
         rotational in any::<bool>(),
         bad in prop::collection::vec(0u64..64, 0..4),
         ops in prop::collection::vec(op(), 1..160),
+        tail in 0u64..8,
     ) {
-        run_case(shift, clusters, cpus, discard, rotational, &bad, &ops);
+        // Half the cases: a size that is not a whole number of clusters.
+        let tail = if tail < 4 { 0 } else { tail % (1 << shift) };
+        let slots = ((clusters << shift) - tail).max(1);
+        run_case_sized(shift, slots, cpus, discard, rotational, &bad, &ops);
     }
 
     /// Rotational devices hand out slots in device order while nothing is
@@ -1030,6 +1058,44 @@ fn fragmentation() {
 
 fn small(p: &StdProvider, discard: bool) -> Dev<'_> {
     PhysDevice::new(tiny(2, 32, 2, discard, false), &[9], p).unwrap()
+}
+
+/// Issue 12 item 6: a 1000-slot device handed out offset 1023 (I/O past the
+/// end of a real device). The tail of the last cluster is never allocatable,
+/// out of range for every call, and not counted as usable.
+#[test]
+fn a_device_that_is_not_whole_clusters_never_hands_out_its_tail() {
+    let p = StdProvider::new();
+    let dev = PhysDevice::new(DeviceConfig::new(1000, 2), &[5], &p).unwrap();
+    assert_eq!(dev.slots(), 1000);
+    assert_eq!(dev.stats().usable, 1000 - 1 - 1);
+    assert_eq!(
+        PhysDevice::new(DeviceConfig::new(1000, 2), &[1000], &p).err(),
+        Some(Error::OutOfRange),
+        "a bad slot past the end"
+    );
+    let mut got = Vec::new();
+    let mut owner = 1;
+    for order in [3u32, 0] {
+        while let Ok(off) = dev.alloc(order, owner % 2, owner, Ctx::NoSleep) {
+            assert!(off + (1 << order) <= 1000, "order {order} run at {off}");
+            got.push((off, 1u64 << order, owner));
+            owner += 1 << order;
+        }
+    }
+    let slots: u64 = got.iter().map(|g| g.1).sum();
+    assert_eq!(slots, 998, "every usable slot, none past the end");
+    assert_eq!(dev.stats().used, 998);
+    for off in [1000, 1023] {
+        assert_eq!(dev.owner(off), Err(Error::OutOfRange));
+        assert_eq!(dev.free(off, 1, None), Err(Error::OutOfRange));
+        assert_eq!(dev.set_owner(off, 1, 2), Err(Error::OutOfRange));
+    }
+    assert_eq!(dev.free(999, 2, None), Err(Error::OutOfRange));
+    for (off, n, o) in got {
+        dev.free(off, n, Some(o)).unwrap();
+    }
+    assert_eq!(dev.stats().used, 0);
 }
 
 #[test]
