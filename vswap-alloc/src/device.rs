@@ -16,7 +16,7 @@
 //! reserved the same way and never handed out.
 
 use crate::provider::{Ctx, Provider};
-use crate::space::{ListCounts, Policy, SlotSpace, SpaceMemory};
+use crate::space::{ClusterState, ListCounts, Policy, SlotSpace, SpaceMemory};
 use crate::sync::{AtomicU32, Ordering};
 use crate::{Error, Geometry, Result, SlotWord};
 
@@ -180,7 +180,11 @@ impl<P: Provider> PhysDevice<P> {
                     }
                 }
             }
-            pin.release(freed);
+            // SAFETY: `freed` counts the words of this cluster we turned
+            // from an owner to 0 by CAS: allocated slots (reserved ones and
+            // free words excluded; nobody else can set a free word of a
+            // device, whose pins are never handed out), each zeroed once.
+            unsafe { pin.release(freed) };
             at = stop;
         }
         Ok(())
@@ -294,8 +298,47 @@ impl<P: Provider> PhysDevice<P> {
         }
     }
 
-    /// The underlying slot space (for invariant checks).
-    pub fn space(&self) -> &SlotSpace<P, AtomicU32> {
-        &self.space
+    /// A read-only view of the underlying slot space (for invariant
+    /// checks). It hands out no pins: writing a device's words behind its
+    /// back (claiming a free word, then freeing it here) would drop a
+    /// cluster's references below what it holds.
+    ///
+    /// ```compile_fail
+    /// # use vswap_alloc::{PhysDevice, Provider};
+    /// fn rogue<P: Provider>(dev: &PhysDevice<P>) {
+    ///     let _ = dev.space().pin(1);
+    /// }
+    /// ```
+    pub fn space(&self) -> DeviceSpace<'_, P> {
+        DeviceSpace(&self.space)
+    }
+}
+
+/// A read-only view of a device's slot space, from [`PhysDevice::space`].
+pub struct DeviceSpace<'a, P: Provider>(&'a SlotSpace<P, AtomicU32>);
+
+impl<P: Provider> Clone for DeviceSpace<'_, P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<P: Provider> Copy for DeviceSpace<'_, P> {}
+
+impl<P: Provider> DeviceSpace<'_, P> {
+    /// The state of cluster `c` ([`SlotSpace::cluster_state`]).
+    pub fn cluster_state(&self, c: u32) -> ClusterState {
+        self.0.cluster_state(c)
+    }
+    /// How many clusters each list holds ([`SlotSpace::list_counts`]).
+    pub fn list_counts(&self) -> ListCounts {
+        self.0.list_counts()
+    }
+    /// Memory held, by kind ([`SlotSpace::memory`]).
+    pub fn memory(&self) -> SpaceMemory {
+        self.0.memory()
+    }
+    /// The space's policy.
+    pub fn policy(&self) -> &Policy {
+        self.0.policy()
     }
 }

@@ -39,7 +39,7 @@ mod slotword;
 mod space;
 pub mod sync;
 
-pub use device::{DeviceConfig, DeviceStats, PhysDevice};
+pub use device::{DeviceConfig, DeviceSpace, DeviceStats, PhysDevice};
 pub use error::{Error, Result};
 pub use geometry::{Geometry, MAX_CLUSTER_SHIFT, MAX_CPUS, MAX_ORDERS, MAX_SLOTS, MAX_TOP_ENTRIES};
 pub use logdev::{

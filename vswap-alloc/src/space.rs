@@ -16,7 +16,8 @@
 //!
 //! A slot word of 0 means "free". Allocation claims free words by CAS (0 -> the
 //! caller's initial word); freeing is the owner of the slot setting the word
-//! back to 0 and then dropping the slot's reference ([`Pin::release`]).
+//! back to 0 and then dropping the slot's reference ([`Pin::release`], an
+//! `unsafe fn`: a wrong count would let a cluster die while pinned).
 //!
 //! # The lifetime word (`DirEntry::state`)
 //! ```text
@@ -401,6 +402,16 @@ impl<P: Provider, W: SlotWord> Pin<'_, P, W> {
         self.idx << self.space.geo.cluster_shift
     }
     /// The cluster's slot words.
+    ///
+    /// Writing them cannot make the space free memory that is in use: a
+    /// cluster's references drop only through pins (each dropping its own)
+    /// and [`release`](Self::release) (`unsafe`). A word a caller sets to 0
+    /// without `release` keeps its slot's reference (the cluster stays until
+    /// the space is dropped), and a free word a caller sets non-zero was
+    /// never handed out: it has no reference, blocks that slot, and must not
+    /// be counted in a `release`. A fixed space's words are reached only
+    /// through its owner ([`PhysDevice`](crate::PhysDevice) gives no pins
+    /// out).
     pub fn words(&self) -> &[W] {
         self.words
     }
@@ -465,7 +476,40 @@ impl<P: Provider, W: SlotWord> Pin<'_, P, W> {
 
     /// Drop the pin together with the references of `freed` slots of this
     /// cluster whose words the caller has set back to 0.
-    pub fn release(self, freed: u32) {
+    ///
+    /// A pin on its own is dropped with `drop` (safe): it gives back only its
+    /// own reference.
+    ///
+    /// ```compile_fail
+    /// # use core::ptr::NonNull;
+    /// # use vswap_alloc::{Ctx, Geometry, MemError, Provider, SlotSpace};
+    /// # struct NoMem;
+    /// # unsafe impl Provider for NoMem {
+    /// #     fn alloc_zeroed(&self, _: usize, _: usize, _: Ctx) -> Result<NonNull<u8>, MemError> {
+    /// #         Err(MemError::NoMem)
+    /// #     }
+    /// #     unsafe fn free(&self, _: NonNull<u8>, _: usize, _: usize) {}
+    /// # }
+    /// # fn f(s: &SlotSpace<NoMem>) {
+    /// let a = s.alloc(0, 0, Ctx::MaySleep, 1).unwrap();
+    /// let other = s.pin(a).unwrap(); // reads the table below
+    /// // Dropping more references than this pin's own share is not safe code
+    /// // (it would let the cluster's table be freed under `other`):
+    /// s.pin(a).unwrap().release(2);
+    /// let _ = other.words();
+    /// # }
+    /// ```
+    ///
+    /// # Safety
+    /// `freed` counts slots of this cluster that the space handed out
+    /// ([`SlotSpace::alloc`], [`SlotSpace::alloc_with`]) and whose words the
+    /// caller itself has turned from non-zero to 0 since, each such
+    /// transition counted in exactly one `release` (so a slot whose word
+    /// somebody else zeroed, or a word the caller set non-zero itself, is not
+    /// counted). Counting more drops the cluster's references below what
+    /// other pins and allocated slots hold: a virtual space could then free
+    /// the cluster's tables while another pin still reads them.
+    pub unsafe fn release(self, freed: u32) {
         let this = ManuallyDrop::new(self);
         this.space
             .unref(this.idx, this.entry, 1 + u64::from(freed), freed > 0);
@@ -1431,7 +1475,8 @@ mod tests {
         for w in &pin.words()[off..off + n as usize] {
             assert_eq!(w.swap(0, Ordering::AcqRel), INIT);
         }
-        pin.release(n);
+        // SAFETY: the `n` words were allocated (checked) and we zeroed them.
+        unsafe { pin.release(n) };
     }
 
     #[test]
@@ -1587,6 +1632,41 @@ mod tests {
         assert!(s.memory().live_clusters <= 3, "{:?}", s.memory());
     }
 
+    /// Issue 12 item 1: `Pin::release` is `unsafe` (a safe `release(2)` let
+    /// a second pin read a freed table: see its `compile_fail` doctest).
+    /// Whatever safe code writes through `Pin::words`, a cluster's
+    /// references never drop below its pins, its cache hold and its
+    /// allocated slots; writes only make it keep more.
+    #[test]
+    fn safe_code_cannot_drop_a_clusters_references_below_what_it_holds() {
+        let p = StdProvider::new();
+        let s = SlotSpace::new(Geometry::tiny(2, 4, 1), &p, u64::MAX).unwrap();
+        let refs_now = || refs(s.entry(0).unwrap().state.load(Ordering::Acquire));
+        let a = s.alloc(0, 0, Ctx::MaySleep, INIT).unwrap();
+        let b = s.alloc(0, 0, Ctx::MaySleep, INIT).unwrap();
+        assert_eq!((a, b), (1, 2));
+        assert_eq!(refs_now(), 4, "cache hold, slot 0, a, b");
+        let p1 = s.pin(a).unwrap();
+        // Behind the allocator's back: zero b's word, set the free word 3.
+        p1.words()[2].store(0, Ordering::Release);
+        p1.words()[3].store(INIT, Ordering::Release);
+        drop(s.pin(b).unwrap());
+        s.for_each_cluster(|_| {});
+        let c = s.alloc(0, 0, Ctx::MaySleep, INIT).unwrap();
+        assert_eq!(c, 2, "b's zeroed word is handed out again");
+        assert_eq!(s.alloc(0, 0, Ctx::MaySleep, INIT), Err(Error::NoSpace));
+        // Held: p1, the cache, slot 0, a, c; plus b's reference, kept.
+        assert_eq!(refs_now(), 6);
+        free(&s, a, 1);
+        free(&s, c, 1);
+        assert_eq!(refs_now(), 4, "p1, the cache, slot 0, b's leaked reference");
+        assert!(matches!(s.cluster_state(0), ClusterState::Live { .. }));
+        assert_eq!(s.memory().words, 4 * 8, "the table p1 reads is still there");
+        assert_eq!(p1.words()[3].load(Ordering::Acquire), INIT);
+        drop(p1);
+        assert_eq!(refs_now(), 3);
+    }
+
     type Dev<'a> = SlotSpace<&'a StdProvider, AtomicU32>;
 
     fn dev<'a>(p: &'a StdProvider, shift: u32, slots: u64, policy: Policy, bad: &[u64]) -> Dev<'a> {
@@ -1606,7 +1686,8 @@ mod tests {
         for w in &pin.words()[off..off + n as usize] {
             assert_ne!(w.swap(0, Ordering::AcqRel), 0);
         }
-        pin.release(n);
+        // SAFETY: the `n` words were allocated (checked) and we zeroed them.
+        unsafe { pin.release(n) };
     }
 
     const FIXED: Policy = Policy {

@@ -312,7 +312,9 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             Some(b) => {
                 Releaser::new(&self.host).release(b);
                 self.notify_freed(&pin, off, b);
-                pin.release(1);
+                // SAFETY: `settle` took this allocated slot's word from a
+                // live value to FREEING and then 0, once (its CAS wins once).
+                unsafe { pin.release(1) };
                 Put::Freed
             }
             None => Put::Live,
@@ -467,7 +469,9 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             }
         }
         rel.flush();
-        pin.release(freed);
+        // SAFETY: `freed` counts the slots of this cluster whose words our
+        // `settle` calls took to 0, each once (a winning CAS).
+        unsafe { pin.release(freed) };
         Ok(freed)
     }
 
@@ -523,7 +527,9 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                 }
                 done += 1;
             }
-            pin.release(freed);
+            // SAFETY: as in `put_range`: `freed` counts the words of this
+            // cluster our `settle` calls took to 0, each once.
+            unsafe { pin.release(freed) };
             freed_total += freed;
             if let Some(error) = err {
                 return Err(BatchError { done, error });
