@@ -797,7 +797,8 @@ fn e4a_remove_device_races_pinned_alloc() {
             match d.alloc(0, 0, 9, NS) {
                 Ok(off) => {
                     assert_eq!(d.owner(off), Ok(Some(9)));
-                    d.free(off, 1, Some(9)).unwrap();
+                    // Still pinned: the engine's owner-checked free.
+                    e.free_reserved(0, off, 1, 9).unwrap();
                     Ok::<bool, Error>(true)
                 }
                 Err(Error::NoSpace) => Ok(false),
@@ -858,7 +859,7 @@ fn e4b_remove_device_races_unpinned_alloc() {
                 (Ok((0, off)), Err(Error::Busy)) => {
                     let d = fx.e.device(0).unwrap();
                     assert_eq!(d.owner(off), Ok(Some(9)));
-                    d.free(off, 1, Some(9)).unwrap();
+                    fx.e.free_reserved(0, off, 1, 9).unwrap();
                     o.saw(want[1]);
                 }
                 (Err(Error::NoSpace), Err(Error::Busy)) => {
@@ -878,7 +879,7 @@ fn e4b_remove_device_races_unpinned_alloc() {
 /// reads poisoned memory); a pin afterwards gets `NoDevice`.
 #[test]
 fn e4c_remove_wait_races_pin_holder() {
-    let want = ["A found no device", "A allocated and freed"];
+    let want = ["A found no device", "A allocated under its pin"];
     model("e4c_remove_wait_races_pin_holder", 4, &want, move |o| {
         let prov = TestProvider::default();
         let devs: Arc<Devices<TestProvider>> = Arc::new(Devices::new());
@@ -888,18 +889,27 @@ fn e4c_remove_wait_races_pin_holder() {
             let pin = d.pin(0)?;
             let off = pin.alloc(0, 0, 9, NS).unwrap();
             assert_eq!(pin.owner(off), Ok(Some(9)));
-            pin.free(off, 1, Some(9)).unwrap();
             Ok::<u64, Error>(off)
         });
         let d = devs.clone();
-        let tb = thread::spawn(move || d.remove_wait(0).map(|dev| dev.stats().used));
+        let tb = thread::spawn(move || d.remove_wait(0));
         let a = ta.join().unwrap();
-        assert_eq!(tb.join().unwrap(), Ok(0));
+        // The removal waited for A's pin: the device it took holds A's slot
+        // (freed here, on the removed device, which no pin can reach).
+        let dev = tb.join().unwrap().unwrap();
         match a {
-            Err(Error::NoDevice) => o.saw(want[0]),
-            Ok(1) => o.saw(want[1]),
+            Err(Error::NoDevice) => {
+                assert_eq!(dev.stats().used, 0);
+                o.saw(want[0]);
+            }
+            Ok(1) => {
+                assert_eq!(dev.stats().used, 1);
+                dev.free(1, 1, Some(9)).unwrap();
+                o.saw(want[1]);
+            }
             other => panic!("outcome {other:?}"),
         }
+        drop(dev);
         assert_eq!(devs.pin(0).err(), Some(Error::NoDevice));
         assert_eq!(prov.bytes(), 0, "the removed device's memory went back");
     });
