@@ -28,7 +28,7 @@
 //!   so only its setter clears it.
 
 use vswap_alloc::sync::{AtomicU64, Ordering, UnsafeCell, spin_hint};
-use vswap_alloc::{Ctx, DeviceStats, Error, Geometry, PhysDevice, Provider, Result};
+use vswap_alloc::{ClusterState, Ctx, DeviceStats, Error, Geometry, PhysDevice, Provider, Result};
 
 /// Devices an engine can hold (device numbers `0..MAX_DEVICES`).
 pub const MAX_DEVICES: usize = 16;
@@ -133,6 +133,12 @@ impl<'a, P: Provider> DevicePin<'a, P> {
     /// [`PhysDevice::stats`].
     pub fn stats(&self) -> DeviceStats {
         self.dev.stats()
+    }
+
+    /// The state of cluster `c` of the device (for invariant checks; see
+    /// [`SlotSpace::cluster_state`](vswap_alloc::SlotSpace::cluster_state)).
+    pub fn cluster_state(&self, c: u32) -> ClusterState {
+        self.dev.space().cluster_state(c)
     }
 
     /// [`PhysDevice::take_discard`].
