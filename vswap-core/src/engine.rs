@@ -19,7 +19,11 @@
 //!
 //! Device slots freed by the map (a slot dies, a move commits) go back to their
 //! device through the map's [`Host`], which the engine routes to the device
-//! table before telling the host.
+//! table before telling the host. Every device slot the engine frees is
+//! owner-checked (freed only while the releasing virtual slot owns it in the
+//! reverse map) and reported to [`EngineHost::released_phys`] exactly once,
+//! whatever the path; and a device location may be stored into a slot only if
+//! it is reserved for that slot ([`Host::check_phys`]).
 
 use vswap_alloc::sync::{AtomicU32, Ordering};
 use vswap_alloc::{Ctx, Error, LogDevice, PhysDevice, Provider, Result};
@@ -536,6 +540,10 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     /// Allocate `2^order` virtual slots (count 0, cached), charged to `memcg`
     /// under [`ChargePolicy::EverySlot`], with device slots under
     /// [`Placement::Eager`] (if any device has room).
+    ///
+    /// Errors: `BadOrder`; `BadCpu` for a CPU outside the engine's (see
+    /// [`EngineConfig`]); `NoSpace` when the space is full or the charge is
+    /// refused; `NoMem`/`Again`.
     pub fn alloc(&self, order: u32, cpu: u32, memcg: Option<u16>, ctx: Ctx) -> Result<u32> {
         let slot = self.map.alloc(order, cpu, ctx)?;
         let n = 1u32 << order;

@@ -1008,7 +1008,8 @@ int32_t vswap_device_discard(struct vswap_engine *e, uint32_t dev);
  * and device slots under eager placement. Writes the first slot.
  *
  * Returns 0; -EINVAL for a NULL pointer, an order above the cluster order, a
- * CPU out of range or a memcg id out of range; -ENOSPC when the space is
+ * CPU outside the engine's (see `vswap_engine_config`) or a memcg id out of
+ * range; -ENOSPC when the space is
  * full (or the memcg charge is refused); -ENOMEM (`may_sleep`) or -EAGAIN
  * (not `may_sleep`) when `alloc` returns NULL.
  */

@@ -394,7 +394,8 @@ pub unsafe extern "C" fn vswap_device_discard(e: *mut vswap_engine, dev: u32) ->
 /// and device slots under eager placement. Writes the first slot.
 ///
 /// Returns 0; -EINVAL for a NULL pointer, an order above the cluster order, a
-/// CPU out of range or a memcg id out of range; -ENOSPC when the space is
+/// CPU outside the engine's (see `vswap_engine_config`) or a memcg id out of
+/// range; -ENOSPC when the space is
 /// full (or the memcg charge is refused); -ENOMEM (`may_sleep`) or -EAGAIN
 /// (not `may_sleep`) when `alloc` returns NULL.
 #[unsafe(no_mangle)]
