@@ -55,6 +55,9 @@ pub enum Error {
     DiscardPending,
     /// No such device, or the device is being removed (`-ENODEV`).
     NoDevice,
+    /// A buffer whose length is not the one the operation takes: a page
+    /// that is not exactly the configured page size (`-EINVAL`).
+    BadLength,
 }
 
 impl Error {
@@ -76,6 +79,7 @@ impl Error {
             Error::Gone => -116,
             Error::DiscardPending => -11,
             Error::NoDevice => -19,
+            Error::BadLength => -22,
         }
     }
 }
@@ -103,6 +107,7 @@ impl fmt::Display for Error {
             Error::Gone => "slot was freed while locked; move not committed",
             Error::DiscardPending => "no free cluster until pending discards finish",
             Error::NoDevice => "no such device, or it is being removed",
+            Error::BadLength => "buffer length is not the configured page size",
         };
         f.write_str(s)
     }

@@ -1,4 +1,5 @@
-//! The one place where atomics, the slow-path lock and the spin hint come from.
+//! The one place where atomics, the slow-path lock, the spin hint and
+//! [`UnsafeCell`] come from.
 //!
 //! Normal builds use `core::sync::atomic` and the `spin` crate. Builds with
 //! `RUSTFLAGS="--cfg vswap_loom"` swap in loom's atomics and `loom::sync::Mutex`
@@ -132,4 +133,56 @@ pub unsafe fn drop_table<T>(ptr: *mut T, n: usize) {
     // SAFETY: the caller guarantees the elements are initialised and unused;
     // for real atomics this is a no-op, for loom it releases the model objects.
     unsafe { core::ptr::drop_in_place(core::ptr::slice_from_raw_parts_mut(ptr, n)) };
+}
+
+/// An `UnsafeCell` that loom can see: `core::cell::UnsafeCell` normally,
+/// `loom::cell::UnsafeCell` under loom (which checks every access made
+/// inside [`with`](Self::with) / [`with_mut`](Self::with_mut) against the
+/// others for a race). Both builds use the same closure API.
+#[derive(Debug)]
+pub struct UnsafeCell<T> {
+    #[cfg(not(vswap_loom))]
+    inner: core::cell::UnsafeCell<T>,
+    #[cfg(vswap_loom)]
+    inner: loom::cell::UnsafeCell<T>,
+}
+
+impl<T> UnsafeCell<T> {
+    /// A new cell holding `value`.
+    pub fn new(value: T) -> Self {
+        Self {
+            #[cfg(not(vswap_loom))]
+            inner: core::cell::UnsafeCell::new(value),
+            #[cfg(vswap_loom)]
+            inner: loom::cell::UnsafeCell::new(value),
+        }
+    }
+
+    /// Call `f` with a pointer for reading the value (loom records a read
+    /// for the duration of `f`).
+    #[inline]
+    pub fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        #[cfg(not(vswap_loom))]
+        {
+            f(self.inner.get())
+        }
+        #[cfg(vswap_loom)]
+        {
+            self.inner.with(f)
+        }
+    }
+
+    /// Call `f` with a pointer for writing the value (loom records a write
+    /// for the duration of `f`).
+    #[inline]
+    pub fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        #[cfg(not(vswap_loom))]
+        {
+            f(self.inner.get())
+        }
+        #[cfg(vswap_loom)]
+        {
+            self.inner.with_mut(f)
+        }
+    }
 }

@@ -27,10 +27,8 @@
 //!   removals refuse (`remove`) or wait for (`remove_wait`) a set `NOALLOC`,
 //!   so only its setter clears it.
 
-use core::cell::UnsafeCell;
-
-use vswap_alloc::sync::{AtomicU64, Ordering, spin_hint};
-use vswap_alloc::{Ctx, Error, PhysDevice, Provider, Result};
+use vswap_alloc::sync::{AtomicU64, Ordering, UnsafeCell, spin_hint};
+use vswap_alloc::{ClusterState, Ctx, DeviceStats, Error, Geometry, PhysDevice, Provider, Result};
 
 /// Devices an engine can hold (device numbers `0..MAX_DEVICES`).
 pub const MAX_DEVICES: usize = 16;
@@ -58,7 +56,26 @@ unsafe impl<P: Provider> Sync for Devices<P> {}
 // SAFETY: as above; the devices move with the table.
 unsafe impl<P: Provider + Send> Send for Devices<P> {}
 
-/// A pinned device.
+/// A pinned device: it stays in the table (and its tables in memory) until
+/// the pin is dropped.
+///
+/// A pin exposes only what cannot break the engine's invariants: reads of
+/// the reverse map and of the device's occupancy, the discard queue, and an
+/// allocation that honours the removal guard. It does not hand out the
+/// [`PhysDevice`] itself: freeing a device slot or changing its owner behind
+/// the virtual map's back would leave a virtual slot pointing at a device
+/// slot that another can be given (use
+/// [`Engine::free_reserved`](crate::Engine::free_reserved) for a reservation
+/// that no slot refers to).
+///
+/// ```compile_fail
+/// # use vswap_core::{Engine, EngineConfig, EngineHost, StdProvider};
+/// # struct H;
+/// # impl EngineHost for H { fn release_zswap(&self, _: u64) {} }
+/// # let e = Engine::new(EngineConfig::default(), StdProvider::new(), H).unwrap();
+/// // A pin hands out no unchecked free (nor `set_owner`).
+/// let _ = e.device(0).unwrap().free(1, 1, None);
+/// ```
 pub struct DevicePin<'a, P: Provider> {
     state: &'a AtomicU64,
     dev: &'a PhysDevice<P>,
@@ -67,27 +84,71 @@ pub struct DevicePin<'a, P: Provider> {
     may_alloc: bool,
 }
 
-impl<P: Provider> DevicePin<'_, P> {
+impl<'a, P: Provider> DevicePin<'a, P> {
     /// The device number.
     pub fn id(&self) -> u8 {
         self.id
     }
 
-    /// [`PhysDevice::alloc`], unless the pin was taken while
+    /// [`PhysDevice::alloc`] on the device's CPU number `cpu % cpus` (`cpus`
+    /// of the device's geometry: an engine with more CPUs than a device maps
+    /// its CPU numbers onto the device's), unless the pin was taken while
     /// [`Devices::remove_empty`] is checking the device: then `NoSpace`.
-    /// Allocate through this, not through the device itself.
+    /// The slots are reserved for `owner..`; a virtual slot refers to one
+    /// only once it is stored there (or the reservation is freed with
+    /// [`Engine::free_reserved`](crate::Engine::free_reserved)).
     pub fn alloc(&self, order: u32, cpu: u32, owner: u32, ctx: Ctx) -> Result<u64> {
         if !self.may_alloc {
             return Err(Error::NoSpace);
         }
-        self.dev.alloc(order, cpu, owner, ctx)
+        let cpus = self.dev.geometry().cpus.max(1);
+        self.dev.alloc(order, cpu % cpus, owner, ctx)
     }
-}
 
-impl<P: Provider> core::ops::Deref for DevicePin<'_, P> {
-    type Target = PhysDevice<P>;
-    fn deref(&self) -> &PhysDevice<P> {
+    /// The device for the engine's own owner-checked frees.
+    pub(crate) fn device(&self) -> &'a PhysDevice<P> {
         self.dev
+    }
+
+    /// [`PhysDevice::slots`].
+    pub fn slots(&self) -> u64 {
+        self.dev.slots()
+    }
+
+    /// [`PhysDevice::geometry`].
+    pub fn geometry(&self) -> &Geometry {
+        self.dev.geometry()
+    }
+
+    /// [`PhysDevice::owner`]: the virtual slot device slot `off` holds.
+    pub fn owner(&self, off: u64) -> Result<Option<u32>> {
+        self.dev.owner(off)
+    }
+
+    /// [`PhysDevice::for_each_owner`].
+    pub fn for_each_owner(&self, off: u64, len: u64, f: impl FnMut(u64, u32)) {
+        self.dev.for_each_owner(off, len, f)
+    }
+
+    /// [`PhysDevice::stats`].
+    pub fn stats(&self) -> DeviceStats {
+        self.dev.stats()
+    }
+
+    /// The state of cluster `c` of the device (for invariant checks; see
+    /// [`SlotSpace::cluster_state`](vswap_alloc::SlotSpace::cluster_state)).
+    pub fn cluster_state(&self, c: u32) -> ClusterState {
+        self.dev.space().cluster_state(c)
+    }
+
+    /// [`PhysDevice::take_discard`].
+    pub fn take_discard(&self) -> Option<u32> {
+        self.dev.take_discard()
+    }
+
+    /// [`PhysDevice::discard_done`].
+    pub fn discard_done(&self, c: u32) -> Result<()> {
+        self.dev.discard_done(c)
     }
 }
 
@@ -146,7 +207,7 @@ impl<P: Provider> Devices<P> {
             .map_err(|_| Error::WrongState)?;
         // SAFETY: ADDING makes us the only thread touching `dev` (no pins can
         // be taken until PRESENT is published below).
-        unsafe { *e.dev.get() = Some(dev) };
+        e.dev.with_mut(|p| unsafe { *p = Some(dev) });
         e.state.store(
             PRESENT | (u64::from(priority) << PRIO_SHIFT),
             Ordering::Release,
@@ -172,8 +233,11 @@ impl<P: Provider> Devices<P> {
             }
         }
         // SAFETY: PRESENT was published after the device was written, and it
-        // cannot be taken out while our pin is counted.
-        match unsafe { &*e.dev.get() } {
+        // cannot be taken out while our pin is counted, so the reference
+        // stays valid (and unwritten) for the pin's lifetime. (loom records
+        // the read while `with` runs: enough to see a pin racing an add or a
+        // take.)
+        match e.dev.with(|p| unsafe { &*p }) {
             Some(dev) => Ok(DevicePin {
                 state: &e.state,
                 dev,
@@ -283,7 +347,7 @@ impl<P: Provider> Devices<P> {
 
     fn take(&self, e: &Entry<P>) -> Result<PhysDevice<P>> {
         // SAFETY: DYING with no pins: nobody else can reach `dev`.
-        let dev = unsafe { (*e.dev.get()).take() };
+        let dev = e.dev.with_mut(|p| unsafe { (*p).take() });
         e.state.store(0, Ordering::Release);
         // A PRESENT entry always holds a device (written before PRESENT).
         dev.ok_or(Error::NoDevice)

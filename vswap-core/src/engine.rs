@@ -19,7 +19,11 @@
 //!
 //! Device slots freed by the map (a slot dies, a move commits) go back to their
 //! device through the map's [`Host`], which the engine routes to the device
-//! table before telling the host.
+//! table before telling the host. Every device slot the engine frees is
+//! owner-checked (freed only while the releasing virtual slot owns it in the
+//! reverse map) and reported to [`EngineHost::released_phys`] exactly once,
+//! whatever the path; and a device location may be stored into a slot only if
+//! it is reserved for that slot ([`Host::check_phys`]).
 
 use vswap_alloc::sync::{AtomicU32, Ordering};
 use vswap_alloc::{Ctx, Error, LogDevice, PhysDevice, Provider, Result};
@@ -52,8 +56,21 @@ pub enum ChargePolicy {
     EverySlot,
 }
 
+/// The default page size: 4 KiB.
+pub const PAGE_SIZE: u32 = 4096;
+
+/// The largest page size an engine takes (1 MiB).
+pub const MAX_PAGE_SIZE: u32 = 1 << 20;
+
 /// Engine configuration.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+///
+/// CPU numbers: every engine call that takes a CPU accepts `0..cpus` of the
+/// map's geometry (`map.geometry.cpus`) and answers [`Error::BadCpu`] for
+/// any other, before it changes anything. A device (or a direct map) with
+/// fewer CPU numbers than the engine is given the engine's CPU number
+/// modulo its own: CPUs that share a device CPU number share its per-CPU
+/// cluster, which only makes them contend, never fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineConfig {
     /// The virtual map.
     pub map: MapConfig,
@@ -61,6 +78,22 @@ pub struct EngineConfig {
     pub placement: Placement,
     /// memcg charging.
     pub charge: ChargePolicy,
+    /// Bytes per page ([`PAGE_SIZE`] by default): a power of two in
+    /// `8..=MAX_PAGE_SIZE`, and the log device's page size if there is one
+    /// (`BadConfig` otherwise). [`Engine::writeout`] and
+    /// [`Engine::log_writeout`] take pages of exactly this length.
+    pub page_size: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            map: MapConfig::default(),
+            placement: Placement::default(),
+            charge: ChargePolicy::default(),
+            page_size: PAGE_SIZE,
+        }
+    }
 }
 
 /// What the engine asks of its host.
@@ -119,21 +152,93 @@ impl<P: Provider, H: EngineHost> Host for Router<P, H> {
     fn release_zswap(&self, handle: u64) {
         self.host.release_zswap(handle);
     }
-    fn release_phys(&self, dev: u8, off: u64, len: u64) {
-        if let Some((id, log)) = &self.log {
-            if *id == dev {
-                for o in off..off.saturating_add(len) {
-                    let _ = log.invalidate(o);
+
+    /// The map never calls this on the router ([`Host::OWNED_RELEASE`]): a
+    /// release that names no owner frees nothing and reports nothing, so
+    /// that no caller can free a device slot without the owner check.
+    fn release_phys(&self, _dev: u8, _off: u64, _len: u64) {}
+
+    const OWNED_RELEASE: bool = true;
+
+    /// Frees each device slot `off + i` only if its reverse-map owner is
+    /// still `slot + i` (compare-and-clear), and reports exactly the ones
+    /// freed to [`EngineHost::released_phys`] (in runs). One that fails the
+    /// check (a location the engine never gave to that slot) is left alone:
+    /// it belongs to someone else, or to nobody.
+    fn release_phys_owned(&self, slot: u32, dev: u8, off: u64, len: u64) {
+        self.free_owned(dev, off, len, slot);
+    }
+
+    /// A device slot may be stored into `slot` only if it is allocated and
+    /// its reverse-map owner is `slot` (as [`Engine::alloc_phys`] and the
+    /// log device's flush leave it): `NoDevice` for a device that is not
+    /// there, `OutOfRange` for an offset beyond it, `NotAllocated` for a
+    /// free (or reserved) device slot, `WrongState` for another slot's.
+    fn check_phys(&self, slot: u32, dev: u8, off: u64) -> Result<()> {
+        let owner = match &self.log {
+            Some((id, log)) if *id == dev => log.owner(off)?,
+            _ => self.devices.pin(dev)?.owner(off)?,
+        };
+        match owner {
+            Some(o) if o == slot => Ok(()),
+            Some(_) => Err(Error::WrongState),
+            None => Err(Error::NotAllocated),
+        }
+    }
+}
+
+impl<P: Provider, H: EngineHost> Router<P, H> {
+    /// Free device slots `off..off + len` of `dev` that belong to virtual
+    /// slots `owner..owner + len`, each only if it still does, and report
+    /// the ones freed to the host (once each, in runs). Returns how many
+    /// were freed.
+    fn free_owned(&self, dev: u8, off: u64, len: u64, owner: u32) -> u64 {
+        // Runs of freed slots, reported as they end.
+        let mut run: Option<(u64, u64)> = None;
+        let mut freed = 0;
+        let mut report = |o: Option<u64>| match (&mut run, o) {
+            (Some((s, l)), Some(o)) if *s + *l == o => *l += 1,
+            (r, o) => {
+                if let Some((s, l)) = r.take() {
+                    self.host.released_phys(dev, s, l);
                 }
-                self.host.released_phys(dev, off, len);
-                return;
+                *r = o.map(|o| (o, 1));
+            }
+        };
+        if self.log.as_ref().is_none_or(|(id, _)| *id != dev)
+            && self
+                .devices
+                .pin(dev)
+                .is_ok_and(|d| d.device().free(off, len, Some(owner)).is_ok())
+        {
+            // The whole run was still theirs (the usual case): one free.
+            self.host.released_phys(dev, off, len);
+            return len;
+        }
+        for i in 0..len {
+            let (o, v) = (off.saturating_add(i), u64::from(owner) + i);
+            let Ok(v) = u32::try_from(v) else { break };
+            let ok = match &self.log {
+                // The log device has no compare-and-clear: check, then
+                // invalidate (a slot's log offset changes owner only under
+                // that slot's lock, or when it is released here).
+                Some((id, log)) if *id == dev => {
+                    log.owner(o) == Ok(Some(v)) && log.invalidate(o).is_ok()
+                }
+                _ => self
+                    .devices
+                    .pin(dev)
+                    .is_ok_and(|d| d.device().free(o, 1, Some(v)).is_ok()),
+            };
+            if ok {
+                freed += 1;
+                report(Some(o));
+            } else {
+                report(None);
             }
         }
-        if let Ok(d) = self.devices.pin(dev) {
-            // The map only releases what it held: the owner check is moot.
-            let _ = d.free(off, len, None);
-        }
-        self.host.released_phys(dev, off, len);
+        report(None);
+        freed
     }
 }
 
@@ -189,6 +294,24 @@ pub enum Move {
         /// The cookie `io` returned for the `Read`.
         cookie: u64,
     },
+}
+
+/// A pass-by-pass move ([`Engine::evacuate`], [`Engine::swapoff_virtual`])
+/// that stopped with an error part-way: `done` says what it did before the
+/// error (every move counted there committed and stays committed; the slot
+/// that failed stays where it was). Converts into its [`Error`] for `?`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stopped<T> {
+    /// Why it stopped.
+    pub error: Error,
+    /// What it did before.
+    pub done: T,
+}
+
+impl<T> From<Stopped<T>> for Error {
+    fn from(s: Stopped<T>) -> Error {
+        s.error
+    }
 }
 
 /// What an evacuation did.
@@ -347,6 +470,14 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
         {
             return Err(Error::NoDevice);
         }
+        if !cfg.page_size.is_power_of_two()
+            || !(8..=MAX_PAGE_SIZE).contains(&cfg.page_size)
+            || log
+                .as_ref()
+                .is_some_and(|(_, l)| l.config().page_size != cfg.page_size)
+        {
+            return Err(Error::BadConfig);
+        }
         let p = place.as_mut_ptr();
         let charge = cfg.charge;
         // SAFETY: `p` is valid for writes of an engine and aligned (it is
@@ -409,6 +540,10 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     /// Allocate `2^order` virtual slots (count 0, cached), charged to `memcg`
     /// under [`ChargePolicy::EverySlot`], with device slots under
     /// [`Placement::Eager`] (if any device has room).
+    ///
+    /// Errors: `BadOrder`; `BadCpu` for a CPU outside the engine's (see
+    /// [`EngineConfig`]); `NoSpace` when the space is full or the charge is
+    /// refused; `NoMem`/`Again`.
     pub fn alloc(&self, order: u32, cpu: u32, memcg: Option<u16>, ctx: Ctx) -> Result<u32> {
         let slot = self.map.alloc(order, cpu, ctx)?;
         let n = 1u32 << order;
@@ -473,8 +608,17 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
         }
     }
 
-    /// A device run of `2^order` slots for virtual slots `owner..`, by tier.
+    /// A device run of `2^order` slots reserved for virtual slots
+    /// `owner..owner + 2^order` (each device slot's reverse-map owner is set),
+    /// by tier. The host may then store them into those slots (or
+    /// [`free_reserved`](Self::free_reserved) them).
+    ///
+    /// Errors: `BadCpu` for a CPU outside the engine's (see
+    /// [`EngineConfig`]); `BadOrder`; `OutOfRange` for owner 0 or a run that
+    /// passes `u32::MAX - 1`; `NoSpace` when every device is full;
+    /// `DiscardPending`; `NoMem`/`Again`.
     pub fn alloc_phys(&self, order: u32, cpu: u32, owner: u32, ctx: Ctx) -> Result<(u8, u64)> {
+        self.check_cpu(cpu)?;
         let mut err = Error::NoSpace;
         let mut ids = [0u8; MAX_DEVICES];
         let mut prios = [0u8; MAX_DEVICES];
@@ -533,6 +677,15 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
         Err(err)
     }
 
+    /// The engine's CPU contract (see [`EngineConfig`]): `0..cpus` of the
+    /// map's geometry, else `BadCpu`.
+    pub(crate) fn check_cpu(&self, cpu: u32) -> Result<()> {
+        if cpu >= self.map.geometry().cpus {
+            return Err(Error::BadCpu);
+        }
+        Ok(())
+    }
+
     pub(crate) fn charge_phys(&self, slot: u32) -> Result<()> {
         if self.cfg.charge == ChargePolicy::PhysicalOnly {
             if let Some(id) = self.memcg_of(slot) {
@@ -544,18 +697,72 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
         Ok(())
     }
 
+    /// Give back device slot `(dev, off)` reserved for `owner` that no slot
+    /// refers to (a writeout, writeback or move that did not commit): freed
+    /// only if `owner` still owns it, and reported to
+    /// [`EngineHost::released_phys`] once, like every other release.
     fn free_phys(&self, dev: u8, off: u64, owner: u32) {
-        if let Ok(d) = self.devices().pin(dev) {
-            let _ = d.free(off, 1, Some(owner));
+        self.map.host().free_owned(dev, off, 1, owner);
+    }
+
+    /// Free device slots `off..off + len` of device `dev` reserved for the
+    /// virtual slots `owner..owner + len` (by [`alloc_phys`](Self::alloc_phys)
+    /// or [`DevicePin::alloc`]) that no virtual slot refers to: a relocation
+    /// that was not committed. Owner-checked and all or nothing: device slot
+    /// `off + i` must belong to `owner + i`, and virtual slot `owner + i`
+    /// must not have it as its backend (that one goes back when the slot
+    /// dies or moves). The freed slots are reported to
+    /// [`EngineHost::released_phys`].
+    ///
+    /// Errors (nothing freed): `OutOfRange` for owner 0 or offsets outside
+    /// the device; `NoDevice`; `NotAllocated` if a device slot is free;
+    /// `WrongState` if one belongs to another owner or is still the backend
+    /// of its owner.
+    ///
+    /// The check that no slot refers to a device slot and the free are not
+    /// one step: a host storing the same reservation at the same time races
+    /// with itself.
+    pub fn free_reserved(&self, dev: u8, off: u64, len: u64, owner: u32) -> Result<()> {
+        if owner == 0 {
+            return Err(Error::OutOfRange);
         }
+        let d = self.devices().pin(dev)?;
+        if off == 0 || off.checked_add(len).is_none_or(|end| end > d.slots()) {
+            return Err(Error::OutOfRange);
+        }
+        for i in 0..len {
+            let Ok(v) = u32::try_from(u64::from(owner) + i) else {
+                return Err(Error::OutOfRange);
+            };
+            let o = off.checked_add(i).ok_or(Error::OutOfRange)?;
+            let here = Backend::Phys { dev, off: o };
+            if self.map.lookup(v).is_ok_and(|e| e.backend == here) {
+                return Err(Error::WrongState);
+            }
+        }
+        d.device().free(off, len, Some(owner))?;
+        drop(d);
+        if len > 0 {
+            self.host().released_phys(dev, off, len);
+        }
+        Ok(())
     }
 
     /// Write out the page of a live slot whose backend is none or a device slot
     /// (eager placement, or a re-dirtied folio written again): choose its
     /// backend (zero, same-filled, zswap through the host, else a device slot,
     /// kept if it has one) and store it. Returns the backend; for `Phys` the
-    /// host writes the page there. `WrongState` for any other backend.
+    /// host writes the page there.
+    ///
+    /// Errors (nothing changed): `BadLength` for a page that is not exactly
+    /// [`EngineConfig::page_size`] bytes; `BadCpu` for a CPU outside the
+    /// engine's (see [`EngineConfig`]), whether or not a device slot is
+    /// needed; `OutOfRange`, `NotAllocated`; `WrongState` for any other
+    /// backend; `Busy` if the slot is locked; `NoSpace` when every device is
+    /// full (or the charge is refused); `DiscardPending`.
     pub fn writeout(&self, slot: u32, page: &[u8], cpu: u32) -> Result<Backend> {
+        self.check_page(page)?;
+        self.check_cpu(cpu)?;
         let mut cur = self.map.lookup(slot)?.backend;
         if !matches!(cur, Backend::None | Backend::Phys { .. }) {
             return Err(Error::WrongState);
@@ -614,14 +821,20 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
         }
     }
 
+    /// `BadLength` unless `page` is exactly one configured page.
+    pub(crate) fn check_page(&self, page: &[u8]) -> Result<()> {
+        if page.len() != self.cfg.page_size as usize {
+            return Err(Error::BadLength);
+        }
+        Ok(())
+    }
+
     /// The backend a page gets without a device slot: `Zero`, `Same` (one
     /// repeated 64-bit word that fits the payload) or `Zswap` (if the host
-    /// takes it); `None` if it needs a device slot. `BadConfig` for a page
-    /// that is empty or not a whole number of 64-bit words.
+    /// takes it); `None` if it needs a device slot. `BadLength` for a page
+    /// that is not exactly one configured page.
     pub(crate) fn classify(&self, slot: u32, page: &[u8]) -> Result<Option<Backend>> {
-        if page.is_empty() || page.len() % 8 != 0 {
-            return Err(Error::BadConfig);
-        }
+        self.check_page(page)?;
         let mut words = page.chunks_exact(8).map(|c| {
             let mut b = [0u8; 8];
             b.copy_from_slice(c);
@@ -679,7 +892,14 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
 
     /// Start a zswap writeback of `slot`: lock it, check it is in zswap, give
     /// it a device slot.
+    ///
+    /// Errors (nothing changed, the slot unlocked): `BadCpu` for a CPU
+    /// outside the engine's (see [`EngineConfig`]); `OutOfRange`,
+    /// `NotAllocated`; `Busy` if the slot is locked; `WrongState` if it is
+    /// not in zswap; `NoSpace` (every device full, or the charge refused);
+    /// `DiscardPending`.
     pub fn writeback_begin(&self, slot: u32, cpu: u32) -> Result<Writeback> {
+        self.check_cpu(cpu)?;
         self.map.lock(slot)?;
         let r = (|| {
             let Backend::Zswap(handle) = self.map.lookup(slot)?.backend else {
@@ -772,23 +992,43 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     /// device `to`, or to memory when `to` is `None`. `io` carries out each
     /// [`Move`] (returning the folio cookie for a `Read`, anything for a
     /// `Copy`); an `Err` from it leaves that slot where it was and stops.
-    /// `BadConfig` if `to` is `dev` itself. `Busy` after a pass that made no
-    /// progress while slots locked by someone else were left (a device slot
-    /// reserved by [`alloc_phys`](Self::alloc_phys) that its owner does not
-    /// refer to yet is skipped, and is not progress).
+    /// `BadConfig` if `to` is `dev` itself; `BadCpu` for a CPU outside the
+    /// engine's (see [`EngineConfig`]), also when moving to memory. `Busy`
+    /// after a pass that made no progress while slots locked by someone else
+    /// were left (a device slot reserved by [`alloc_phys`](Self::alloc_phys)
+    /// that its owner does not refer to yet is skipped, and is not
+    /// progress).
+    ///
+    /// On every error the [`Stopped`] carries what was done before it (all
+    /// zero for the argument checks above).
     pub fn evacuate(
         &self,
         dev: u8,
         to: Option<u8>,
         cpu: u32,
+        io: impl FnMut(Move) -> Result<u64>,
+    ) -> Result<Evacuated, Stopped<Evacuated>> {
+        let mut done = Evacuated::default();
+        match self.evacuate_passes(dev, to, cpu, io, &mut done) {
+            Ok(()) => Ok(done),
+            Err(error) => Err(Stopped { error, done }),
+        }
+    }
+
+    fn evacuate_passes(
+        &self,
+        dev: u8,
+        to: Option<u8>,
+        cpu: u32,
         mut io: impl FnMut(Move) -> Result<u64>,
-    ) -> Result<Evacuated> {
+        done: &mut Evacuated,
+    ) -> Result<()> {
         if to == Some(dev) {
             // Every pass would move every slot again (for ever, beside a
             // busy one).
             return Err(Error::BadConfig);
         }
-        let mut done = Evacuated::default();
+        self.check_cpu(cpu)?;
         let slots = self.devices().pin(dev)?.slots();
         loop {
             done.passes += 1;
@@ -844,7 +1084,7 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
                 return Err(e);
             }
             if left == 0 {
-                return Ok(done);
+                return Ok(());
             }
             if !progress {
                 return Err(Error::Busy);
@@ -895,7 +1135,8 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
                     to: new,
                 };
                 if let Err(e) = io(mv) {
-                    let _ = d.free(new, 1, Some(owner));
+                    drop(d);
+                    self.free_phys(t, new, owner);
                     return unlock(Err(e));
                 }
                 drop(d);
@@ -962,14 +1203,25 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     /// backend carried over), or to memory when `to` is `None`; `io` moves the
     /// data and rewrites the page tables. Each virtual slot is locked for its
     /// move and freed afterwards (its backend released). Slots locked by
-    /// someone else are retried on a later pass.
+    /// someone else are retried on a later pass. Returns how many moved.
+    ///
+    /// `cpu` is the engine's (see [`EngineConfig`]: `BadCpu` outside it,
+    /// before anything moves); a direct device with fewer CPU numbers gets
+    /// `cpu % its cpus`. `Busy` after a pass that made no progress while
+    /// slots locked by someone else were left. On every error the
+    /// [`Stopped`] carries how many slots moved before it (they stay moved:
+    /// freed here, living at their new place).
     pub fn swapoff_virtual(
         &self,
         to: Option<&dyn crate::swapops::SwapOps>,
         cpu: u32,
         mut io: impl FnMut(VirtMove) -> Result<()>,
-    ) -> Result<u64> {
+    ) -> Result<u64, Stopped<u64>> {
         let mut moved = 0;
+        if let Err(error) = self.check_cpu(cpu) {
+            return Err(Stopped { error, done: 0 });
+        }
+        let cpu = to.map_or(cpu, |d| cpu % d.cpus().max(1));
         loop {
             let mut busy = 0u64;
             let mut progress = false;
@@ -988,14 +1240,17 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
                     Err(e) => failure = Some(e),
                 }
             });
-            if let Some(e) = failure {
-                return Err(e);
+            if let Some(error) = failure {
+                return Err(Stopped { error, done: moved });
             }
             if busy == 0 {
                 return Ok(moved);
             }
             if !progress {
-                return Err(Error::Busy);
+                return Err(Stopped {
+                    error: Error::Busy,
+                    done: moved,
+                });
             }
         }
     }

@@ -18,6 +18,35 @@ pub trait Host: Sync {
     /// Slot `slot` was freed; it held `backend` (already released through
     /// the calls above) and memcg id `memcg`. The engine uncharges here.
     fn slot_freed(&self, _slot: u32, _backend: crate::Backend, _memcg: Option<u16>) {}
+
+    /// Whether the map releases device slots through
+    /// [`release_phys_owned`](Self::release_phys_owned) (runs coalesced only
+    /// where both the offsets and the virtual slots that held them are
+    /// consecutive) instead of [`release_phys`](Self::release_phys) (runs
+    /// coalesced where the offsets are).
+    const OWNED_RELEASE: bool = false;
+
+    /// With [`OWNED_RELEASE`](Self::OWNED_RELEASE): `len` consecutive slots
+    /// from `off` on device `dev`, held by the virtual slots `slot..slot +
+    /// len` (`slot + i` held `off + i`), are no longer referenced. A host
+    /// that frees device slots checks each one's owner here, so that a
+    /// location stored into the wrong slot cannot free another slot's
+    /// device slot. The default forwards to
+    /// [`release_phys`](Self::release_phys).
+    fn release_phys_owned(&self, _slot: u32, dev: u8, off: u64, len: u64) {
+        self.release_phys(dev, off, len)
+    }
+
+    /// Called before the map stores `Phys { dev, off }` as the backend of
+    /// `slot` ([`VswapMap::store`](crate::VswapMap::store),
+    /// [`commit_unlock`](crate::VswapMap::commit_unlock) and the moves built
+    /// on it): an `Err` refuses the store with that error and changes
+    /// nothing. The default accepts every location: a plain map's host owns
+    /// its locations and decides what they mean. The engine accepts only a
+    /// device slot that is allocated and whose reverse-map owner is `slot`.
+    fn check_phys(&self, _slot: u32, _dev: u8, _off: u64) -> vswap_alloc::Result<()> {
+        Ok(())
+    }
 }
 
 /// A host that owns no resources (zswap handles and device slots are plain
@@ -41,12 +70,22 @@ impl<H: Host + ?Sized> Host for &H {
     fn slot_freed(&self, slot: u32, backend: crate::Backend, memcg: Option<u16>) {
         (**self).slot_freed(slot, backend, memcg)
     }
+    const OWNED_RELEASE: bool = H::OWNED_RELEASE;
+    fn release_phys_owned(&self, slot: u32, dev: u8, off: u64, len: u64) {
+        (**self).release_phys_owned(slot, dev, off, len)
+    }
+    fn check_phys(&self, slot: u32, dev: u8, off: u64) -> vswap_alloc::Result<()> {
+        (**self).check_phys(slot, dev, off)
+    }
 }
 
-/// Coalesces released device slots into runs before calling the host.
+/// Coalesces released device slots into runs before calling the host: by
+/// offset alone, or (for a host with [`Host::OWNED_RELEASE`]) only where the
+/// virtual slots that held them are consecutive too.
 pub(crate) struct Releaser<'a, H: Host + ?Sized> {
     host: &'a H,
-    run: Option<(u8, u64, u64)>,
+    /// `(dev, first offset, len, first virtual slot)`.
+    run: Option<(u8, u64, u64, u32)>,
 }
 
 impl<'a, H: Host + ?Sized> Releaser<'a, H> {
@@ -54,14 +93,21 @@ impl<'a, H: Host + ?Sized> Releaser<'a, H> {
         Self { host, run: None }
     }
 
-    pub(crate) fn release(&mut self, b: crate::Backend) {
+    /// Release `b`, the backend virtual slot `slot` held.
+    pub(crate) fn release(&mut self, slot: u32, b: crate::Backend) {
         match b {
             crate::Backend::Zswap(h) => self.host.release_zswap(h),
             crate::Backend::Phys { dev, off } => match &mut self.run {
-                Some((d, start, len)) if *d == dev && *start + *len == off => *len += 1,
+                Some((d, start, len, first))
+                    if *d == dev
+                        && *start + *len == off
+                        && (!H::OWNED_RELEASE || u64::from(*first) + *len == u64::from(slot)) =>
+                {
+                    *len += 1
+                }
                 _ => {
                     self.flush();
-                    self.run = Some((dev, off, 1));
+                    self.run = Some((dev, off, 1, slot));
                 }
             },
             _ => {}
@@ -69,8 +115,12 @@ impl<'a, H: Host + ?Sized> Releaser<'a, H> {
     }
 
     pub(crate) fn flush(&mut self) {
-        if let Some((d, s, l)) = self.run.take() {
-            self.host.release_phys(d, s, l);
+        if let Some((d, s, l, first)) = self.run.take() {
+            if H::OWNED_RELEASE {
+                self.host.release_phys_owned(first, d, s, l);
+            } else {
+                self.host.release_phys(d, s, l);
+            }
         }
     }
 }

@@ -36,8 +36,8 @@ pub mod word;
 
 pub use devices::{DevicePin, Devices, MAX_DEVICES};
 pub use engine::{
-    ChargePolicy, Engine, EngineConfig, EngineHost, Evacuated, Move, NO_MEMCG, Placement, Router,
-    SwapinRange, VirtMove, Writeback,
+    ChargePolicy, Engine, EngineConfig, EngineHost, Evacuated, MAX_PAGE_SIZE, Move, NO_MEMCG,
+    PAGE_SIZE, Placement, Router, Stopped, SwapinRange, VirtMove, Writeback,
 };
 pub use host::{Host, NoHost};
 pub use map::{BatchError, CacheState, MAX_COUNT, MapConfig, MapStats, Put, VswapMap};

@@ -96,7 +96,9 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     /// Writeout through the log device: like [`Engine::writeout`], but a page
     /// that needs a device slot is staged and `Ok(None)` is returned; it gets
     /// its offset at the next [`log_flush`](Self::log_flush). `Busy` when a
-    /// whole segment is staged already: flush first.
+    /// whole segment is staged already: flush first. `BadLength` for a page
+    /// that is not exactly [`EngineConfig::page_size`](crate::EngineConfig::page_size)
+    /// bytes (nothing changed).
     pub fn log_writeout(&self, slot: u32, page: &[u8]) -> Result<Option<Backend>> {
         let (_, log) = self.log()?;
         let e = self.map.lookup(slot)?;

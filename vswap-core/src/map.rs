@@ -310,7 +310,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     fn finish(&self, pin: Pin<'_, P>, off: usize, freed: Option<Backend>) -> Put {
         match freed {
             Some(b) => {
-                Releaser::new(&self.host).release(b);
+                Releaser::new(&self.host).release(pin.base() + off as u32, b);
                 self.notify_freed(&pin, off, b);
                 // SAFETY: `settle` took this allocated slot's word from a
                 // live value to FREEING and then 0, once (its CAS wins once).
@@ -463,7 +463,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                 }
             };
             if let Some(b) = done {
-                rel.release(b);
+                rel.release(start + i, b);
                 self.notify_freed(&pin, off, b);
                 freed += 1;
             }
@@ -515,7 +515,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                 };
                 match r {
                     Ok(Some(b)) => {
-                        rel.release(b);
+                        rel.release(slot + i, b);
                         self.notify_freed(&pin, off, b);
                         freed += 1;
                     }
@@ -736,7 +736,11 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// `expected` (the writeout transition `None -> Zero | Same | Zswap | Phys`,
     /// or any other). The old backend's resource, if any, is released. `Busy`
     /// if the slot is locked: a lock holder moves data with
-    /// [`commit_unlock`](Self::commit_unlock) instead.
+    /// [`commit_unlock`](Self::commit_unlock) instead. A new `Phys` backend
+    /// is first checked by the host ([`Host::check_phys`], after the slot's
+    /// state): its error is returned and nothing changes (an engine refuses
+    /// a device slot that is not reserved for `slot`). The same holds for
+    /// [`commit_unlock`](Self::commit_unlock) and the moves built on it.
     pub fn store(&self, slot: u32, expected: Backend, new: Backend) -> Result<()> {
         self.replace(slot, expected, new, false)
     }
@@ -755,6 +759,11 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// holds the lock, which the CAS drops).
     fn replace(&self, slot: u32, expected: Backend, new: Backend, locked: bool) -> Result<()> {
         let (exp, nw) = (expected.encode()?, new.encode()?);
+        // A new device location is checked once, after the slot's state.
+        let mut check = match new {
+            Backend::Phys { dev, off } if exp != nw => Some((dev, off)),
+            _ => None,
+        };
         let (pin, off) = self.pin(slot)?;
         let word = word(&pin, off)?;
         let mut w = word.load(Ordering::Acquire);
@@ -785,6 +794,13 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             if backend_bits(w) != exp {
                 return Err(Error::WrongState);
             }
+            if let Some((dev, off)) = check.take() {
+                // May `slot` refer to this location (the engine: is it
+                // allocated to `slot` on its device)? Then re-read the word.
+                self.host.check_phys(slot, dev, off)?;
+                w = word.load(Ordering::Acquire);
+                continue;
+            }
             let unlock = if locked { LOCKED } else { 0 };
             let next = ((w & !backend_bits(w)) | nw) & !unlock;
             match word.compare_exchange_weak(w, next, Ordering::AcqRel, Ordering::Acquire) {
@@ -794,7 +810,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         }
         drop(pin);
         if exp != nw {
-            Releaser::new(&self.host).release(expected);
+            Releaser::new(&self.host).release(slot, expected);
         }
         Ok(())
     }

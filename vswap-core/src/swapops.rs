@@ -55,6 +55,8 @@ pub trait SwapOps: Sync {
     fn store(&self, slot: u32, expected: Backend, new: Backend) -> Result<()>;
     /// A snapshot.
     fn lookup(&self, slot: u32) -> Result<Entry>;
+    /// The CPU numbers [`alloc`](Self::alloc) accepts: `0..cpus()`.
+    fn cpus(&self) -> u32;
 }
 
 impl<P: Provider, H: Host> SwapOps for VswapMap<P, H> {
@@ -87,6 +89,9 @@ impl<P: Provider, H: Host> SwapOps for VswapMap<P, H> {
     }
     fn lookup(&self, slot: u32) -> Result<Entry> {
         VswapMap::lookup(self, slot)
+    }
+    fn cpus(&self) -> u32 {
+        self.geometry().cpus
     }
 }
 

@@ -261,6 +261,7 @@ fn engine_built_in_place_works_and_drops() {
         map: MapConfig {
             geometry: Geometry::tiny(2, 64, 2),
         },
+        page_size: 64,
         ..EngineConfig::default()
     };
     let mut place =

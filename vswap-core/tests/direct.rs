@@ -153,6 +153,7 @@ fn swapoff_of_the_virtual_layer_to_direct_slots_and_to_memory() {
             },
             placement: Placement::Deferred,
             charge: ChargePolicy::None,
+            page_size: 64,
         };
         let e = Engine::new(cfg, &p, Host::default()).unwrap();
         let dev = DeviceConfig {

@@ -25,6 +25,8 @@ struct TestHost {
     zswap: Mutex<HashMap<u64, Vec<u8>>>,
     next: Mutex<u64>,
     released: Mutex<Vec<u64>>,
+    /// `released_phys` calls per device slot.
+    phys: Mutex<HashMap<(u8, u64), u32>>,
     charges: Mutex<HashMap<u16, i64>>,
     limit: Mutex<Option<i64>>,
 }
@@ -63,6 +65,21 @@ impl EngineHost for TestHost {
     fn uncharge(&self, id: u16, pages: u32) {
         *self.charges.lock().unwrap().entry(id).or_default() -= i64::from(pages);
     }
+    fn released_phys(&self, dev: u8, off: u64, len: u64) {
+        let mut m = self.phys.lock().unwrap();
+        for o in off..off + len {
+            *m.entry((dev, o)).or_default() += 1;
+        }
+    }
+}
+
+impl TestHost {
+    /// The `released_phys` calls so far, per device slot; cleared.
+    fn take_phys(&self) -> Vec<((u8, u64), u32)> {
+        let mut v: Vec<_> = self.phys.lock().unwrap().drain().collect();
+        v.sort();
+        v
+    }
 }
 
 fn engine(p: &StdProvider, cfg: EngineConfig) -> Engine<&StdProvider, TestHost> {
@@ -76,6 +93,7 @@ fn cfg(placement: Placement, charge: ChargePolicy) -> EngineConfig {
         },
         placement,
         charge,
+        page_size: PAGE as u32,
     }
 }
 
@@ -142,7 +160,7 @@ fn writeout_picks_the_cheapest_backend() {
         Err(Error::WrongState),
         "only from none or a device slot"
     );
-    assert_eq!(e.writeout(s, &[0; 5], 0), Err(Error::BadConfig));
+    assert_eq!(e.writeout(s, &[0; 5], 0), Err(Error::BadLength));
     // The last reference frees the device slot through the reverse map.
     assert_eq!(e.put(s, 1).unwrap(), Put::Freed);
     assert_eq!(e.device(dev).unwrap().owner(off).unwrap(), None);
@@ -445,7 +463,11 @@ fn evacuation_beside_a_reservation_and_a_locked_slot_returns() {
         moves += 1;
         Ok(0)
     });
-    assert_eq!(r, Err(Error::Busy));
+    assert_eq!(
+        r.map_err(|s| (s.error, s.done.moved)),
+        Err((Error::Busy, 1)),
+        "Busy, with the one move that committed"
+    );
     assert_eq!(moves, 1, "only the unlocked page moved");
     assert!(matches!(
         e.map().lookup(movable).unwrap().backend,
@@ -460,4 +482,317 @@ fn evacuation_beside_a_reservation_and_a_locked_slot_returns() {
     let r = e.evacuate(0, Some(1), 0, |_| Ok(0)).unwrap();
     assert_eq!(r.moved, 2);
     assert_eq!(e.device(0).unwrap().stats().used, 0);
+}
+
+/// Issue 12, item 4: `store` (and `commit_unlock`, `relocate`,
+/// `writeback`) took any physical location: a device never added, a free
+/// device slot, another live slot's device slot. Dropping the alias then
+/// freed a device slot the first slot still used, and `released_phys`
+/// fired twice for it. Now each is refused with its own error and nothing
+/// changes; a reservation made for the slot (`alloc_phys`) is accepted.
+#[test]
+fn store_refuses_a_location_the_slot_does_not_own() {
+    let p = StdProvider::new();
+    let e = engine(&p, cfg(Placement::Deferred, ChargePolicy::None));
+    e.add_device(0, 1, device(&p, 64)).unwrap();
+    let (a, b) = swap_out(&e, &page(|i| i as u8 | 1), None);
+    let Backend::Phys { dev, off } = b else {
+        panic!("{b:?}")
+    };
+    let n = e.alloc(0, 0, None, S).unwrap();
+    e.map().dup(n, 1, S).unwrap();
+    let snap = |s: u32| e.map().lookup(s).unwrap();
+    let (sa, sn) = (snap(a), snap(n));
+    let free_off = (1..64)
+        .find(|o| e.device(0).unwrap().owner(*o) == Ok(None))
+        .unwrap();
+    let cases = [
+        (
+            Backend::Phys { dev: 5, off: 1 },
+            Error::NoDevice,
+            "never added",
+        ),
+        (
+            Backend::Phys { dev: 0, off: 64 },
+            Error::OutOfRange,
+            "beyond the device",
+        ),
+        (
+            Backend::Phys {
+                dev: 0,
+                off: free_off,
+            },
+            Error::NotAllocated,
+            "a free device slot",
+        ),
+        (
+            Backend::Phys { dev, off },
+            Error::WrongState,
+            "another live slot's",
+        ),
+    ];
+    for (loc, err, what) in cases {
+        assert_eq!(
+            e.map().store(n, Backend::None, loc),
+            Err(err),
+            "store: {what}"
+        );
+        e.map().lock(n).unwrap();
+        assert_eq!(
+            e.map().commit_unlock(n, Backend::None, loc),
+            Err(err),
+            "commit_unlock: {what}"
+        );
+        e.map().unlock(n).unwrap();
+        assert_eq!((snap(a), snap(n)), (sa, sn), "{what}: nothing changed");
+        assert_eq!(e.device(0).unwrap().owner(off), Ok(Some(a)));
+    }
+    // A move onto another slot's device slot is refused the same way.
+    e.map().lock(a).unwrap();
+    let other = e.alloc_phys(0, 0, n, S).unwrap();
+    assert_eq!(
+        e.map().relocate(a, (dev, off), other),
+        Err(Error::WrongState),
+        "relocate onto a slot reserved for someone else"
+    );
+    e.map().unlock(a).unwrap();
+    assert_eq!(snap(a), sa);
+    // The reservation made for `n` is its to store.
+    e.map()
+        .store(
+            n,
+            Backend::None,
+            Backend::Phys {
+                dev: other.0,
+                off: other.1,
+            },
+        )
+        .unwrap();
+    assert_eq!(e.host().take_phys(), [], "nothing released so far");
+    // Each slot's death releases its own device slot, once.
+    assert_eq!(e.cache_clear(n, 0, S).unwrap(), Put::Live);
+    assert_eq!(e.put(n, 1).unwrap(), Put::Freed);
+    assert_eq!(e.put(a, 1).unwrap(), Put::Freed);
+    assert_eq!(e.host().take_phys(), [((dev, off), 1), (other, 1)]);
+    assert_eq!(e.device(0).unwrap().stats().used, 0);
+}
+
+/// Issue 12, item 5: the router freed released device slots with no owner
+/// check, so one host mistake freed another slot's device slot. Now a
+/// release frees a device slot only while the releasing slot owns it, and a
+/// release that names no owner frees nothing (the `DevicePin` no longer
+/// hands out the device's `free` / `set_owner` either: see the
+/// `compile_fail` example on `DevicePin`).
+#[test]
+fn a_release_frees_only_the_releasing_slots_device_slot() {
+    use vswap_core::Host;
+    let p = StdProvider::new();
+    let e = engine(&p, cfg(Placement::Deferred, ChargePolicy::None));
+    e.add_device(0, 1, device(&p, 64)).unwrap();
+    let (a, b) = swap_out(&e, &page(|i| i as u8 | 1), None);
+    let Backend::Phys { dev, off } = b else {
+        panic!("{b:?}")
+    };
+    let sa = e.map().lookup(a).unwrap();
+    // A release of `a`'s device slot in the name of another slot, or of
+    // nobody, leaves it alone and reports nothing.
+    e.map().host().release_phys(dev, off, 1);
+    e.map().host().release_phys_owned(a + 1, dev, off, 1);
+    assert_eq!(e.device(0).unwrap().owner(off), Ok(Some(a)), "still a's");
+    assert_eq!(e.map().lookup(a).unwrap(), sa);
+    assert_eq!(e.host().take_phys(), []);
+    // A run whose owners are not the releaser's is refused slot by slot.
+    let (a2, b2) = swap_out(&e, &page(|i| i as u8 | 3), None);
+    let Backend::Phys { off: off2, .. } = b2 else {
+        panic!("{b2:?}")
+    };
+    e.map().host().release_phys_owned(a2, dev, off2, 2);
+    assert_eq!(e.host().take_phys(), [((dev, off2), 1)], "only a2's own");
+    assert_eq!(e.device(0).unwrap().owner(off2), Ok(None));
+    assert_eq!(e.device(0).unwrap().owner(off), Ok(Some(a)));
+    // (a2 now points at a freed device slot: that was the host's doing.)
+    let _ = a2;
+    // `a` itself still releases its device slot once.
+    assert_eq!(e.put(a, 1).unwrap(), Put::Freed);
+    assert_eq!(e.host().take_phys(), [((dev, off), 1)]);
+}
+
+/// Issue 12, item 10: `released_phys` was not called for the device slots
+/// freed by `writeback_abort`, by `writeback_commit` returning `Gone`, and
+/// by freeing a reservation. Every release is now reported exactly once.
+#[test]
+fn every_device_slot_release_is_reported_once() {
+    let p = StdProvider::new();
+    let e = engine(&p, cfg(Placement::Deferred, ChargePolicy::None));
+    e.add_device(0, 1, device(&p, 64)).unwrap();
+    let zpage = page(|i| if i == 0 { b'z' } else { i as u8 });
+    // writeback_abort.
+    let (s, _) = swap_out(&e, &zpage, None);
+    let w = e.writeback_begin(s, 0).unwrap();
+    assert_eq!(e.writeback_abort(w), Ok(Put::Live));
+    assert_eq!(e.host().take_phys(), [((w.dev, w.off), 1)], "abort");
+    assert_eq!(e.device(0).unwrap().owner(w.off), Ok(None));
+    // writeback_commit losing to a free (Gone).
+    let w = e.writeback_begin(s, 0).unwrap();
+    assert_eq!(e.put(s, 1).unwrap(), Put::Live, "a zombie under the lock");
+    assert_eq!(e.writeback_commit(w), Err(Error::Gone));
+    assert_eq!(e.host().take_phys(), [((w.dev, w.off), 1)], "Gone");
+    // A reservation nobody stored, freed by its owner's host.
+    let n = e.alloc(0, 0, None, S).unwrap();
+    let (d, o) = e.alloc_phys(1, 0, n, S).unwrap();
+    assert_eq!(e.free_reserved(d, o, 2, n + 1), Err(Error::WrongState));
+    assert_eq!(e.free_reserved(d, o, 2, 0), Err(Error::OutOfRange));
+    assert_eq!(e.host().take_phys(), [], "refused frees report nothing");
+    e.free_reserved(d, o, 2, n).unwrap();
+    assert_eq!(e.host().take_phys(), [((d, o), 1), ((d, o + 1), 1)]);
+    assert_eq!(e.free_reserved(d, o, 1, n), Err(Error::NotAllocated));
+    // A reservation that became the slot's backend is not the host's to free.
+    let (d, o) = e.alloc_phys(0, 0, n, S).unwrap();
+    e.map()
+        .store(n, Backend::None, Backend::Phys { dev: d, off: o })
+        .unwrap();
+    assert_eq!(e.free_reserved(d, o, 1, n), Err(Error::WrongState));
+    assert_eq!(e.cache_clear(n, 0, S).unwrap(), Put::Freed);
+    assert_eq!(e.host().take_phys(), [((d, o), 1)], "freed with its slot");
+    // An evacuation whose copy fails gives back the destination it took.
+    e.add_device(1, 0, device(&p, 64)).unwrap();
+    let (m, _) = swap_out(&e, &page(|i| i as u8 | 1), None);
+    let r = e.evacuate(0, Some(1), 0, |_| Err(Error::Again));
+    assert_eq!(r.map_err(|s| s.error), Err(Error::Again));
+    let got = e.host().take_phys();
+    assert_eq!(got.len(), 1, "the destination, once: {got:?}");
+    assert_eq!(got[0].0.0, 1);
+    assert_eq!(e.put(m, 1).unwrap(), Put::Freed);
+    assert_eq!(e.device(0).unwrap().stats().used, 0);
+    assert_eq!(e.device(1).unwrap().stats().used, 0);
+}
+
+/// Issue 12, item 11: an evacuation or a swapoff of the virtual layer that
+/// failed part-way (3 of 4 slots moved, then an I/O error) returned only
+/// the error. Now the error carries what was done.
+#[test]
+fn a_failed_move_reports_its_partial_progress() {
+    let p = StdProvider::new();
+    let e = engine(&p, cfg(Placement::Deferred, ChargePolicy::None));
+    e.add_device(0, 1, device(&p, 64)).unwrap();
+    e.add_device(1, 0, device(&p, 64)).unwrap();
+    let slots: Vec<u32> = (0..4)
+        .map(|k| swap_out(&e, &page(|i| (i + k) as u8 | 1), None).0)
+        .collect();
+    let mut n = 0;
+    let r = e.evacuate(0, Some(1), 0, |_| {
+        n += 1;
+        if n == 4 { Err(Error::Again) } else { Ok(0) }
+    });
+    let stop = r.unwrap_err();
+    assert_eq!(stop.error, Error::Again);
+    assert_eq!(
+        (stop.done.moved, stop.done.lost_to_free, stop.done.passes),
+        (3, 0, 1)
+    );
+    let on1 = slots
+        .iter()
+        .filter(|s| {
+            matches!(
+                e.map().lookup(**s).unwrap().backend,
+                Backend::Phys { dev: 1, .. }
+            )
+        })
+        .count();
+    assert_eq!(on1, 3, "the three moves counted committed");
+    // Argument errors: nothing done.
+    let r = e.evacuate(0, Some(0), 0, |_| Ok(0)).unwrap_err();
+    assert_eq!((r.error, r.done), (Error::BadConfig, Default::default()));
+    // The virtual layer to memory: the third slot's move fails.
+    let mut n = 0;
+    let r = e.swapoff_virtual(None, 0, |_| {
+        n += 1;
+        if n == 3 { Err(Error::Again) } else { Ok(()) }
+    });
+    let stop = r.unwrap_err();
+    assert_eq!((stop.error, stop.done), (Error::Again, 2));
+    let live = slots.iter().filter(|s| e.map().lookup(**s).is_ok()).count();
+    assert_eq!(live, 2, "the two moved slots were freed");
+    let r = e.swapoff_virtual(None, 0, |_| Ok(())).unwrap();
+    assert_eq!(r, 2);
+}
+
+/// Issue 12, item 14: `writeout` checked its CPU against the device's
+/// CPUs, not the engine's (engine cpus 4: cpu 10 accepted when the device
+/// had more; device cpus 2: cpu 3 refused after `alloc` accepted it), and
+/// `evacuate` to memory ignored it. One contract now: every call checks
+/// the engine's CPUs (`BadCpu`), and a device with fewer maps the number.
+#[test]
+fn one_cpu_contract_for_the_whole_engine() {
+    let p = StdProvider::new();
+    let mut c = cfg(Placement::Deferred, ChargePolicy::None);
+    c.map.geometry = Geometry::tiny(4, 4096, 4);
+    let e = engine(&p, c);
+    // Device 0 has 2 CPU numbers (the engine 4), device 1 has 64.
+    e.add_device(0, 1, device(&p, 64)).unwrap();
+    let d64 = PhysDevice::new(DeviceConfig::new(64, 64), &[], &p).unwrap();
+    e.add_device(1, 0, d64).unwrap();
+    let s = e.alloc(0, 3, None, S).unwrap();
+    e.map().dup(s, 1, S).unwrap();
+    let data = page(|i| i as u8 | 1);
+    assert_eq!(e.writeout(s, &data, 10), Err(Error::BadCpu), "cpu 10 of 4");
+    assert_eq!(e.map().lookup(s).unwrap().backend, Backend::None);
+    let b = e.writeout(s, &data, 3).unwrap();
+    assert!(
+        matches!(b, Backend::Phys { dev: 0, .. }),
+        "{b:?}: cpu 3 maps onto 2 CPUs"
+    );
+    // Also when no device slot is needed.
+    let z = e.alloc(0, 0, None, S).unwrap();
+    assert_eq!(e.writeout(z, &page(|_| 0), 4), Err(Error::BadCpu));
+    assert_eq!(e.alloc(0, 4, None, S), Err(Error::BadCpu));
+    assert_eq!(e.alloc_phys(0, 4, z, S), Err(Error::BadCpu));
+    let (zs, _) = swap_out(&e, &page(|i| if i == 0 { b'z' } else { i as u8 }), None);
+    assert_eq!(e.writeback_begin(zs, 4).err(), Some(Error::BadCpu));
+    assert!(!e.map().lookup(zs).unwrap().locked);
+    let w = e.writeback_begin(zs, 3).unwrap();
+    e.writeback_commit(w).unwrap();
+    let r = e
+        .evacuate(0, None, 4, |_| panic!("nothing moves"))
+        .unwrap_err();
+    assert_eq!((r.error, r.done.moved), (Error::BadCpu, 0), "to memory too");
+    let r = e
+        .swapoff_virtual(None, 4, |_| panic!("nothing moves"))
+        .unwrap_err();
+    assert_eq!((r.error, r.done), (Error::BadCpu, 0));
+    // Evacuating device 1 onto device 0 on cpu 3 works.
+    e.evacuate(1, Some(0), 3, |_| Ok(0)).unwrap();
+}
+
+/// Issue 12, item 15: `writeout` took any multiple of 8 bytes as a page
+/// (a 12 KiB page got one device slot) and refused 4097 bytes with
+/// `BadConfig`. The page size is configuration; any other length is
+/// `BadLength` and changes nothing.
+#[test]
+fn writeout_takes_exactly_one_configured_page() {
+    let p = StdProvider::new();
+    let mut c = cfg(Placement::Deferred, ChargePolicy::None);
+    c.page_size = vswap_core::PAGE_SIZE;
+    let e = engine(&p, c);
+    e.add_device(0, 1, device(&p, 64)).unwrap();
+    let s = e.alloc(0, 0, None, S).unwrap();
+    for len in [0, 8, 4088, 4095, 4097, 4104, 8192, 12288] {
+        let buf: Vec<u8> = (0..len).map(|i| i as u8 | 1).collect();
+        assert_eq!(e.writeout(s, &buf, 0), Err(Error::BadLength), "{len} bytes");
+        assert_eq!(e.map().lookup(s).unwrap().backend, Backend::None);
+    }
+    assert_eq!(e.device(0).unwrap().stats().used, 0);
+    let buf: Vec<u8> = (0..4096).map(|i| i as u8 | 1).collect();
+    assert!(matches!(e.writeout(s, &buf, 0), Ok(Backend::Phys { .. })));
+    for bad in [0, 4, 12, 48, 4097, 2 << 20] {
+        let mut c = cfg(Placement::Deferred, ChargePolicy::None);
+        c.page_size = bad;
+        assert!(
+            matches!(
+                Engine::new(c, &p, TestHost::default()),
+                Err(Error::BadConfig)
+            ),
+            "page size {bad}"
+        );
+    }
 }

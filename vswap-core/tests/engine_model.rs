@@ -29,7 +29,7 @@ use vswap_core::word::fits_payload;
 use vswap_core::{
     Backend, CacheState, ChargePolicy, Ctx, DeviceConfig, Engine, EngineConfig, EngineHost, Entry,
     Error, Evacuated, Geometry, MapConfig, Move, NoHost, PhysDevice, Placement, Put, StdProvider,
-    SwapOps, SwapinRange, VirtMove, VswapMap, Writeback,
+    Stopped, SwapOps, SwapinRange, VirtMove, VswapMap, Writeback,
 };
 
 /// Bytes per page (four 64-bit words).
@@ -72,9 +72,17 @@ struct TestHost {
     zswap: Mutex<BTreeMap<u64, Vec<u8>>>,
     next: Mutex<u64>,
     charges: Mutex<BTreeMap<u16, i64>>,
+    /// `released_phys` calls per device slot, ever.
+    phys: Mutex<BTreeMap<(u8, u64), u64>>,
 }
 
 impl EngineHost for TestHost {
+    fn released_phys(&self, dev: u8, off: u64, len: u64) {
+        let mut m = self.phys.lock().unwrap();
+        for o in off..off + len {
+            *m.entry((dev, o)).or_default() += 1;
+        }
+    }
     fn release_zswap(&self, h: u64) {
         assert!(
             self.zswap.lock().unwrap().remove(&h).is_some(),
@@ -117,7 +125,8 @@ type Dev<'a> = PhysDevice<&'a StdProvider>;
 /// A page of kind `k`: 0 zero, 1 all 0xff, 2 a small repeated word, 3 a
 /// repeated word too wide for the payload, 4 compressible ('z', zswap takes
 /// it), 5 'Z' (zswap takes it with a handle too wide: released at once), 6
-/// random; 7 an invalid length.
+/// random; 7 an invalid length (short, empty, or two pages' worth of one
+/// repeated word, which once passed as a same-filled page).
 fn make_page(k: u8, seed: u32) -> Vec<u8> {
     let words = |w: u64| w.to_ne_bytes().repeat(PAGE / 8);
     let noise = |first: u8| {
@@ -142,7 +151,7 @@ fn make_page(k: u8, seed: u32) -> Vec<u8> {
         4 => noise(b'z'),
         5 => noise(b'Z'),
         6 => noise(1),
-        _ => vec![7; if seed % 2 == 0 { 12 } else { 0 }],
+        _ => vec![7; [12, 0, 2 * PAGE, PAGE + 1][seed as usize % 4]],
     }
 }
 
@@ -220,10 +229,16 @@ impl MDev {
 
 type R<T> = Result<T, Error>;
 
+/// A count per device slot.
+type PerDevSlot = BTreeMap<(u8, u64), u64>;
+
 struct Model {
     s: BTreeMap<u32, MSlot>,
     freed: BTreeSet<u32>,
     devs: BTreeMap<u8, MDev>,
+    /// Device slots freed, per device slot, ever: each must have been
+    /// reported to the host's `released_phys` exactly as often.
+    phys_freed: BTreeMap<(u8, u64), u64>,
     vslots: u64,
     shift: u32,
     placement: Placement,
@@ -282,11 +297,9 @@ impl Model {
 
     /// Why an order-0 device allocation must fail (`alloc_phys`), if it must.
     fn phys_err(&self, cpu: u32) -> Option<Error> {
-        if self.devs.is_empty() {
-            Some(Error::NoSpace)
-        } else if cpu >= CPUS {
+        if cpu >= CPUS {
             Some(Error::BadCpu)
-        } else if !self.devs.values().any(MDev::room) {
+        } else if self.devs.is_empty() || !self.devs.values().any(MDev::room) {
             Some(Error::NoSpace)
         } else {
             None
@@ -324,7 +337,14 @@ impl Model {
         assert!((d.owners.len() as u64) <= d.usable);
     }
 
+    /// The device slot is freed (and reported to the host).
     fn disown(&mut self, dev: u8, off: u64, slot: u32) {
+        self.unown(dev, off, slot);
+        *self.phys_freed.entry((dev, off)).or_default() += 1;
+    }
+
+    /// The model forgets the owner without a free (it is owned again next).
+    fn unown(&mut self, dev: u8, off: u64, slot: u32) {
         let d = self.devs.get_mut(&dev).unwrap();
         assert_eq!(d.owners.remove(&off), Some(slot), "({dev}, {off})");
     }
@@ -793,6 +813,9 @@ struct Run<'a> {
     last_alloc: Option<u32>,
     cookie: u64,
     step: usize,
+    /// `released_phys` per device slot and the model's frees, at the last
+    /// check (see `check_released`).
+    released_seen: std::cell::RefCell<(PerDevSlot, PerDevSlot)>,
 }
 
 fn new_device<'a>(p: &'a StdProvider, s: &DevSpec) -> Dev<'a> {
@@ -836,6 +859,7 @@ impl<'a> Run<'a> {
             },
             placement: case.placement,
             charge: case.charge,
+            page_size: PAGE as u32,
         };
         let e = Engine::new(cfg, p, TestHost::default()).unwrap();
         let vslots = e.map().geometry().slots();
@@ -846,6 +870,7 @@ impl<'a> Run<'a> {
                 s: BTreeMap::new(),
                 freed: BTreeSet::new(),
                 devs: BTreeMap::new(),
+                phys_freed: BTreeMap::new(),
                 vslots,
                 shift: case.map_shift,
                 placement: case.placement,
@@ -857,6 +882,7 @@ impl<'a> Run<'a> {
             pending: Vec::new(),
             finished: Vec::new(),
             removed: BTreeMap::new(),
+            released_seen: Default::default(),
             last_alloc: None,
             cookie: 0x10_0000,
             step: 0,
@@ -1281,12 +1307,16 @@ impl<'a> Run<'a> {
 
     fn writeout(&mut self, slot: u32, page: Vec<u8>, cpu: u32, r: R<Backend>, what: &str) {
         let exp: R<()> = (|| {
+            // Exactly one page, then the engine's CPU, before anything else.
+            if page.len() != PAGE {
+                return Err(Error::BadLength);
+            }
+            if cpu >= CPUS {
+                return Err(Error::BadCpu);
+            }
             let cur = self.m.lookup(slot)?.backend;
             if !matches!(cur, Backend::None | Backend::Phys { .. }) {
                 return Err(Error::WrongState);
-            }
-            if page.is_empty() || page.len() % 8 != 0 {
-                return Err(Error::BadConfig);
             }
             let e = &self.m.s[&slot];
             let class = classify(&page);
@@ -1349,6 +1379,10 @@ impl<'a> Run<'a> {
 
     fn wb_begin(&mut self, slot: u32, cpu: u32, r: R<Writeback>, what: &str) {
         let exp: R<u64> = (|| {
+            // The engine's CPU, before the slot is looked at.
+            if cpu >= CPUS {
+                return Err(Error::BadCpu);
+            }
             let e = self.m.live(slot)?;
             if e.locked {
                 return Err(Error::Busy);
@@ -1388,11 +1422,16 @@ impl<'a> Run<'a> {
         let r = self.e.writeback_commit(w);
         note_r("writeback commit", &r);
         self.finished.push(w);
-        self.m.disown(w.dev, w.off, w.slot);
+        self.m.unown(w.dev, w.off, w.slot);
         let e = self.m.s.get_mut(&w.slot).unwrap();
         assert_eq!((e.locked, e.wb), (true, Some((w.dev, w.off))));
         e.wb = None;
         e.locked = false;
+        if !e.live() {
+            // Lost to a free: the reserved device slot goes back.
+            *self.m.phys_freed.entry((w.dev, w.off)).or_default() += 1;
+        }
+        let e = self.m.s.get_mut(&w.slot).unwrap();
         if e.live() {
             assert_eq!(r, Ok(()), "{what}: commit");
             e.backend = Backend::Phys {
@@ -1466,14 +1505,20 @@ impl<'a> Run<'a> {
         // The model's evacuation, pass by pass, in device order.
         let m = &mut self.m;
         let mut moves = moves.into_iter();
-        let exp: R<Evacuated> = (|| {
+        // What it did, also when it stops with an error (`Stopped::done`).
+        let mut done_m = Evacuated::default();
+        let exp: R<()> = (|| {
+            let done = &mut done_m;
             if to == Some(dev) {
                 return Err(Error::BadConfig);
+            }
+            // The engine's CPU contract: checked first, also to memory.
+            if cpu >= CPUS {
+                return Err(Error::BadCpu);
             }
             if !m.devs.contains_key(&dev) {
                 return Err(Error::NoDevice);
             }
-            let mut done = Evacuated::default();
             let mut io = 0usize;
             loop {
                 done.passes += 1;
@@ -1498,9 +1543,6 @@ impl<'a> Run<'a> {
                             let Some(td) = m.devs.get(&t) else {
                                 return Err(Error::NoDevice);
                             };
-                            if cpu >= CPUS {
-                                return Err(Error::BadCpu);
-                            }
                             if !td.room() {
                                 return Err(Error::NoSpace);
                             }
@@ -1570,13 +1612,17 @@ impl<'a> Run<'a> {
                     progress = true;
                 }
                 if left == 0 {
-                    return Ok(done);
+                    return Ok(());
                 }
                 if !progress {
                     return Err(Error::Busy);
                 }
             }
         })();
+        let exp = exp.map(|()| done_m).map_err(|error| Stopped {
+            error,
+            done: done_m,
+        });
         assert_eq!(r, exp, "{what}: evacuate({dev}, {to:?})");
         let dest = if to.is_some() {
             "to device"
@@ -1586,7 +1632,7 @@ impl<'a> Run<'a> {
         note(match r {
             Ok(ev) if ev.moved > 0 => format!("evacuate {dest} moved"),
             Ok(_) => "evacuate Ok".into(),
-            Err(e) => format!("evacuate {e:?}"),
+            Err(e) => format!("evacuate {:?}", e.error),
         });
         assert!(
             moves.next().is_none(),
@@ -1653,6 +1699,12 @@ impl<'a> Run<'a> {
                         Ok(())
                     })
             };
+            // Every slot the host saw moved (io never fails here), also when
+            // the swapoff stops with an error.
+            if let Err(stop) = &r {
+                assert_eq!(stop.done, seen.len() as u64, "swapoff's partial count");
+            }
+            let r = r.map_err(|stop| stop.error);
             let movable: BTreeSet<u32> = self
                 .m
                 .s
@@ -1738,10 +1790,44 @@ impl<'a> Run<'a> {
     }
 
     /// Every invariant the model can see.
+    /// Every device slot freed is reported to `released_phys` exactly once,
+    /// whatever the path: since the last check, each device slot was
+    /// reported as often as the model freed it. The one exception is a
+    /// device slot the engine took and gave back within the step (a
+    /// writeout, writeback or move that failed after its allocation, which
+    /// the model does not see): reported once, not freed in the model, and
+    /// free now.
+    fn check_released(&self) {
+        let st = self.step;
+        let host = self.e.host().phys.lock().unwrap().clone();
+        let model = self.m.phys_freed.clone();
+        let mut seen = self.released_seen.borrow_mut();
+        let (h0, m0) = &*seen;
+        let keys: BTreeSet<(u8, u64)> = host.keys().chain(model.keys()).copied().collect();
+        for k in keys {
+            let get = |m: &BTreeMap<(u8, u64), u64>| m.get(&k).copied().unwrap_or(0);
+            let (dh, dm) = (get(&host) - get(h0), get(&model) - get(m0));
+            if dh == dm {
+                continue;
+            }
+            let free_now = self
+                .m
+                .devs
+                .get(&k.0)
+                .is_none_or(|d| !d.owners.contains_key(&k.1));
+            assert!(
+                dm == 0 && dh == 1 && free_now,
+                "step {st}: device slot {k:?} freed {dm} times, reported {dh} times"
+            );
+        }
+        *seen = (host, model);
+    }
+
     fn check(&self) {
         let st = self.step;
         let m = &self.m;
         let map = self.e.map();
+        self.check_released();
         for (&slot, e) in &m.s {
             assert_eq!(map.lookup(slot), Ok(e.entry()), "step {st}: lookup({slot})");
             assert_eq!(
@@ -1897,7 +1983,7 @@ const MUST_SEE: &[&str] = &[
     "writeout Phys",
     "writeout in place",
     "writeout WrongState",
-    "writeout BadConfig",
+    "writeout BadLength",
     "writeout NoSpace",
     "writeout BadCpu",
     "writeout Busy",
@@ -1987,6 +2073,7 @@ fn moves_do_not_spin_on_a_slot_that_died_locked() {
         },
         placement: Placement::Deferred,
         charge: ChargePolicy::None,
+        page_size: PAGE as u32,
     };
     let e: Eng<'_> = Engine::new(cfg, &p, TestHost::default()).unwrap();
     let spec = DevSpec {
@@ -2011,16 +2098,19 @@ fn moves_do_not_spin_on_a_slot_that_died_locked() {
     // The first slot dies under the writeback's lock.
     assert_eq!(e.put(w[0].slot, 1), Ok(Put::Live));
     assert_eq!(
-        e.evacuate(0, None, 0, |_| panic!("nothing is movable")),
+        e.evacuate(0, None, 0, |_| panic!("nothing is movable"))
+            .map_err(|s| s.error),
         Err(Error::Busy)
     );
     // Onto itself: every pass would move every other slot again.
     assert_eq!(
-        e.evacuate(0, Some(0), 0, |_| panic!("no move")),
+        e.evacuate(0, Some(0), 0, |_| panic!("no move"))
+            .map_err(|s| s.error),
         Err(Error::BadConfig)
     );
     assert_eq!(
-        e.swapoff_virtual(None, 0, |_| panic!("nothing is movable")),
+        e.swapoff_virtual(None, 0, |_| panic!("nothing is movable"))
+            .map_err(|s| s.error),
         Err(Error::Busy)
     );
     assert_eq!(e.writeback_commit(w[0]), Err(Error::Gone));
@@ -2045,6 +2135,7 @@ fn a_writeback_that_ended_changes_nothing() {
         },
         placement: Placement::Deferred,
         charge: ChargePolicy::PhysicalOnly,
+        page_size: PAGE as u32,
     };
     let e: Eng<'_> = Engine::new(cfg, &p, TestHost::default()).unwrap();
     let spec = DevSpec {

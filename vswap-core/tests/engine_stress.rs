@@ -408,7 +408,7 @@ impl Worker<'_, '_> {
                 Ok(0)
             }
         });
-        match r {
+        match r.map_err(|s| s.error) {
             Ok(_) | Err(Error::NoSpace | Error::Busy | Error::DiscardPending) => {}
             Err(err) => panic!("evacuate: {err:?}"),
         }
@@ -460,6 +460,7 @@ fn run(placement: Placement) {
         },
         placement,
         charge: ChargePolicy::PhysicalOnly,
+        page_size: PAGE as u32,
     };
     let e = Engine::new(cfg, &p, Host::new()).unwrap();
     e.add_device(0, 2, device(&p)).unwrap();

@@ -237,6 +237,7 @@ fn engine(p: &StdProvider, policy: GcPolicy) -> Sim<'_> {
             geometry: Geometry::tiny(4, 1024, 2),
         },
         charge: ChargePolicy::PhysicalOnly,
+        page_size: PAGE as u32,
         ..Default::default()
     };
     let e = Engine::with_log(cfg, p, Host::default(), LOG, log).unwrap();

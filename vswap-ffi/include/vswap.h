@@ -144,7 +144,11 @@
 #define VSWAP_BACKEND_ZSWAP 3
 
 /**
- * Backend: device slot `value` (below 2^44) on device `dev` (0..=63).
+ * Backend: device slot `value` (below 2^44) on device `dev`. An engine's
+ * devices are `0..VSWAP_MAX_DEVICES` (a store names a device slot of a
+ * device the engine holds, reserved for that slot); a standalone map's
+ * host owns its locations and may use any `dev` in 0..=63 (the width of
+ * the slot word's field; -E2BIG above).
  */
 #define VSWAP_BACKEND_PHYS 4
 
@@ -173,7 +177,20 @@
  */
 #define VSWAP_CHARGE_EVERY_SLOT 2
 
+/**
+ * Largest device number plus one (`dev` arguments are `0..VSWAP_MAX_DEVICES`).
+ */
+#define VSWAP_MAX_DEVICES 16
 
+/**
+ * The default page size in bytes (`vswap_engine_config.page_size`).
+ */
+#define VSWAP_PAGE_SIZE 4096
+
+/**
+ * The largest page size an engine takes (1 MiB).
+ */
+#define VSWAP_MAX_PAGE_SIZE (1 << 20)
 
 /**
  * `vswap_alloc`'s `memcg` argument and `vswap_memcg`'s answer: no memcg.
@@ -302,7 +319,13 @@ struct vswap_log_config {
 /**
  * Engine configuration. `vswap_engine_config_default` fills in the
  * defaults (2^32 virtual slots, deferred placement, no charging, no log
- * device).
+ * device, 4 KiB pages).
+ *
+ * CPU numbers: every engine call that takes a `cpu` accepts
+ * `0..geometry.cpus` and returns -EINVAL for any other, before it changes
+ * anything. A device (or direct map) with fewer CPUs than the engine is
+ * given the engine's CPU number modulo its own: CPUs that share a device
+ * CPU number share its per-CPU cluster, which only makes them contend.
  */
 struct vswap_engine_config {
     /**
@@ -326,6 +349,13 @@ struct vswap_engine_config {
      * The log device's number (`0..VSWAP_MAX_DEVICES`), if `log` is set.
      */
     uint32_t log_dev;
+    /**
+     * Bytes per page (default `VSWAP_PAGE_SIZE`): a power of two from 8 to
+     * `VSWAP_MAX_PAGE_SIZE` (-EINVAL at creation otherwise).
+     * `vswap_writeout` and `vswap_log_writeout` take pages of exactly this
+     * length.
+     */
+    uint32_t page_size;
 };
 
 /**
@@ -834,7 +864,7 @@ int32_t vswap_geometry_default(struct vswap_geometry *g);
 
 /**
  * Fill `cfg` with the default engine configuration: default geometry,
- * deferred placement, no charging, no log device.
+ * deferred placement, no charging, no log device, `VSWAP_PAGE_SIZE` pages.
  *
  * Returns 0, or -EINVAL if `cfg` is NULL.
  */
@@ -884,7 +914,8 @@ int32_t vswap_engine_get_stats(struct vswap_engine *e, struct vswap_map_stats *s
  *
  * Returns 0; -EINVAL for a NULL pointer, a priority above 255, a geometry
  * out of bounds or `bad_slots` NULL with `nr_bad` > 0; -ENODEV for a device
- * number of 16 or more or the log device's; -EEXIST if `dev` is taken;
+ * number of `VSWAP_MAX_DEVICES` or more or the log device's; -EEXIST if
+ * `dev` is taken;
  * -ENOMEM.
  */
 int32_t vswap_device_add(struct vswap_engine *e,
@@ -918,14 +949,18 @@ int32_t vswap_device_get_stats(struct vswap_engine *e, uint32_t dev, struct vswa
 int32_t vswap_device_owner(struct vswap_engine *e, uint32_t dev, uint64_t off, uint32_t *owner);
 
 /**
- * Allocate a run of `2^order` device slots for the virtual slots
- * `owner .. owner + 2^order`, by device priority (for relocation or a tier
- * move: the host copies data there, then calls `vswap_relocate`). Writes
- * the device and first offset.
+ * Allocate a run of `2^order` device slots reserved for the virtual slots
+ * `owner .. owner + 2^order` (device slot `off + i` is owned by `owner + i`
+ * in the reverse map), by device priority (for relocation or a tier move:
+ * the host copies data there, then calls `vswap_relocate`; or stores it
+ * with `vswap_store` / `vswap_commit_unlock`). Writes the device and first
+ * offset. A reservation that is not stored is freed with
+ * `vswap_device_free`.
  *
- * Returns 0; -EINVAL for a NULL pointer, bad order or CPU; -ERANGE for owner
- * 0; -ENOSPC when every device is full; -EAGAIN when only pending discards
- * stand in the way; -ENOMEM/-EAGAIN from the host's allocator.
+ * Returns 0; -EINVAL for a NULL pointer, a bad order or a CPU outside the
+ * engine's (see `vswap_engine_config`); -ERANGE for owner 0 or a run past
+ * 2^32 - 2; -ENOSPC when every device is full; -EAGAIN when only pending
+ * discards stand in the way; -ENOMEM/-EAGAIN from the host's allocator.
  */
 int32_t vswap_alloc_phys(struct vswap_engine *e,
                          uint32_t order,
@@ -936,13 +971,19 @@ int32_t vswap_alloc_phys(struct vswap_engine *e,
                          uint64_t *off);
 
 /**
- * Free `len` device slots from `off` on `dev` that are not referenced by
- * any virtual slot any more (a relocation that was not committed). If
- * `owner` is not 0, slot `off + i` must belong to virtual slot `owner + i`.
- * All or nothing.
+ * Free `len` device slots from `off` on `dev` reserved for the virtual
+ * slots `owner .. owner + len` (by `vswap_alloc_phys`) that no virtual slot
+ * refers to: a relocation that was not committed. Owner-checked and all or
+ * nothing: slot `off + i` must belong to virtual slot `owner + i`, and that
+ * virtual slot must not have it as its backend (it goes back when the slot
+ * dies or moves). The freed slots are reported to `ops->released_phys`
+ * like every other release.
  *
- * Returns 0; -EINVAL for a NULL engine; -ENODEV; -ERANGE for offsets
- * outside the device; -ENOENT if a slot is free; -EEXIST for another owner.
+ * Returns 0; -EINVAL for a NULL engine; -ENODEV; -ERANGE for owner 0 or
+ * offsets outside the device; -ENOENT if a slot is free; -EEXIST for
+ * another owner, or a slot still referenced by its owner. (Contract
+ * change: owner 0 used to skip the owner check; every free is now
+ * owner-checked.)
  */
 int32_t vswap_device_free(struct vswap_engine *e,
                           uint32_t dev,
@@ -967,7 +1008,8 @@ int32_t vswap_device_discard(struct vswap_engine *e, uint32_t dev);
  * and device slots under eager placement. Writes the first slot.
  *
  * Returns 0; -EINVAL for a NULL pointer, an order above the cluster order, a
- * CPU out of range or a memcg id out of range; -ENOSPC when the space is
+ * CPU outside the engine's (see `vswap_engine_config`) or a memcg id out of
+ * range; -ENOSPC when the space is
  * full (or the memcg charge is refused); -ENOMEM (`may_sleep`) or -EAGAIN
  * (not `may_sleep`) when `alloc` returns NULL.
  */
@@ -1107,9 +1149,15 @@ int32_t vswap_unlock_range(struct vswap_engine *e, uint32_t start, uint32_t orde
  * `*expected` to `*new` (the old backend's resource, if any, is released).
  * Low level: `vswap_writeout` chooses and stores a backend itself.
  *
+ * A `VSWAP_BACKEND_PHYS` `*new` (other than `*expected`) must be a device
+ * slot reserved for this slot (`vswap_alloc_phys` with `owner` = `slot`):
+ * a device the engine does not hold is -ENODEV, an offset beyond it
+ * -ERANGE, a free device slot -ENOENT, another slot's -EEXIST; nothing
+ * changes.
+ *
  * Returns 0; -EINVAL for a NULL pointer or an unknown kind; -ERANGE;
  * -ENOENT; -EBUSY if locked; -EEXIST if the backend is not `*expected`;
- * -E2BIG if a payload does not fit.
+ * -E2BIG if a payload does not fit; the device-slot codes above.
  */
 int32_t vswap_store(struct vswap_engine *e,
                     uint32_t slot,
@@ -1120,10 +1168,13 @@ int32_t vswap_store(struct vswap_engine *e,
  * For the holder of the slot's lock: replace the backend `*expected` by
  * `*new` and unlock in one step, then release the old location.
  *
+ * A `VSWAP_BACKEND_PHYS` `*new` is checked as by `vswap_store` (the slot
+ * stays locked when it is refused).
+ *
  * Returns 0; -EINVAL; -ERANGE; -ENOENT; -EPERM if the lock is not held;
  * -EEXIST (still locked) if the backend is not `*expected`; -E2BIG; -ESTALE
  * if the slot died while locked (nothing committed, the slot is freed; the
- * caller releases `*new` itself).
+ * caller releases `*new` itself); the device-slot codes of `vswap_store`.
  */
 int32_t vswap_commit_unlock(struct vswap_engine *e,
                             uint32_t slot,
@@ -1165,10 +1216,12 @@ int32_t vswap_memcg(struct vswap_engine *e, uint32_t slot, uint32_t *memcg);
  * (`VSWAP_BACKEND_ZSWAP`), else it gets a device slot (`VSWAP_BACKEND_PHYS`:
  * the host writes the page there). Writes the chosen backend.
  *
- * Returns 0; -EINVAL for a NULL pointer or a page that is empty or not a
- * whole number of 64-bit words; -ERANGE; -ENOENT; -EEXIST for another
- * backend; -EBUSY if locked; -ENOSPC when every device is full (or the
- * charge is refused); -EAGAIN when only pending discards stand in the way.
+ * Returns 0; -EINVAL for a NULL pointer, a `len` other than the engine's
+ * `page_size` (`vswap_engine_config`), or a CPU outside the engine's
+ * (checked whether or not a device slot is needed); -ERANGE; -ENOENT;
+ * -EEXIST for another backend; -EBUSY if locked; -ENOSPC when every device
+ * is full (or the charge is refused); -EAGAIN when only pending discards
+ * stand in the way.
  */
 int32_t vswap_writeout(struct vswap_engine *e,
                        uint32_t slot,
@@ -1183,8 +1236,9 @@ int32_t vswap_writeout(struct vswap_engine *e,
  * page to `(wb->dev, wb->off)` and calls `vswap_writeback_commit` (or
  * `vswap_writeback_abort`).
  *
- * Returns 0; -EINVAL; -ERANGE; -ENOENT; -EBUSY if locked; -EEXIST if not in
- * zswap; -ENOSPC; -EAGAIN.
+ * Returns 0; -EINVAL for a NULL pointer or a CPU outside the engine's (see
+ * `vswap_engine_config`); -ERANGE; -ENOENT; -EBUSY if locked; -EEXIST if
+ * not in zswap; -ENOSPC; -EAGAIN.
  */
 int32_t vswap_writeback_begin(struct vswap_engine *e,
                               uint32_t slot,
@@ -1197,12 +1251,13 @@ int32_t vswap_writeback_begin(struct vswap_engine *e,
  *
  * Returns 0; -EINVAL for a NULL pointer; -ENODEV; -EEXIST if the backend
  * changed; -ESTALE if the slot died meanwhile (the device slot is given
- * back, the slot freed).
+ * back and reported to `ops->released_phys`, the slot freed).
  */
 int32_t vswap_writeback_commit(struct vswap_engine *e, const struct vswap_writeback *wb);
 
 /**
- * Give up a writeback: free the device slot, unlock.
+ * Give up a writeback: free the device slot (reported to
+ * `ops->released_phys`), unlock.
  *
  * Returns `VSWAP_LIVE` or `VSWAP_FREED` (the slot died while locked);
  * -EINVAL; -ENODEV; -EPERM if the slot is not locked.
@@ -1213,6 +1268,9 @@ int32_t vswap_writeback_abort(struct vswap_engine *e, const struct vswap_writeba
  * Relocation (GC, tier move), for the holder of the slot's lock: the data at
  * `(from_dev, from)` was copied to `(to_dev, to)` (from `vswap_alloc_phys`);
  * commit, unlock, release `from`.
+ *
+ * `to` must be reserved for `slot` (as `vswap_store` checks it: -ENODEV,
+ * -ERANGE, -ENOENT or -EEXIST otherwise, the slot still locked).
  *
  * Returns 0; -EINVAL; -ERANGE; -ENOENT; -EPERM if not locked; -EEXIST if
  * the slot is not at `from`; -E2BIG; -ESTALE if the slot died while locked
@@ -1228,9 +1286,12 @@ int32_t vswap_relocate(struct vswap_engine *e,
 /**
  * Move every slot off device `dev` (swapoff) through its reverse map: to
  * device `to`, or into memory when `to` is -1. `io(arg, ...)` carries out
- * each move. Writes what was done.
+ * each move. Writes what was done to `*done` on every return, errors
+ * included (the moves counted there committed; all zero when nothing was
+ * tried), except when `done` itself is NULL.
  *
- * Returns 0; -EINVAL for a NULL pointer or `io`; -ENODEV for an unknown
+ * Returns 0; -EINVAL for a NULL pointer or `io`, `to` equal to `dev`, or a
+ * CPU outside the engine's (also when moving to memory); -ENODEV for an unknown
  * source or target device; -ENOSPC if the target is full; -EBUSY if slots
  * stayed locked (or `io` kept returning -EBUSY) with no progress in a pass
  * (device slots reserved by `vswap_alloc_phys` but not stored are skipped,
@@ -1248,9 +1309,13 @@ int32_t vswap_evacuate(struct vswap_engine *e,
  * Swapoff of the virtual layer itself: move every virtual slot to a slot of
  * the direct-mode map `direct` (count, cache flag and zero/same-filled
  * backend carried over), or to memory when `direct` is NULL. Each virtual
- * slot is freed after its move. Writes the number moved.
+ * slot is freed after its move. Writes the number moved to `*moved` on
+ * every return, errors included (those slots stay moved; 0 when nothing
+ * was tried), except when `moved` itself is NULL.
  *
- * Returns 0; -EINVAL for a NULL engine, `io` or `moved`; -ENOSPC if the
+ * Returns 0; -EINVAL for a NULL engine, `io` or `moved`, or a CPU outside
+ * the engine's (a direct map with fewer CPUs gets `cpu` modulo its own);
+ * -ENOSPC if the
  * direct map is full; -EBUSY if slots stayed locked with no progress;
  * `io`'s own negative code when it fails.
  */
@@ -1290,7 +1355,7 @@ int32_t vswap_readahead(struct vswap_engine *e, uint32_t slot, uint32_t *out_slo
  *
  * Returns 1 if the page was staged (`*backend` untouched), 0 if it got a
  * backend without a device slot (written to `*backend`); -EINVAL for a NULL
- * pointer or a bad page length; -ENODEV if the engine has no log device;
+ * pointer or a `len` other than the engine's `page_size`; -ENODEV if the engine has no log device;
  * -ERANGE; -ENOENT; -EEXIST if the slot already has a backend or is not in
  * the swap cache; -EBUSY when a whole segment is staged already (flush
  * first); -ENOSPC if the charge is refused.

@@ -55,7 +55,7 @@ pub unsafe extern "C" fn vswap_geometry_default(g: *mut vswap_geometry) -> i32 {
 }
 
 /// Fill `cfg` with the default engine configuration: default geometry,
-/// deferred placement, no charging, no log device.
+/// deferred placement, no charging, no log device, `VSWAP_PAGE_SIZE` pages.
 ///
 /// Returns 0, or -EINVAL if `cfg` is NULL.
 #[unsafe(no_mangle)]
@@ -68,6 +68,7 @@ pub unsafe extern "C" fn vswap_engine_config_default(cfg: *mut vswap_engine_conf
             charge: VSWAP_CHARGE_NONE,
             log: core::ptr::null(),
             log_dev: 0,
+            page_size: VSWAP_PAGE_SIZE,
         };
         // SAFETY: checked by `out`; writable by the caller's contract.
         unsafe { write(cfg, c) };
@@ -192,7 +193,8 @@ pub unsafe extern "C" fn vswap_engine_get_stats(
 ///
 /// Returns 0; -EINVAL for a NULL pointer, a priority above 255, a geometry
 /// out of bounds or `bad_slots` NULL with `nr_bad` > 0; -ENODEV for a device
-/// number of 16 or more or the log device's; -EEXIST if `dev` is taken;
+/// number of `VSWAP_MAX_DEVICES` or more or the log device's; -EEXIST if
+/// `dev` is taken;
 /// -ENOMEM.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_device_add(
@@ -295,14 +297,18 @@ pub unsafe extern "C" fn vswap_device_owner(
     })
 }
 
-/// Allocate a run of `2^order` device slots for the virtual slots
-/// `owner .. owner + 2^order`, by device priority (for relocation or a tier
-/// move: the host copies data there, then calls `vswap_relocate`). Writes
-/// the device and first offset.
+/// Allocate a run of `2^order` device slots reserved for the virtual slots
+/// `owner .. owner + 2^order` (device slot `off + i` is owned by `owner + i`
+/// in the reverse map), by device priority (for relocation or a tier move:
+/// the host copies data there, then calls `vswap_relocate`; or stores it
+/// with `vswap_store` / `vswap_commit_unlock`). Writes the device and first
+/// offset. A reservation that is not stored is freed with
+/// `vswap_device_free`.
 ///
-/// Returns 0; -EINVAL for a NULL pointer, bad order or CPU; -ERANGE for owner
-/// 0; -ENOSPC when every device is full; -EAGAIN when only pending discards
-/// stand in the way; -ENOMEM/-EAGAIN from the host's allocator.
+/// Returns 0; -EINVAL for a NULL pointer, a bad order or a CPU outside the
+/// engine's (see `vswap_engine_config`); -ERANGE for owner 0 or a run past
+/// 2^32 - 2; -ENOSPC when every device is full; -EAGAIN when only pending
+/// discards stand in the way; -ENOMEM/-EAGAIN from the host's allocator.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_alloc_phys(
     e: *mut vswap_engine,
@@ -327,13 +333,19 @@ pub unsafe extern "C" fn vswap_alloc_phys(
     })
 }
 
-/// Free `len` device slots from `off` on `dev` that are not referenced by
-/// any virtual slot any more (a relocation that was not committed). If
-/// `owner` is not 0, slot `off + i` must belong to virtual slot `owner + i`.
-/// All or nothing.
+/// Free `len` device slots from `off` on `dev` reserved for the virtual
+/// slots `owner .. owner + len` (by `vswap_alloc_phys`) that no virtual slot
+/// refers to: a relocation that was not committed. Owner-checked and all or
+/// nothing: slot `off + i` must belong to virtual slot `owner + i`, and that
+/// virtual slot must not have it as its backend (it goes back when the slot
+/// dies or moves). The freed slots are reported to `ops->released_phys`
+/// like every other release.
 ///
-/// Returns 0; -EINVAL for a NULL engine; -ENODEV; -ERANGE for offsets
-/// outside the device; -ENOENT if a slot is free; -EEXIST for another owner.
+/// Returns 0; -EINVAL for a NULL engine; -ENODEV; -ERANGE for owner 0 or
+/// offsets outside the device; -ENOENT if a slot is free; -EEXIST for
+/// another owner, or a slot still referenced by its owner. (Contract
+/// change: owner 0 used to skip the owner check; every free is now
+/// owner-checked.)
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_device_free(
     e: *mut vswap_engine,
@@ -345,8 +357,7 @@ pub unsafe extern "C" fn vswap_device_free(
     guard(|| {
         // SAFETY: NULL or a live handle (the caller's contract).
         let e = unsafe { eng(e) }?;
-        let owner = (owner != 0).then_some(owner);
-        e.engine.device(dev_id(dev)?)?.free(off, len, owner)?;
+        e.engine.free_reserved(dev_id(dev)?, off, len, owner)?;
         Ok(0)
     })
 }
@@ -383,7 +394,8 @@ pub unsafe extern "C" fn vswap_device_discard(e: *mut vswap_engine, dev: u32) ->
 /// and device slots under eager placement. Writes the first slot.
 ///
 /// Returns 0; -EINVAL for a NULL pointer, an order above the cluster order, a
-/// CPU out of range or a memcg id out of range; -ENOSPC when the space is
+/// CPU outside the engine's (see `vswap_engine_config`) or a memcg id out of
+/// range; -ENOSPC when the space is
 /// full (or the memcg charge is refused); -ENOMEM (`may_sleep`) or -EAGAIN
 /// (not `may_sleep`) when `alloc` returns NULL.
 #[unsafe(no_mangle)]
@@ -643,9 +655,15 @@ pub unsafe extern "C" fn vswap_unlock_range(
 /// `*expected` to `*new` (the old backend's resource, if any, is released).
 /// Low level: `vswap_writeout` chooses and stores a backend itself.
 ///
+/// A `VSWAP_BACKEND_PHYS` `*new` (other than `*expected`) must be a device
+/// slot reserved for this slot (`vswap_alloc_phys` with `owner` = `slot`):
+/// a device the engine does not hold is -ENODEV, an offset beyond it
+/// -ERANGE, a free device slot -ENOENT, another slot's -EEXIST; nothing
+/// changes.
+///
 /// Returns 0; -EINVAL for a NULL pointer or an unknown kind; -ERANGE;
 /// -ENOENT; -EBUSY if locked; -EEXIST if the backend is not `*expected`;
-/// -E2BIG if a payload does not fit.
+/// -E2BIG if a payload does not fit; the device-slot codes above.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_store(
     e: *mut vswap_engine,
@@ -664,10 +682,13 @@ pub unsafe extern "C" fn vswap_store(
 /// For the holder of the slot's lock: replace the backend `*expected` by
 /// `*new` and unlock in one step, then release the old location.
 ///
+/// A `VSWAP_BACKEND_PHYS` `*new` is checked as by `vswap_store` (the slot
+/// stays locked when it is refused).
+///
 /// Returns 0; -EINVAL; -ERANGE; -ENOENT; -EPERM if the lock is not held;
 /// -EEXIST (still locked) if the backend is not `*expected`; -E2BIG; -ESTALE
 /// if the slot died while locked (nothing committed, the slot is freed; the
-/// caller releases `*new` itself).
+/// caller releases `*new` itself); the device-slot codes of `vswap_store`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_commit_unlock(
     e: *mut vswap_engine,
@@ -744,10 +765,12 @@ pub unsafe extern "C" fn vswap_memcg(e: *mut vswap_engine, slot: u32, memcg: *mu
 /// (`VSWAP_BACKEND_ZSWAP`), else it gets a device slot (`VSWAP_BACKEND_PHYS`:
 /// the host writes the page there). Writes the chosen backend.
 ///
-/// Returns 0; -EINVAL for a NULL pointer or a page that is empty or not a
-/// whole number of 64-bit words; -ERANGE; -ENOENT; -EEXIST for another
-/// backend; -EBUSY if locked; -ENOSPC when every device is full (or the
-/// charge is refused); -EAGAIN when only pending discards stand in the way.
+/// Returns 0; -EINVAL for a NULL pointer, a `len` other than the engine's
+/// `page_size` (`vswap_engine_config`), or a CPU outside the engine's
+/// (checked whether or not a device slot is needed); -ERANGE; -ENOENT;
+/// -EEXIST for another backend; -EBUSY if locked; -ENOSPC when every device
+/// is full (or the charge is refused); -EAGAIN when only pending discards
+/// stand in the way.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_writeout(
     e: *mut vswap_engine,
@@ -789,8 +812,9 @@ pub(crate) unsafe fn bytes<'a>(p: *const u8, len: usize) -> Result<&'a [u8], Cod
 /// page to `(wb->dev, wb->off)` and calls `vswap_writeback_commit` (or
 /// `vswap_writeback_abort`).
 ///
-/// Returns 0; -EINVAL; -ERANGE; -ENOENT; -EBUSY if locked; -EEXIST if not in
-/// zswap; -ENOSPC; -EAGAIN.
+/// Returns 0; -EINVAL for a NULL pointer or a CPU outside the engine's (see
+/// `vswap_engine_config`); -ERANGE; -ENOENT; -EBUSY if locked; -EEXIST if
+/// not in zswap; -ENOSPC; -EAGAIN.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_writeback_begin(
     e: *mut vswap_engine,
@@ -829,7 +853,7 @@ fn writeback(w: vswap_writeback) -> Result<Writeback, Code> {
 ///
 /// Returns 0; -EINVAL for a NULL pointer; -ENODEV; -EEXIST if the backend
 /// changed; -ESTALE if the slot died meanwhile (the device slot is given
-/// back, the slot freed).
+/// back and reported to `ops->released_phys`, the slot freed).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_writeback_commit(
     e: *mut vswap_engine,
@@ -843,7 +867,8 @@ pub unsafe extern "C" fn vswap_writeback_commit(
     })
 }
 
-/// Give up a writeback: free the device slot, unlock.
+/// Give up a writeback: free the device slot (reported to
+/// `ops->released_phys`), unlock.
 ///
 /// Returns `VSWAP_LIVE` or `VSWAP_FREED` (the slot died while locked);
 /// -EINVAL; -ENODEV; -EPERM if the slot is not locked.
@@ -862,6 +887,9 @@ pub unsafe extern "C" fn vswap_writeback_abort(
 /// Relocation (GC, tier move), for the holder of the slot's lock: the data at
 /// `(from_dev, from)` was copied to `(to_dev, to)` (from `vswap_alloc_phys`);
 /// commit, unlock, release `from`.
+///
+/// `to` must be reserved for `slot` (as `vswap_store` checks it: -ENODEV,
+/// -ERANGE, -ENOENT or -EEXIST otherwise, the slot still locked).
 ///
 /// Returns 0; -EINVAL; -ERANGE; -ENOENT; -EPERM if not locked; -EEXIST if
 /// the slot is not at `from`; -E2BIG; -ESTALE if the slot died while locked
@@ -901,9 +929,12 @@ pub type vswap_move_fn =
 
 /// Move every slot off device `dev` (swapoff) through its reverse map: to
 /// device `to`, or into memory when `to` is -1. `io(arg, ...)` carries out
-/// each move. Writes what was done.
+/// each move. Writes what was done to `*done` on every return, errors
+/// included (the moves counted there committed; all zero when nothing was
+/// tried), except when `done` itself is NULL.
 ///
-/// Returns 0; -EINVAL for a NULL pointer or `io`; -ENODEV for an unknown
+/// Returns 0; -EINVAL for a NULL pointer or `io`, `to` equal to `dev`, or a
+/// CPU outside the engine's (also when moving to memory); -ENODEV for an unknown
 /// source or target device; -ENOSPC if the target is full; -EBUSY if slots
 /// stayed locked (or `io` kept returning -EBUSY) with no progress in a pass
 /// (device slots reserved by `vswap_alloc_phys` but not stored are skipped,
@@ -919,9 +950,18 @@ pub unsafe extern "C" fn vswap_evacuate(
     done: *mut vswap_evacuated,
 ) -> i32 {
     guard(|| {
+        let done = out(done)?;
+        let zero = vswap_evacuated {
+            moved: 0,
+            lost_to_free: 0,
+            passes: 0,
+        };
+        // Nothing done yet: written first, so that every later return leaves
+        // `*done` true.
+        // SAFETY: checked by `out`; writable by the caller's contract.
+        unsafe { write(done, zero) };
         // SAFETY: NULL or a live handle (the caller's contract).
         let e = unsafe { eng(e) }?;
-        let done = out(done)?;
         let io = io.ok_or(Code(-VSWAP_EINVAL))?;
         let to = match to {
             -1 => None,
@@ -980,19 +1020,18 @@ pub unsafe extern "C" fn vswap_evacuate(
                 Err(Error::NoDevice)
             }
         });
-        match r {
-            Ok(d) => {
-                let c = vswap_evacuated {
-                    moved: d.moved,
-                    lost_to_free: d.lost_to_free,
-                    passes: d.passes,
-                };
-                // SAFETY: checked by `out`; writable by the caller's contract.
-                unsafe { write(done, c) };
-                Ok(0)
-            }
-            Err(err) => Err(failed.map_or(Code::from(err), Code)),
-        }
+        let (d, rc) = match r {
+            Ok(d) => (d, Ok(0)),
+            Err(s) => (s.done, Err(failed.map_or(Code::from(s.error), Code))),
+        };
+        let c = vswap_evacuated {
+            moved: d.moved,
+            lost_to_free: d.lost_to_free,
+            passes: d.passes,
+        };
+        // SAFETY: checked by `out`; writable by the caller's contract.
+        unsafe { write(done, c) };
+        rc
     })
 }
 
@@ -1008,9 +1047,13 @@ pub type vswap_virt_move_fn =
 /// Swapoff of the virtual layer itself: move every virtual slot to a slot of
 /// the direct-mode map `direct` (count, cache flag and zero/same-filled
 /// backend carried over), or to memory when `direct` is NULL. Each virtual
-/// slot is freed after its move. Writes the number moved.
+/// slot is freed after its move. Writes the number moved to `*moved` on
+/// every return, errors included (those slots stay moved; 0 when nothing
+/// was tried), except when `moved` itself is NULL.
 ///
-/// Returns 0; -EINVAL for a NULL engine, `io` or `moved`; -ENOSPC if the
+/// Returns 0; -EINVAL for a NULL engine, `io` or `moved`, or a CPU outside
+/// the engine's (a direct map with fewer CPUs gets `cpu` modulo its own);
+/// -ENOSPC if the
 /// direct map is full; -EBUSY if slots stayed locked with no progress;
 /// `io`'s own negative code when it fails.
 #[unsafe(no_mangle)]
@@ -1023,9 +1066,13 @@ pub unsafe extern "C" fn vswap_swapoff_virtual(
     moved: *mut u64,
 ) -> i32 {
     guard(|| {
+        let moved = out(moved)?;
+        // Nothing moved yet: written first, so that every later return
+        // leaves `*moved` true.
+        // SAFETY: checked by `out`; writable by the caller's contract.
+        unsafe { write(moved, 0) };
         // SAFETY: NULL or a live handle (the caller's contract).
         let e = unsafe { eng(e) }?;
-        let moved = out(moved)?;
         let io = io.ok_or(Code(-VSWAP_EINVAL))?;
         let to: Option<&dyn SwapOps> = if direct.is_null() {
             None
@@ -1062,14 +1109,13 @@ pub unsafe extern "C" fn vswap_swapoff_virtual(
                 Err(Error::NoDevice)
             }
         });
-        match r {
-            Ok(n) => {
-                // SAFETY: checked by `out`; writable by the caller's contract.
-                unsafe { write(moved, n) };
-                Ok(0)
-            }
-            Err(err) => Err(failed.map_or(Code::from(err), Code)),
-        }
+        let (n, rc) = match r {
+            Ok(n) => (n, Ok(0)),
+            Err(s) => (s.done, Err(failed.map_or(Code::from(s.error), Code))),
+        };
+        // SAFETY: checked by `out`; writable by the caller's contract.
+        unsafe { write(moved, n) };
+        rc
     })
 }
 
@@ -1196,6 +1242,7 @@ mod tests {
             cfg.geometry.slots = 1 << 12;
             cfg.geometry.cpus = 2;
             cfg.geometry.cluster_shift = 4;
+            cfg.page_size = 64;
             let mut e = core::ptr::null_mut();
             assert_eq!(vswap_engine_create(&cfg, &ops, &mut e), 0);
             let mut d = core::mem::MaybeUninit::uninit();

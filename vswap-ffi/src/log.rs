@@ -91,7 +91,7 @@ fn log_of(e: &EngineInner) -> Result<&vswap_core::LogDevice<crate::host::HostOps
 ///
 /// Returns 1 if the page was staged (`*backend` untouched), 0 if it got a
 /// backend without a device slot (written to `*backend`); -EINVAL for a NULL
-/// pointer or a bad page length; -ENODEV if the engine has no log device;
+/// pointer or a `len` other than the engine's `page_size`; -ENODEV if the engine has no log device;
 /// -ERANGE; -ENOENT; -EEXIST if the slot already has a backend or is not in
 /// the swap cache; -EBUSY when a whole segment is staged already (flush
 /// first); -ENOSPC if the charge is refused.

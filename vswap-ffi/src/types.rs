@@ -69,7 +69,11 @@ pub const VSWAP_BACKEND_SAME: u32 = 2;
 /// Backend: a zswap object (`value` is the host's handle, sign-extended from
 /// 50 bits).
 pub const VSWAP_BACKEND_ZSWAP: u32 = 3;
-/// Backend: device slot `value` (below 2^44) on device `dev` (0..=63).
+/// Backend: device slot `value` (below 2^44) on device `dev`. An engine's
+/// devices are `0..VSWAP_MAX_DEVICES` (a store names a device slot of a
+/// device the engine holds, reserved for that slot); a standalone map's
+/// host owns its locations and may use any `dev` in 0..=63 (the width of
+/// the slot word's field; -E2BIG above).
 pub const VSWAP_BACKEND_PHYS: u32 = 4;
 
 /// Placement: device slots at writeout, only for pages that need one.
@@ -85,7 +89,16 @@ pub const VSWAP_CHARGE_PHYSICAL_ONLY: u32 = 1;
 pub const VSWAP_CHARGE_EVERY_SLOT: u32 = 2;
 
 /// Largest device number plus one (`dev` arguments are `0..VSWAP_MAX_DEVICES`).
-pub const VSWAP_MAX_DEVICES: u32 = vswap_core::MAX_DEVICES as u32;
+pub const VSWAP_MAX_DEVICES: u32 = 16;
+const _: () = assert!(VSWAP_MAX_DEVICES as usize == vswap_core::MAX_DEVICES);
+
+/// The default page size in bytes (`vswap_engine_config.page_size`).
+pub const VSWAP_PAGE_SIZE: u32 = 4096;
+const _: () = assert!(VSWAP_PAGE_SIZE == vswap_core::PAGE_SIZE);
+
+/// The largest page size an engine takes (1 MiB).
+pub const VSWAP_MAX_PAGE_SIZE: u32 = 1 << 20;
+const _: () = assert!(VSWAP_MAX_PAGE_SIZE == vswap_core::MAX_PAGE_SIZE);
 
 /// `vswap_alloc`'s `memcg` argument and `vswap_memcg`'s answer: no memcg.
 pub const VSWAP_NO_MEMCG: u32 = 0xFFFF_FFFF;
@@ -174,7 +187,13 @@ impl vswap_log_config {
 
 /// Engine configuration. `vswap_engine_config_default` fills in the
 /// defaults (2^32 virtual slots, deferred placement, no charging, no log
-/// device).
+/// device, 4 KiB pages).
+///
+/// CPU numbers: every engine call that takes a `cpu` accepts
+/// `0..geometry.cpus` and returns -EINVAL for any other, before it changes
+/// anything. A device (or direct map) with fewer CPUs than the engine is
+/// given the engine's CPU number modulo its own: CPUs that share a device
+/// CPU number share its per-CPU cluster, which only makes them contend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct vswap_engine_config {
@@ -189,6 +208,11 @@ pub struct vswap_engine_config {
     pub log: *const vswap_log_config,
     /// The log device's number (`0..VSWAP_MAX_DEVICES`), if `log` is set.
     pub log_dev: u32,
+    /// Bytes per page (default `VSWAP_PAGE_SIZE`): a power of two from 8 to
+    /// `VSWAP_MAX_PAGE_SIZE` (-EINVAL at creation otherwise).
+    /// `vswap_writeout` and `vswap_log_writeout` take pages of exactly this
+    /// length.
+    pub page_size: u32,
 }
 
 impl vswap_engine_config {
@@ -210,6 +234,7 @@ impl vswap_engine_config {
             },
             placement,
             charge,
+            page_size: self.page_size,
         })
     }
 }

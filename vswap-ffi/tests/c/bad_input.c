@@ -394,6 +394,14 @@ static void test_unknown_and_removed_device(void)
 	EXPECT(vswap_device_get_stats(E, 300, &ds), -VSWAP_ENODEV);
 	EXPECT(vswap_device_add(E, 16, 1, &dc), -VSWAP_ENODEV);
 	EXPECT(vswap_device_add(E, 1000, 1, &dc), -VSWAP_ENODEV);
+	/* issue 12, item 13: the header defines VSWAP_MAX_DEVICES (16), and
+	 * device numbers are 0..VSWAP_MAX_DEVICES - 1 (not 0..=63) */
+	EXPECT(VSWAP_MAX_DEVICES, 16);
+	EXPECT(vswap_device_add(E, VSWAP_MAX_DEVICES, 1, &dc), -VSWAP_ENODEV);
+	EXPECT(vswap_device_get_stats(E, VSWAP_MAX_DEVICES, &ds), -VSWAP_ENODEV);
+	EXPECT(vswap_device_owner(E, VSWAP_MAX_DEVICES, 1, &owner), -VSWAP_ENODEV);
+	OK(vswap_device_add(E, VSWAP_MAX_DEVICES - 1, 1, &dc));
+	OK(vswap_device_remove(E, VSWAP_MAX_DEVICES - 1));
 	EXPECT(vswap_device_add(E, 1, 256, &dc), -VSWAP_EINVAL); /* priority */
 	EXPECT(vswap_device_remove(E, 5), -VSWAP_ENODEV);
 	EXPECT(vswap_evacuate(E, 5, -1, 0, noop_move, NULL, &ev), -VSWAP_ENODEV);

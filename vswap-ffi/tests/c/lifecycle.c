@@ -751,6 +751,273 @@ static void test_device_discard(void)
 	teardown_engine(e);
 }
 
+/* ---------------------------------------------------- issue 12 contracts */
+
+/* A live slot `s` with one PTE reference, written out to a device slot. */
+static uint32_t on_device(struct vswap_engine *e, unsigned seed, uint32_t *dev, uint64_t *off)
+{
+	uint8_t page[PAGE];
+	struct vswap_backend b;
+	uint32_t s = alloc_slot(e);
+	OK(vswap_dup(e, s, 1, true));
+	fill_random(page, seed);
+	OK(vswap_writeout(e, s, page, PAGE, 0, &b));
+	EXPECT(b.kind, VSWAP_BACKEND_PHYS);
+	EXPECT(vswap_cache_clear(e, s, 0, true), VSWAP_LIVE);
+	*dev = b.dev;
+	*off = b.value;
+	return s;
+}
+
+static int same_entry(const struct vswap_entry *a, const struct vswap_entry *b)
+{
+	return a->backend.kind == b->backend.kind && a->backend.dev == b->backend.dev &&
+	       a->backend.value == b->backend.value && a->count == b->count &&
+	       a->cached == b->cached && a->locked == b->locked;
+}
+
+/* Item 4: vswap_store took a device that was never added, a free device
+ * slot, another live slot's device slot; dropping the alias freed the first
+ * slot's device slot and released_phys fired twice. Each is refused now. */
+static void test_store_needs_a_device_slot_reserved_for_the_slot(void)
+{
+	setup();
+	struct vswap_engine *e = make_engine(&OPS, VSWAP_PLACEMENT_DEFERRED, VSWAP_CHARGE_NONE);
+	OK(add_device(e, 0, 10, 4096));
+	uint32_t dev, owner;
+	uint64_t off, free_off = 0;
+	uint32_t a = on_device(e, 41, &dev, &off);
+	uint32_t n = alloc_slot(e);
+	struct vswap_entry ea, en, x;
+	OK(vswap_lookup(e, a, &ea));
+	OK(vswap_lookup(e, n, &en));
+	for (uint64_t o = 1; o < 4096 && !free_off; o++) {
+		OK(vswap_device_owner(e, 0, o, &owner));
+		if (owner == 0)
+			free_off = o;
+	}
+	CHECK(free_off != 0);
+	long long released = atomic_load(&H.phys_released);
+	struct vswap_backend none = {VSWAP_BACKEND_NONE, 0, 0};
+	struct vswap_backend never = {VSWAP_BACKEND_PHYS, 5, 1};
+	struct vswap_backend max = {VSWAP_BACKEND_PHYS, VSWAP_MAX_DEVICES, 1};
+	struct vswap_backend beyond = {VSWAP_BACKEND_PHYS, 0, 4096};
+	struct vswap_backend freed = {VSWAP_BACKEND_PHYS, 0, free_off};
+	struct vswap_backend alias = {VSWAP_BACKEND_PHYS, dev, off};
+	EXPECT(vswap_store(e, n, &none, &never), -VSWAP_ENODEV);
+	EXPECT(vswap_store(e, n, &none, &max), -VSWAP_ENODEV);
+	EXPECT(vswap_store(e, n, &none, &beyond), -VSWAP_ERANGE);
+	EXPECT(vswap_store(e, n, &none, &freed), -VSWAP_ENOENT);
+	EXPECT(vswap_store(e, n, &none, &alias), -VSWAP_EEXIST);
+	OK(vswap_lock(e, n));
+	EXPECT(vswap_commit_unlock(e, n, &none, &alias), -VSWAP_EEXIST);
+	OK(vswap_unlock(e, n));
+	OK(vswap_lookup(e, a, &x));
+	CHECK(same_entry(&x, &ea));
+	OK(vswap_lookup(e, n, &x));
+	CHECK(same_entry(&x, &en));
+	OK(vswap_device_owner(e, dev, off, &owner));
+	EXPECT(owner, a);
+	EXPECT(atomic_load(&H.phys_released), released);
+	/* a device slot reserved for n is n's to store */
+	struct vswap_backend mine = {VSWAP_BACKEND_PHYS, 0, 0};
+	OK(vswap_alloc_phys(e, 0, 0, n, true, &mine.dev, &mine.value));
+	OK(vswap_store(e, n, &none, &mine));
+	/* each death releases its own device slot, once */
+	EXPECT(vswap_cache_clear(e, n, 0, true), VSWAP_FREED);
+	EXPECT(atomic_load(&H.phys_released), released + 1);
+	EXPECT(vswap_put(e, a, 1), VSWAP_FREED);
+	EXPECT(atomic_load(&H.phys_released), released + 2);
+	OK(vswap_device_remove(e, 0));
+	teardown_engine(e);
+}
+
+/* Item 10: released_phys was not called for the device slots freed by
+ * vswap_writeback_abort, by vswap_writeback_commit returning -ESTALE and by
+ * vswap_device_free. */
+static void test_every_device_slot_release_is_reported(void)
+{
+	setup();
+	struct vswap_engine *e = make_engine(&OPS, VSWAP_PLACEMENT_DEFERRED, VSWAP_CHARGE_NONE);
+	OK(add_device(e, 0, 10, 4096));
+	uint8_t page[PAGE];
+	struct vswap_backend b;
+	struct vswap_writeback wb;
+	uint32_t s = alloc_slot(e);
+	fill_zswap(page, 5);
+	OK(vswap_writeout(e, s, page, PAGE, 0, &b));
+	EXPECT(b.kind, VSWAP_BACKEND_ZSWAP);
+	long long r0 = atomic_load(&H.phys_released);
+	OK(vswap_writeback_begin(e, s, 0, &wb));
+	EXPECT(vswap_writeback_abort(e, &wb), VSWAP_LIVE);
+	EXPECT(atomic_load(&H.phys_released), r0 + 1);
+	OK(vswap_writeback_begin(e, s, 0, &wb));
+	EXPECT(vswap_cache_clear(e, s, 0, true), VSWAP_LIVE); /* a zombie, locked */
+	EXPECT(vswap_writeback_commit(e, &wb), -VSWAP_ESTALE);
+	EXPECT(atomic_load(&H.phys_released), r0 + 2);
+	uint32_t t = alloc_slot(e), dev;
+	uint64_t off;
+	OK(vswap_alloc_phys(e, 1, 0, t, true, &dev, &off));
+	EXPECT(vswap_device_free(e, dev, off, 2, 0), -VSWAP_ERANGE); /* owner needed */
+	EXPECT(vswap_device_free(e, dev, off, 2, t + 1), -VSWAP_EEXIST);
+	EXPECT(atomic_load(&H.phys_released), r0 + 2);
+	OK(vswap_device_free(e, dev, off, 2, t));
+	EXPECT(atomic_load(&H.phys_released), r0 + 4);
+	EXPECT(vswap_cache_clear(e, t, 0, true), VSWAP_FREED);
+	struct vswap_device_stats ds;
+	OK(vswap_device_get_stats(e, 0, &ds));
+	EXPECT(ds.used, 0);
+	teardown_engine(e);
+}
+
+struct fail_at {
+	int calls, fail_on;
+};
+
+static int32_t move_fails_at(void *arg, const struct vswap_move *mv, uint64_t *cookie)
+{
+	struct fail_at *f = arg;
+	*cookie = 1000 + mv->slot;
+	return ++f->calls == f->fail_on ? -EIO : 0;
+}
+
+static int32_t virt_move_fails_at(void *arg, const struct vswap_virt_move *mv)
+{
+	struct fail_at *f = arg;
+	(void)mv;
+	return ++f->calls == f->fail_on ? -EIO : 0;
+}
+
+/* Item 11: vswap_evacuate did not write *done, nor vswap_swapoff_virtual
+ * *moved, when they failed part-way (3 of 4 slots moved, then -EIO). */
+static void test_failed_moves_report_their_progress(void)
+{
+	setup();
+	struct vswap_engine *e = make_engine(&OPS, VSWAP_PLACEMENT_DEFERRED, VSWAP_CHARGE_NONE);
+	OK(add_device(e, 0, 10, 4096));
+	OK(add_device(e, 1, 5, 4096));
+	uint32_t s[4], dev;
+	uint64_t off;
+	for (int i = 0; i < 4; i++)
+		s[i] = on_device(e, 60 + (unsigned)i, &dev, &off);
+	struct vswap_evacuated ev = {77, 77, 77};
+	struct fail_at f = {0, 4};
+	EXPECT(vswap_evacuate(e, 0, 1, 0, move_fails_at, &f, &ev), -EIO);
+	EXPECT(ev.moved, 3);
+	EXPECT(ev.lost_to_free, 0);
+	EXPECT(ev.passes, 1);
+	/* argument errors write "nothing done" */
+	ev.moved = 77;
+	EXPECT(vswap_evacuate(e, 0, 1, 0, NULL, NULL, &ev), -VSWAP_EINVAL);
+	EXPECT(ev.moved, 0);
+	ev.moved = 77;
+	EXPECT(vswap_evacuate(e, 0, 0, 0, move_fails_at, &f, &ev), -VSWAP_EINVAL);
+	EXPECT(ev.moved, 0);
+	uint64_t moved = 77;
+	struct fail_at g = {0, 3};
+	EXPECT(vswap_swapoff_virtual(e, NULL, 0, virt_move_fails_at, &g, &moved), -EIO);
+	EXPECT(moved, 2);
+	moved = 77;
+	EXPECT(vswap_swapoff_virtual(e, NULL, 0, NULL, NULL, &moved), -VSWAP_EINVAL);
+	EXPECT(moved, 0);
+	g.fail_on = 0;
+	OK(vswap_swapoff_virtual(e, NULL, 0, virt_move_fails_at, &g, &moved));
+	EXPECT(moved, 2);
+	struct vswap_entry en;
+	for (int i = 0; i < 4; i++)
+		EXPECT(vswap_lookup(e, s[i], &en), -VSWAP_ENOENT);
+	teardown_engine(e);
+}
+
+/* Item 14: writeout checked its CPU against the device's CPUs (engine
+ * cpus 4, device cpus 2: cpu 3 refused after vswap_alloc took it; cpu 10
+ * accepted by a device with more), evacuation to memory ignored it. */
+static void test_one_cpu_contract(void)
+{
+	setup();
+	struct vswap_engine_config cfg;
+	struct vswap_engine *e = NULL;
+	OK(vswap_engine_config_default(&cfg));
+	cfg.geometry.slots = 1 << 16;
+	cfg.geometry.cpus = 4;
+	OK(vswap_engine_create(&cfg, &OPS, &e));
+	OK(add_device(e, 0, 10, 4096)); /* 2 CPUs */
+	uint8_t page[PAGE];
+	struct vswap_backend b;
+	struct vswap_writeback wb;
+	struct vswap_evacuated ev;
+	uint32_t s = 0, dev;
+	uint64_t off;
+	OK(vswap_alloc(e, 0, 3, VSWAP_NO_MEMCG, true, &s));
+	EXPECT(vswap_alloc(e, 0, 4, VSWAP_NO_MEMCG, true, &s), -VSWAP_EINVAL);
+	fill_random(page, 9);
+	EXPECT(vswap_writeout(e, s, page, PAGE, 10, &b), -VSWAP_EINVAL);
+	EXPECT(vswap_writeout(e, s, page_zero, PAGE, 4, &b), -VSWAP_EINVAL);
+	OK(vswap_writeout(e, s, page, PAGE, 3, &b));
+	EXPECT(b.kind, VSWAP_BACKEND_PHYS);
+	EXPECT(vswap_alloc_phys(e, 0, 4, s, true, &dev, &off), -VSWAP_EINVAL);
+	uint32_t z = alloc_slot(e);
+	fill_zswap(page, 10);
+	OK(vswap_writeout(e, z, page, PAGE, 0, &b));
+	EXPECT(vswap_writeback_begin(e, z, 4, &wb), -VSWAP_EINVAL);
+	OK(vswap_writeback_begin(e, z, 3, &wb));
+	OK(vswap_writeback_commit(e, &wb));
+	struct moves m = {0, 0, 100, 0};
+	EXPECT(vswap_evacuate(e, 0, -1, 4, on_move, &m, &ev), -VSWAP_EINVAL);
+	EXPECT(m.reads, 0);
+	OK(vswap_evacuate(e, 0, -1, 3, on_move, &m, &ev));
+	EXPECT(ev.moved, 2);
+	EXPECT(vswap_cache_clear(e, s, 0, true), VSWAP_FREED);
+	EXPECT(vswap_cache_clear(e, z, 0, true), VSWAP_FREED);
+	teardown_engine(e);
+}
+
+static uint8_t three_pages[3 * PAGE];
+
+/* Item 15: vswap_writeout took any multiple of 8 bytes as a page (12 KiB
+ * got one device slot). Exactly the configured page size now. */
+static void test_writeout_takes_one_page(void)
+{
+	setup();
+	struct vswap_engine *e = make_engine(&OPS, VSWAP_PLACEMENT_DEFERRED, VSWAP_CHARGE_NONE);
+	OK(add_device(e, 0, 10, 4096));
+	struct vswap_backend b;
+	struct vswap_entry en;
+	struct vswap_device_stats ds;
+	uint32_t s = alloc_slot(e);
+	for (size_t i = 0; i < sizeof(three_pages); i++)
+		three_pages[i] = (uint8_t)(i * 7 + 1);
+	size_t lens[] = {0, 8, PAGE - 8, PAGE - 1, PAGE + 1, 2 * PAGE, 3 * PAGE};
+	for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+		EXPECT(vswap_writeout(e, s, three_pages, lens[i], 0, &b), -VSWAP_EINVAL);
+		OK(vswap_lookup(e, s, &en));
+		EXPECT(en.backend.kind, VSWAP_BACKEND_NONE);
+	}
+	OK(vswap_device_get_stats(e, 0, &ds));
+	EXPECT(ds.used, 0);
+	OK(vswap_writeout(e, s, three_pages, VSWAP_PAGE_SIZE, 0, &b));
+	EXPECT(b.kind, VSWAP_BACKEND_PHYS);
+	EXPECT(vswap_cache_clear(e, s, 0, true), VSWAP_FREED);
+	/* the page size is configuration */
+	struct vswap_engine_config cfg;
+	struct vswap_engine *f = NULL;
+	OK(vswap_engine_config_default(&cfg));
+	EXPECT(cfg.page_size, VSWAP_PAGE_SIZE);
+	cfg.geometry.slots = 1 << 16;
+	cfg.page_size = 4097;
+	EXPECT(vswap_engine_create(&cfg, &OPS, &f), -VSWAP_EINVAL);
+	cfg.page_size = 2 * PAGE;
+	OK(vswap_engine_create(&cfg, &OPS, &f));
+	s = alloc_slot(f);
+	EXPECT(vswap_writeout(f, s, three_pages, PAGE, 0, &b), -VSWAP_EINVAL);
+	memset(three_pages, 0, 2 * PAGE);
+	OK(vswap_writeout(f, s, three_pages, 2 * PAGE, 0, &b));
+	EXPECT(b.kind, VSWAP_BACKEND_ZERO);
+	EXPECT(vswap_cache_clear(f, s, 0, true), VSWAP_FREED);
+	vswap_engine_destroy(f);
+	teardown_engine(e);
+}
+
 int main(void)
 {
 	RUN(test_every_backend);
@@ -764,5 +1031,10 @@ int main(void)
 	RUN(test_log_device);
 	RUN(test_charging);
 	RUN(test_device_discard);
+	RUN(test_store_needs_a_device_slot_reserved_for_the_slot);
+	RUN(test_every_device_slot_release_is_reported);
+	RUN(test_failed_moves_report_their_progress);
+	RUN(test_one_cpu_contract);
+	RUN(test_writeout_takes_one_page);
 	return finish("lifecycle");
 }
