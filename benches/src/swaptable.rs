@@ -179,8 +179,11 @@ impl SwapTable {
         cl.table.get()?.get(h as usize & (CLUSTER - 1))
     }
 
-    /// File cluster `c` (its CPU let go of it), under its lock.
-    fn file(&self, c: u32, g: &mut Meta, order: u32) {
+    /// File cluster `c` (its CPU let go of it), under its lock: `no_room`
+    /// when a scan for `order` found nothing (a partly used cluster of that
+    /// order goes to the frag list, which only order 0 takes from), else the
+    /// CPU's hint just reached the cluster's end.
+    fn file(&self, c: u32, g: &mut Meta, order: u32, no_room: bool) {
         g.cached = false;
         let mut l = self.lists.lock();
         if l.on.get(c as usize) != Some(&ON_CACHED) {
@@ -190,7 +193,7 @@ impl SwapTable {
             l.unlink(c, ON_FULL);
         } else if g.used == 0 {
             l.push(LIST_FREE, c);
-        } else if order > 0 && g.order == order {
+        } else if no_room && order > 0 && g.order == order {
             l.push(LIST_FRAG, c);
         } else {
             l.push(1 + g.order as usize, c);
@@ -393,14 +396,14 @@ impl SwapSlots for SwapTable {
                         } else {
                             // The scan reached the cluster's end: let go of
                             // it (the kernel's per-CPU offset does not wrap).
-                            self.file(c, &mut g, order);
+                            self.file(c, &mut g, order, false);
                             pc.store(NO_HINT, Ordering::Relaxed);
                         }
                         return Some(base + i as u64);
                     }
                 }
                 if g.cached {
-                    self.file(c, &mut g, order);
+                    self.file(c, &mut g, order, true);
                 }
                 drop(g);
                 pc.store(NO_HINT, Ordering::Relaxed);

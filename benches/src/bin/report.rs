@@ -657,7 +657,9 @@ fn main() {
          machine: 2.2 ns); n/a: the peer has no naturally aligned multi-slot allocation \
          (order 4) or no physical device. Order 4: vswap drops the swap-cache reference of \
          the 16 slots with 16 `cache_clear` calls (its API has no ranged cache clear); v5 \
-         clears all 16 under one cluster lock.\n"
+         and the swap table clear all 16 under one cluster lock. The swap table is its own \
+         device: its device rows allocate and free its own slots (no reverse map, no \
+         virtual owner), and its physical-backed batch free is that device-side free.\n"
     );
     let find = |name: &str| rows.iter().find(|r| r.name == name);
     let get = |name: &str, imp: &str| find(name).and_then(|r| r.get(imp)).unwrap_or(f64::NAN);
