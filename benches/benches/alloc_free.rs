@@ -37,6 +37,9 @@ fn floor(c: &mut Criterion) {
     g.bench_function("rmw_two_threads", |bn| {
         bn.iter_custom(work::floor_rmw_two_threads)
     });
+    // The per-operation pin every VswapMap call pays today (model: CAS +
+    // fetch_sub), which the planned host guard removes.
+    g.bench_function("pin_model", |bn| bn.iter_custom(work::floor_pin));
     g.bench_function("fetch_or_cas_store_fetch_and", |bn| {
         bn.iter(|| {
             black_box(&b.0).fetch_or(1, Ordering::AcqRel);

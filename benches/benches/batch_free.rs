@@ -1,5 +1,6 @@
 //! Batch free of 1,000,000 slots with one count each (process exit): zero-
-//! backed, and physical-backed including the device-side free. Time per
+//! backed, and physical-backed including the device-side free (the swap
+//! table's slots are device slots: its batch free is the device-side free). Time per
 //! iteration is one batch; divide by 1,000,000 for the per-slot cost.
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -28,6 +29,7 @@ fn batch(c: &mut Criterion) {
         .throughput(Throughput::Elements(work::BATCH_SLOTS as u64));
     g.bench_function("vswap", |b| b.iter_custom(work::batch_phys_vswap));
     g.bench_function("v5", |b| b.iter_custom(work::batch_phys_v5));
+    g.bench_function("swap_table", |b| b.iter_custom(work::batch_phys_swap_table));
     g.finish();
 }
 

@@ -1,6 +1,7 @@
 //! Physical devices: allocate+free on an empty device and on a fragmented
 //! one (vswap's `PhysDevice`, 4-byte reverse map, vs the v5 baseline's
-//! spinlocked clusters with an 8-byte reverse map); flash log device GC
+//! spinlocked clusters with an 8-byte reverse map, vs the swap-table
+//! baseline, which is its own device and has no reverse map); flash log device GC
 //! throughput (vswap only: v5 has no log device).
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -25,6 +26,10 @@ fn devices(c: &mut Criterion) {
     g.bench_function("v5/order0_alloc_free", |b| {
         b.iter_custom(|n| work::phys_pair(&d, 0, n))
     });
+    let d = work::SwapTableDevice::new(DEV_SLOTS);
+    g.bench_function("swap_table/order0_alloc_free", |b| {
+        b.iter_custom(|n| work::phys_pair(&d, 0, n))
+    });
     let d = work::vswap_device(DEV_SLOTS);
     work::fragment(&d, DEV_SLOTS, 7);
     g.bench_function("vswap/order0_fragmented", |b| {
@@ -33,6 +38,11 @@ fn devices(c: &mut Criterion) {
     let d = V5Phys::new(DEV_SLOTS, 2);
     work::fragment(&d, DEV_SLOTS, 7);
     g.bench_function("v5/order0_fragmented", |b| {
+        b.iter_custom(|n| work::phys_pair(&d, 0, n))
+    });
+    let d = work::SwapTableDevice::new(DEV_SLOTS);
+    work::fragment(&d, DEV_SLOTS, 7);
+    g.bench_function("swap_table/order0_fragmented", |b| {
         b.iter_custom(|n| work::phys_pair(&d, 0, n))
     });
     g.finish();

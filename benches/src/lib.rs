@@ -14,13 +14,22 @@
 //! - [`peers::MutexVec`]: a `Mutex<Vec>` free list over a preallocated
 //!   descriptor table;
 //! - [`peers::HashMapPeer`]: a spin-locked `hashbrown` map from slot to
-//!   descriptor (what a quick userspace tool would write).
+//!   descriptor (what a quick userspace tool would write);
+//! - [`swaptable::SwapTable`]: the kernel's current design (swap table, no
+//!   virtual layer): one 8-byte atomic word per device slot, writers under
+//!   the per-cluster lock, lockless reads, the kernel's per-CPU cluster
+//!   allocation. It is a device allocator: every swap-out spends a slot.
+//!
+//! [`cycle`] holds the end-to-end swap cycle (swap-out, swap-in, free of one
+//! page per backend) for vswap, the swap table and v5.
 //!
 //! Descriptor words of the peers use the same bit layout as vswap's core word
 //! ([`word`]), so that every implementation stores the same information.
 
 pub mod count;
+pub mod cycle;
 pub mod peers;
+pub mod swaptable;
 pub mod v5;
 pub mod vswap;
 pub mod work;
@@ -127,13 +136,16 @@ impl Rng {
 
 /// Virtual slots of the v5 baseline's space in the timing benchmarks.
 pub const V5_SLOTS: u64 = 1 << 22;
+/// Slots of the swap-table baseline's device in the timing benchmarks.
+pub const SWAP_TABLE_SLOTS: u64 = 1 << 22;
 /// Slots of the `Mutex<Vec>` peer's table in the timing benchmarks.
 pub const MUTEX_VEC_SLOTS: u32 = 1 << 22;
 
 /// Expand `$body` once per implementation that supports `$order`, with
 /// `$name` the implementation's name and `$m` a reference to a fresh
-/// instance (order: vswap, v5, sharded_slab, mutex_vec, hashbrown; peers
-/// store the core word alone, v5 its 24-byte descriptor).
+/// instance (order: vswap, v5, sharded_slab, mutex_vec, hashbrown,
+/// swap_table; peers store the core word alone, v5 its 24-byte descriptor,
+/// the swap table its 8-byte word).
 #[macro_export]
 macro_rules! for_each_impl {
     ($order:expr, |$name:ident, $m:ident| $body:block) => {{
@@ -177,6 +189,14 @@ macro_rules! for_each_impl {
                 $body
             }
         }
+        {
+            type T = $crate::swaptable::SwapTable;
+            if <T as $crate::SwapSlots>::supports_order($order) {
+                let $name = <T as $crate::SwapSlots>::NAME;
+                let $m = &<T>::new($crate::SWAP_TABLE_SLOTS, 2);
+                $body
+            }
+        }
     }};
 }
 
@@ -212,6 +232,11 @@ macro_rules! for_each_batch_impl {
         {
             let $name = "hashbrown";
             let $make = || $crate::peers::HashMapPeer::<$crate::peers::Word>::new();
+            $body
+        }
+        {
+            let $name = "swap_table";
+            let $make = || $crate::swaptable::SwapTable::new(1 << 21, 2);
             $body
         }
     }};

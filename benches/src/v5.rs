@@ -32,8 +32,8 @@ use crate::SwapSlots;
 pub const CLUSTER: usize = 512;
 const SHIFT: u32 = 9;
 const WORDS: usize = CLUSTER / 64;
-const ORDERS: usize = 10;
-const NONE: u32 = u32::MAX;
+pub(crate) const ORDERS: usize = 10;
+pub(crate) const NONE: u32 = u32::MAX;
 
 /// The v5 descriptor: 24 bytes.
 #[repr(C)]
@@ -55,10 +55,13 @@ const _: () = assert!(core::mem::size_of::<V5Desc>() == 24);
 
 /// Descriptor flag: a folio is in the swap cache.
 pub const V5_CACHED: u16 = 1;
+/// Descriptor flag: a swap-in claimed the slot (the `SWAP_HAS_CACHE`-style
+/// claim of [`V5Map::swapin_lock`]); cleared with the cache reference.
+pub const V5_LOCKED: u16 = 2;
 
 impl V5Desc {
     fn dead(&self) -> bool {
-        self.count == 0 && self.flags & V5_CACHED == 0
+        self.count == 0 && self.flags & (V5_CACHED | V5_LOCKED) == 0
     }
 }
 
@@ -163,25 +166,41 @@ struct Cluster<D> {
 struct PerCpu([AtomicU32; ORDERS]);
 
 /// Where a cluster is (list index + 2 for a list).
-const ON_FULL: u8 = 0;
-const ON_CACHED: u8 = 1;
-const LIST_FREE: usize = 0;
+pub(crate) const ON_FULL: u8 = 0;
+pub(crate) const ON_CACHED: u8 = 1;
+pub(crate) const LIST_FREE: usize = 0;
 /// Clusters with free slots but no free aligned run of their order: only
 /// order-0 allocation takes from them (the kernel's frag list).
-const LIST_FRAG: usize = 1 + ORDERS;
-const NLISTS: usize = 2 + ORDERS;
+pub(crate) const LIST_FRAG: usize = 1 + ORDERS;
+pub(crate) const NLISTS: usize = 2 + ORDERS;
 
-/// Doubly linked FIFO lists of cluster indices (the kernel's `list_head`s).
-struct Lists {
+/// Doubly linked FIFO lists of cluster indices (the kernel's `list_head`s);
+/// the swap-table baseline uses them too.
+pub(crate) struct Lists {
     head: [u32; NLISTS],
     tail: [u32; NLISTS],
     next: Vec<u32>,
     prev: Vec<u32>,
-    on: Vec<u8>,
+    pub(crate) on: Vec<u8>,
 }
 
 impl Lists {
-    fn push(&mut self, l: usize, c: u32) {
+    /// `n` clusters, all on the free list.
+    pub(crate) fn new(n: usize) -> Self {
+        let mut l = Self {
+            head: [NONE; NLISTS],
+            tail: [NONE; NLISTS],
+            next: vec![NONE; n],
+            prev: vec![NONE; n],
+            on: vec![ON_FULL; n],
+        };
+        for c in 0..n as u32 {
+            l.push(LIST_FREE, c);
+        }
+        l
+    }
+
+    pub(crate) fn push(&mut self, l: usize, c: u32) {
         let ci = c as usize;
         let (Some(t), Some(h)) = (self.tail.get(l).copied(), self.head.get(l).copied()) else {
             return;
@@ -205,7 +224,7 @@ impl Lists {
     }
 
     /// Unlink `c` from the list it is on; `on` becomes `to`.
-    fn unlink(&mut self, c: u32, to: u8) {
+    pub(crate) fn unlink(&mut self, c: u32, to: u8) {
         let ci = c as usize;
         let Some(on) = self.on.get(ci).copied() else {
             return;
@@ -227,7 +246,7 @@ impl Lists {
         self.on[ci] = to;
     }
 
-    fn pop(&mut self, l: usize) -> Option<u32> {
+    pub(crate) fn pop(&mut self, l: usize) -> Option<u32> {
         let c = *self.head.get(l)?;
         if c == NONE {
             return None;
@@ -271,16 +290,7 @@ impl<D: Copy + Default + Send> V5Space<D> {
                 }
             })
             .collect();
-        let mut lists = Lists {
-            head: [NONE; NLISTS],
-            tail: [NONE; NLISTS],
-            next: vec![NONE; n],
-            prev: vec![NONE; n],
-            on: vec![ON_FULL; n],
-        };
-        for c in 0..n as u32 {
-            lists.push(LIST_FREE, c);
-        }
+        let lists = Lists::new(n);
         let percpu = (0..cpus.max(1))
             .map(|_| PerCpu(core::array::from_fn(|_| AtomicU32::new(NONE))))
             .collect();
@@ -581,6 +591,52 @@ impl V5Map {
     pub fn set_memcg(&self, h: u64, id: u16) {
         self.space.with(h, |d| d.memcg = id);
     }
+
+    /// The swap-in claim under the cluster lock (the role of the kernel's
+    /// `swapcache_prepare`, which sets `SWAP_HAS_CACHE`): `false` if the slot
+    /// is not allocated, already claimed or already has a cached folio.
+    pub fn swapin_lock(&self, h: u64) -> bool {
+        self.space
+            .with(h, |d| {
+                if d.flags & (V5_CACHED | V5_LOCKED) != 0 {
+                    return false;
+                }
+                d.flags |= V5_LOCKED;
+                true
+            })
+            .unwrap_or(false)
+    }
+
+    /// Add the swap-in's folio (`cookie`) to the swap cache of a claimed slot,
+    /// under the cluster lock; `false` if the slot is not claimed or cached.
+    pub fn cache_add(&self, h: u64, cookie: u64) -> bool {
+        self.space
+            .with(h, |d| {
+                if d.flags & V5_LOCKED == 0 || d.flags & V5_CACHED != 0 {
+                    return false;
+                }
+                d.flags |= V5_CACHED;
+                d.cache = cookie;
+                true
+            })
+            .unwrap_or(false)
+    }
+
+    /// Reclaim of a written-out folio: drop the cache reference of a slot
+    /// that keeps a count, leaving the workingset `shadow` in the descriptor;
+    /// `false` if it is not cached or has no count (use `cache_clear`).
+    pub fn reclaim(&self, h: u64, shadow: u64) -> bool {
+        self.space
+            .with(h, |d| {
+                if d.flags & V5_CACHED == 0 || d.count == 0 {
+                    return false;
+                }
+                d.flags &= !(V5_CACHED | V5_LOCKED);
+                d.cache = shadow;
+                true
+            })
+            .unwrap_or(false)
+    }
 }
 
 impl SwapSlots for V5Map {
@@ -604,7 +660,7 @@ impl SwapSlots for V5Map {
     fn cache_clear(&self, h: u64, n: u32, _cpu: u32) {
         let mut runs = self.runs();
         self.space.update_run(h, n, |_, d| {
-            d.flags &= !V5_CACHED;
+            d.flags &= !(V5_CACHED | V5_LOCKED);
             d.cache = 0;
             let dead = d.dead();
             if dead {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use vswap_alloc::{DeviceConfig, Flush, LogConfig, LogDevice, PhysDevice};
 use vswap_core::{Backend, Ctx, Engine, EngineConfig, EngineHost, StdProvider};
 
+use crate::swaptable::SwapTable;
 use crate::v5::{V5Map, V5Phys};
 use crate::vswap::{DevHost, Vswap};
 use crate::{Rng, SwapSlots};
@@ -234,6 +235,18 @@ pub fn batch_phys_v5(iters: u64) -> Duration {
     total
 }
 
+/// [`batch_phys_vswap`] for the swap-table baseline: its slots are the device
+/// slots, so the batch free is the device-side free (no side state to drop).
+pub fn batch_phys_swap_table(iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let m = SwapTable::new(BATCH_DEVICE_SLOTS, 2);
+        let hs = batch_prepare(&m, BATCH_SLOTS, |h| Backend::Phys { dev: 0, off: h });
+        total += batch_free(&m, &hs);
+    }
+    total
+}
+
 /// A physical device's allocator, for the device benchmarks.
 pub trait PhysSlots: Sync {
     /// Name in ids and the report.
@@ -265,6 +278,30 @@ impl PhysSlots for V5Phys {
     #[inline]
     fn free(&self, off: u64, len: u64) {
         V5Phys::free(self, off, len)
+    }
+}
+
+/// The swap table as a device for the device benchmarks: it is its own
+/// device. Allocation gives a slot with a folio in the swap cache, free drops
+/// that reference (no reverse map: there is no virtual owner).
+pub struct SwapTableDevice(pub SwapTable);
+
+impl SwapTableDevice {
+    /// A device of `slots` slots for 2 CPUs.
+    pub fn new(slots: u64) -> Self {
+        Self(SwapTable::new(slots, 2))
+    }
+}
+
+impl PhysSlots for SwapTableDevice {
+    const NAME: &'static str = "swap_table";
+    #[inline]
+    fn alloc(&self, order: u32, cpu: u32, _owner: u64) -> Option<u64> {
+        SwapSlots::alloc(&self.0, order, cpu)
+    }
+    #[inline]
+    fn free(&self, off: u64, len: u64) {
+        self.0.cache_clear(off, len as u32, 0)
     }
 }
 
@@ -470,6 +507,23 @@ pub fn floor_rmw(iters: u64) -> Duration {
     let t = Instant::now();
     for _ in 0..iters {
         black_box(&a.0).fetch_add(1, Ordering::AcqRel);
+    }
+    t.elapsed()
+}
+
+/// A model of today's per-operation pin: a CAS that takes a reference on a
+/// cluster's word and a `fetch_sub` that drops it (two locked RMWs), what
+/// every `VswapMap` call pays now and the planned host guard removes.
+pub fn floor_pin(iters: u64) -> Duration {
+    #[repr(align(64))]
+    struct Line(AtomicU64);
+    let a = Line(AtomicU64::new(0));
+    let t = Instant::now();
+    for _ in 0..iters {
+        let w = black_box(&a.0);
+        let v = w.load(Ordering::Acquire);
+        let _ = w.compare_exchange(v, v + 1, Ordering::AcqRel, Ordering::Acquire);
+        w.fetch_sub(1, Ordering::AcqRel);
     }
     t.elapsed()
 }
