@@ -224,15 +224,19 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         Ok((pin, off))
     }
 
+    /// Check a range `start..start + 2^order`: `BadOrder` for an order above
+    /// the cluster's, `Misaligned` for a start not aligned to `2^order`,
+    /// `OutOfRange` for a range that contains slot 0 or does not lie wholly
+    /// inside the space (the code every per-slot call gives for such a slot).
     fn range(&self, start: u32, order: u32) -> Result<u32> {
         if order > self.geometry().cluster_shift {
             return Err(Error::BadOrder);
         }
         let n = 1u32 << order;
-        if start % n != 0 || u64::from(start) + u64::from(n) > self.geometry().slots() {
+        if start % n != 0 {
             return Err(Error::Misaligned);
         }
-        if start == 0 {
+        if start == 0 || u64::from(start) + u64::from(n) > self.geometry().slots() {
             return Err(Error::OutOfRange);
         }
         Ok(n)

@@ -226,11 +226,22 @@ fn slot_out_of_range() {
                 error: Error::OutOfRange
             })
         );
-        // A range that leaves the space is a misaligned range.
-        fx.rejects(Error::Misaligned, |m| m.put_range(slot & !1, 1));
-        fx.rejects(Error::Misaligned, |m| m.lock_range(slot & !1, 1));
-        fx.rejects(Error::Misaligned, |m| m.unlock_range(slot & !1, 1));
-        fx.rejects(Error::Misaligned, |m| m.set_memcg(slot & !1, 1, 1, c));
+        // An aligned range outside the space gives the per-slot calls' code.
+        for order in 0..=SHIFT {
+            let start = slot & !((1 << order) - 1);
+            fx.rejects(Error::OutOfRange, |m| m.put_range(start, order));
+            fx.rejects(Error::OutOfRange, |m| m.lock_range(start, order));
+            fx.rejects(Error::OutOfRange, |m| m.unlock_range(start, order));
+            fx.rejects(Error::OutOfRange, |m| m.set_memcg(start, order, 1, c));
+        }
+    }
+    // A range that holds slot 0 (reserved): OutOfRange too, as for slot 0.
+    for order in 0..=SHIFT {
+        let c = Ctx::MaySleep;
+        fx.rejects(Error::OutOfRange, |m| m.put_range(0, order));
+        fx.rejects(Error::OutOfRange, |m| m.lock_range(0, order));
+        fx.rejects(Error::OutOfRange, |m| m.unlock_range(0, order));
+        fx.rejects(Error::OutOfRange, |m| m.set_memcg(0, order, 1, c));
     }
     // A batch that runs off the end stops there, after the slots before it.
     let last = end - 1;

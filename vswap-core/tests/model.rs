@@ -135,10 +135,10 @@ impl Model {
             return Err(Error::BadOrder);
         }
         let n = 1u32 << order;
-        if start % n != 0 || u64::from(start) + u64::from(n) > self.slots {
+        if start % n != 0 {
             return Err(Error::Misaligned);
         }
-        if start == 0 {
+        if start == 0 || u64::from(start) + u64::from(n) > self.slots {
             return Err(Error::OutOfRange);
         }
         Ok(n)

@@ -102,7 +102,8 @@
 #define VSWAP_ENOSPC 28
 
 /**
- * A slot outside the space, or the reserved slot 0.
+ * A slot outside the space, or the reserved slot 0; a range (`_range`
+ * calls, `vswap_set_memcg`) that holds slot 0 or leaves the space.
  */
 #define VSWAP_ERANGE 34
 
@@ -1030,7 +1031,8 @@ int32_t vswap_put_many(struct vswap_engine *e,
  * Writes the number of slots freed.
  *
  * Returns 0; -EINVAL for a NULL pointer, an order above the cluster order, a
- * misaligned range or a slot with count 0; -ERANGE; -ENOENT if a slot is
+ * misaligned range or a slot with count 0; -ERANGE for a range that holds
+ * slot 0 or does not lie wholly inside the space; -ENOENT if a slot is
  * free; -EBUSY if a slot is locked. Freed slots give back their memcg
  * charges under the engine's charge policy.
  */
@@ -1089,7 +1091,8 @@ int32_t vswap_unlock(struct vswap_engine *e, uint32_t slot);
  * 2^order`, all or nothing.
  *
  * Returns 0; -EINVAL for a NULL engine, a bad order or a misaligned range;
- * -ERANGE; -ENOENT; -EBUSY.
+ * -ERANGE for a range that holds slot 0 or does not lie wholly inside the
+ * space; -ENOENT; -EBUSY.
  */
 int32_t vswap_lock_range(struct vswap_engine *e, uint32_t start, uint32_t order);
 
@@ -1141,8 +1144,8 @@ int32_t vswap_lookup(struct vswap_engine *e, uint32_t slot, struct vswap_entry *
  * Give every slot of a live, naturally aligned range memcg id `memcg`
  * (0..=65535). All or nothing.
  *
- * Returns 0; -EINVAL (also for an id above 65535); -ERANGE; -ENOENT;
- * -ENOMEM/-EAGAIN.
+ * Returns 0; -EINVAL (also for an id above 65535); -ERANGE (as
+ * `vswap_lock_range`); -ENOENT; -ENOMEM/-EAGAIN.
  */
 int32_t vswap_set_memcg(struct vswap_engine *e,
                         uint32_t start,

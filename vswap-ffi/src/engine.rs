@@ -492,7 +492,8 @@ pub unsafe extern "C" fn vswap_put_many(
 /// Writes the number of slots freed.
 ///
 /// Returns 0; -EINVAL for a NULL pointer, an order above the cluster order, a
-/// misaligned range or a slot with count 0; -ERANGE; -ENOENT if a slot is
+/// misaligned range or a slot with count 0; -ERANGE for a range that holds
+/// slot 0 or does not lie wholly inside the space; -ENOENT if a slot is
 /// free; -EBUSY if a slot is locked. Freed slots give back their memcg
 /// charges under the engine's charge policy.
 #[unsafe(no_mangle)]
@@ -610,7 +611,8 @@ pub unsafe extern "C" fn vswap_unlock(e: *mut vswap_engine, slot: u32) -> i32 {
 /// 2^order`, all or nothing.
 ///
 /// Returns 0; -EINVAL for a NULL engine, a bad order or a misaligned range;
-/// -ERANGE; -ENOENT; -EBUSY.
+/// -ERANGE for a range that holds slot 0 or does not lie wholly inside the
+/// space; -ENOENT; -EBUSY.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_lock_range(e: *mut vswap_engine, start: u32, order: u32) -> i32 {
     guard(|| {
@@ -702,8 +704,8 @@ pub unsafe extern "C" fn vswap_lookup(
 /// Give every slot of a live, naturally aligned range memcg id `memcg`
 /// (0..=65535). All or nothing.
 ///
-/// Returns 0; -EINVAL (also for an id above 65535); -ERANGE; -ENOENT;
-/// -ENOMEM/-EAGAIN.
+/// Returns 0; -EINVAL (also for an id above 65535); -ERANGE (as
+/// `vswap_lock_range`); -ENOENT; -ENOMEM/-EAGAIN.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_set_memcg(
     e: *mut vswap_engine,

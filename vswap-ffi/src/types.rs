@@ -48,7 +48,8 @@ pub const VSWAP_ENODEV: i32 = 19;
 pub const VSWAP_EINVAL: i32 = 22;
 /// The slot space or every device is full.
 pub const VSWAP_ENOSPC: i32 = 28;
-/// A slot outside the space, or the reserved slot 0.
+/// A slot outside the space, or the reserved slot 0; a range (`_range`
+/// calls, `vswap_set_memcg`) that holds slot 0 or leaves the space.
 pub const VSWAP_ERANGE: i32 = 34;
 /// The swap count would pass the largest count the side table holds.
 pub const VSWAP_EOVERFLOW: i32 = 75;

@@ -264,6 +264,16 @@ static void test_out_of_range_and_free_slots(void)
 	EXPECT(vswap_dup(E, far, 1, true), -VSWAP_ERANGE);
 	EXPECT(vswap_lock(E, UINT32_MAX), -VSWAP_ERANGE);
 	EXPECT(vswap_cache_get(E, far, &cs), -VSWAP_ERANGE);
+	/* ranges outside the space, or holding slot 0: -ERANGE as per slot */
+	uint32_t rf;
+	const uint32_t end = 1u << 16;
+	EXPECT(vswap_lock_range(E, end, 2), -VSWAP_ERANGE);
+	EXPECT(vswap_lock_range(E, UINT32_MAX & ~3u, 2), -VSWAP_ERANGE);
+	EXPECT(vswap_unlock_range(E, end, 1, &rf), -VSWAP_ERANGE);
+	EXPECT(vswap_put_range(E, end + 8, 3, &rf), -VSWAP_ERANGE);
+	EXPECT(vswap_set_memcg(E, end, 0, 3, true), -VSWAP_ERANGE);
+	EXPECT(vswap_lock_range(E, 0, 2), -VSWAP_ERANGE);
+	EXPECT(vswap_put_range(E, 0, 0, &rf), -VSWAP_ERANGE);
 	/* a free slot next to the neighbour */
 	uint32_t fr = NB + 1;
 	EXPECT(vswap_lookup(E, fr, &en), -VSWAP_ENOENT);
