@@ -16,10 +16,22 @@
 //!      |               ZOMBIE (count 0, !CACHED, LOCKED) -- unlock/commit --+
 //!      |                                                                    |
 //!      +---- store 0 <--- FREEING (owned by the freer) <--- last reference -+
-//!                          (clears the cache word)          dropped unlocked
+//!                 (reads backend, memcg id;   dropped, neither locked nor held
+//!                  clears the cache word)
+//!
+//!   LIVE, !CACHED --cache_store--> HELD (HOLD) --store, drop HOLD--> LIVE
+//!                                   |  last count dropped while held
+//!                                   v
+//!                  dead, HOLD (count 0, !CACHED) --drop HOLD--> FREEING
 //! ```
 //! The backend a slot held is released through the [`Host`] after the word is
-//! 0 (so after any lock bit is dropped), never under an internal lock. Moves that
+//! 0 (so after any lock bit is dropped), never under an internal lock. What a
+//! free reports to [`Host::slot_freed`] (backend, memcg id) is read while the
+//! freer owns the slot (FREEING): once the word is 0 the slot may be
+//! allocated again and given another id. The cache word's lifecycle is the
+//! slot's: it is cleared in FREEING, and written only while the slot is known
+//! to stay the same live slot (cached, by the owner of its cache state; or
+//! held by `cache_store`'s `HOLD`). Moves that
 //! release an old location (writeback, relocation) are done by the lock holder
 //! with [`VswapMap::commit_unlock`], which commits and unlocks in one CAS; a
 //! move that finds its slot dead (a zombie) loses gracefully with
@@ -285,7 +297,8 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
 
     /// Drop `n` swap counts. When the count reaches 0 and no folio is cached,
     /// the slot is freed and its backend released (deferred to the unlock if
-    /// the slot is locked).
+    /// the slot is locked, and to the end of a racing
+    /// [`cache_store`](Self::cache_store) that holds it: then `Live`).
     pub fn put(&self, slot: u32, n: u32) -> Result<Put> {
         let (pin, off) = self.pin(slot)?;
         let word = word(&pin, off)?;
@@ -301,7 +314,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             if f < u64::from(n) {
                 return Err(Error::CountUnderflow);
             }
-            match settle(&pin, off, word, w, with_count(w, f - u64::from(n))) {
+            match self.settle(&pin, off, word, w, with_count(w, f - u64::from(n))) {
                 Ok(freed) => return Ok(self.finish(pin, off, freed)),
                 Err(x) => w = x,
             }
@@ -311,11 +324,11 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     }
 
     /// Release what a settle freed, then the pin.
-    fn finish(&self, pin: Pin<'_, P>, off: usize, freed: Option<Backend>) -> Put {
+    fn finish(&self, pin: Pin<'_, P>, off: usize, freed: Option<Freed>) -> Put {
         match freed {
-            Some(b) => {
-                Releaser::new(&self.host).release(b);
-                self.notify_freed(&pin, off, b);
+            Some(f) => {
+                Releaser::new(&self.host).release(f.backend);
+                self.notify_freed(&pin, off, f);
                 pin.release(1);
                 Put::Freed
             }
@@ -324,13 +337,16 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     }
 
     /// Tell a host that asked ([`Host::WANTS_FREED`]) that slot `off` of the
-    /// pinned cluster was freed (its memcg id is still readable: ids are only
-    /// dropped with the cluster, which the pin keeps).
+    /// pinned cluster was freed, with the backend and memcg id [`settle`]
+    /// read while the freer still owned the slot (by now the slot may have
+    /// been handed to a new owner with another id).
+    ///
+    /// [`settle`]: Self::settle
     #[inline]
-    fn notify_freed(&self, pin: &Pin<'_, P>, off: usize, b: Backend) {
+    fn notify_freed(&self, pin: &Pin<'_, P>, off: usize, f: Freed) {
         if H::WANTS_FREED {
             self.host
-                .slot_freed(pin.base() + off as u32, b, pin.memcg(off));
+                .slot_freed(pin.base() + off as u32, f.backend, f.memcg);
         }
     }
 
@@ -344,7 +360,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         delta: i64,
         ctx: Ctx,
         unlock: bool,
-    ) -> Result<Option<Backend>> {
+    ) -> Result<Option<Freed>> {
         let word = word(pin, off)?;
         let mut spare = None;
         let result = loop {
@@ -408,7 +424,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                 break Ok(None);
             }
             // The new count fits inline.
-            match settle(pin, off, word, w, with_count(w, new as u64) & !clear) {
+            match self.settle(pin, off, word, w, with_count(w, new as u64) & !clear) {
                 Ok(freed) => {
                     if f == COUNT_CONT {
                         let page = chain.remove(slot);
@@ -453,7 +469,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                 if f == COUNT_CONT {
                     break self.count_slow(&pin, off, start + i, -1, Ctx::NoSleep, true)?;
                 }
-                match settle(
+                match self.settle(
                     &pin,
                     off,
                     word,
@@ -464,9 +480,9 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                     Err(x) => w = x,
                 }
             };
-            if let Some(b) = done {
-                rel.release(b);
-                self.notify_freed(&pin, off, b);
+            if let Some(f) = done {
+                rel.release(f.backend);
+                self.notify_freed(&pin, off, f);
                 freed += 1;
             }
         }
@@ -508,15 +524,15 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                     if f == 0 {
                         break Err(Error::CountUnderflow);
                     }
-                    match settle(&pin, off, word, w, with_count(w, f - 1)) {
+                    match self.settle(&pin, off, word, w, with_count(w, f - 1)) {
                         Ok(x) => break Ok(x),
                         Err(x) => w = x,
                     }
                 };
                 match r {
-                    Ok(Some(b)) => {
-                        rel.release(b);
-                        self.notify_freed(&pin, off, b);
+                    Ok(Some(f)) => {
+                        rel.release(f.backend);
+                        self.notify_freed(&pin, off, f);
                         freed += 1;
                     }
                     Ok(None) => {}
@@ -567,18 +583,60 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
 
     /// Write the cache word of a live slot (the folio cookie after
     /// [`alloc`](Self::alloc), or a new shadow).
+    ///
+    /// The value only ever lands in the same live slot: while the slot is
+    /// cached, the caller (who owns its swap cache state) keeps it live; a
+    /// slot that is not cached is *held* for the store (one CAS to set
+    /// `HOLD`, one to clear it), so that a racing last `put` cannot free it
+    /// in between. If the last reference went while it was held, the slot is
+    /// freed here, when the hold goes, and its cache word cleared with it.
+    /// `NotAllocated` (nothing written) if the slot is not live.
     pub fn cache_store(&self, slot: u32, value: u64, ctx: Ctx) -> Result<()> {
         let (pin, off) = self.pin(slot)?;
-        if !is_live(word(&pin, off)?.load(Ordering::Acquire)) {
+        let word = word(&pin, off)?;
+        if !is_live(word.load(Ordering::Acquire)) {
             return Err(Error::NotAllocated);
         }
+        // The table is made (maybe sleeping) before any hold is taken.
         let table = if value != 0 {
             Some(pin.cache_table_or_create(ctx)?)
         } else {
             pin.cache_table()
         };
-        if let Some(c) = table.and_then(|t| t.get(off)) {
-            c.store(value, Ordering::Release);
+        let Some(c) = table.and_then(|t| t.get(off)) else {
+            return Ok(()); // value 0 and no table: the word already reads 0
+        };
+        let mut w = word.load(Ordering::Acquire);
+        let held = loop {
+            if !is_live(w) {
+                return Err(Error::NotAllocated);
+            }
+            if w & CACHED != 0 {
+                break false;
+            }
+            if w & HOLD != 0 {
+                // Another cache_store holds it for one store: wait.
+                spin_hint();
+                w = word.load(Ordering::Acquire);
+                continue;
+            }
+            match word.compare_exchange_weak(w, w | HOLD, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break true,
+                Err(x) => w = x,
+            }
+        };
+        c.store(value, Ordering::Release);
+        if held {
+            let mut w = word.load(Ordering::Acquire);
+            loop {
+                match self.settle(&pin, off, word, w, w & !HOLD) {
+                    Ok(freed) => {
+                        self.finish(pin, off, freed);
+                        break;
+                    }
+                    Err(x) => w = x,
+                }
+            }
         }
         Ok(())
     }
@@ -619,7 +677,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                 }
                 shadow_stored = true;
             }
-            match settle(&pin, off, word, w, w & !CACHED) {
+            match self.settle(&pin, off, word, w, w & !CACHED) {
                 Ok(freed) => return Ok(self.finish(pin, off, freed)),
                 Err(x) => w = x,
             }
@@ -685,7 +743,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             if w & LOCKED == 0 {
                 return Err(Error::NotLocked);
             }
-            match settle(&pin, off, word, w, w & !LOCKED) {
+            match self.settle(&pin, off, word, w, w & !LOCKED) {
                 Ok(freed) => return Ok(self.finish(pin, off, freed)),
                 Err(x) => w = x,
             }
@@ -769,7 +827,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             if !is_live(w) {
                 // A zombie under our lock: free it (unlock) and report the
                 // lost move.
-                match settle(&pin, off, word, w, w & !LOCKED) {
+                match self.settle(&pin, off, word, w, w & !LOCKED) {
                     Ok(freed) => {
                         self.finish(pin, off, freed);
                         return Err(Error::Gone);
@@ -922,40 +980,65 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     }
 }
 
+impl<P: Provider, H: Host> VswapMap<P, H> {
+    /// Move word `w` to `new` by CAS. If `new` is dead and neither locked nor
+    /// held (see `HOLD`), free the slot instead: take it with the FREEING
+    /// marker; while it owns the slot (nobody can allocate it, a word of
+    /// FREEING is not 0), read what the free reports (the backend, and the
+    /// memcg id for a host that wants [`Host::slot_freed`]) and clear its
+    /// cache word; then store 0. `Err(current)` if the word changed.
+    ///
+    /// Nothing is read after the store of 0: from then on the slot may be
+    /// allocated again and given another id and cache word.
+    #[inline]
+    fn settle(
+        &self,
+        pin: &Pin<'_, P>,
+        off: usize,
+        word: &AtomicU64,
+        w: u64,
+        new: u64,
+    ) -> core::result::Result<Option<Freed>, u64> {
+        if is_live(new) || new & (LOCKED | HOLD) != 0 {
+            word.compare_exchange(w, new, Ordering::AcqRel, Ordering::Acquire)?;
+            return Ok(None);
+        }
+        word.compare_exchange(w, FREEING, Ordering::AcqRel, Ordering::Acquire)?;
+        // Plain loads of tables the freer still owns: no atomic RMW.
+        let memcg = if H::WANTS_FREED { pin.memcg(off) } else { None };
+        if let Some(c) = pin.cache_table().and_then(|t| t.get(off)) {
+            // Release: a `cache_get` that reads this 0 then sees FREEING (or
+            // later) when it re-reads the core word, and retries.
+            c.store(0, Ordering::Release);
+        }
+        word.store(0, Ordering::Release);
+        Ok(Some(Freed {
+            backend: Backend::decode(w),
+            memcg,
+        }))
+    }
+}
+
 impl<P: Provider, H: Host> Drop for VswapMap<P, H> {
     fn drop(&mut self) {
         self.side.clear(self.space.provider());
     }
 }
 
-use vswap_alloc::sync::{AtomicU64, Ordering};
+use vswap_alloc::sync::{AtomicU64, Ordering, spin_hint};
 
 #[inline]
 fn word<'a, P: Provider>(pin: &'a Pin<'_, P>, off: usize) -> Result<&'a AtomicU64> {
     pin.words().get(off).ok_or(Error::OutOfRange)
 }
 
-/// Move word `w` to `new` by CAS. If `new` is dead and unlocked, free the slot
-/// instead: take it with the FREEING marker, clear its cache word, store 0, and
-/// return the backend it held. `Err(current)` if the word changed.
-#[inline]
-fn settle<P: Provider>(
-    pin: &Pin<'_, P>,
-    off: usize,
-    word: &AtomicU64,
-    w: u64,
-    new: u64,
-) -> core::result::Result<Option<Backend>, u64> {
-    if is_live(new) || new & LOCKED != 0 {
-        word.compare_exchange(w, new, Ordering::AcqRel, Ordering::Acquire)?;
-        return Ok(None);
-    }
-    word.compare_exchange(w, FREEING, Ordering::AcqRel, Ordering::Acquire)?;
-    if let Some(c) = pin.cache_table().and_then(|t| t.get(off)) {
-        // Release: a `cache_get` that reads this 0 then sees FREEING (or
-        // later) when it re-reads the core word, and retries.
-        c.store(0, Ordering::Release);
-    }
-    word.store(0, Ordering::Release);
-    Ok(Some(Backend::decode(w)))
+/// What a free took from its slot while it still owned it (see
+/// [`VswapMap::settle`]).
+#[derive(Clone, Copy, Debug)]
+struct Freed {
+    /// The backend the slot held (to release).
+    backend: Backend,
+    /// The slot's memcg id at the free (read only for hosts that want
+    /// [`Host::slot_freed`]).
+    memcg: Option<u16>,
 }

@@ -300,3 +300,106 @@ fn engine_built_in_place_works_and_drops() {
     p.fail_after(None);
     assert_eq!(p.bytes_in_use(), 0);
 }
+
+/// Issue 12 item 2: the free reports (and so the engine uncharges) the memcg
+/// id of the owner that freed the slot, even when the slot is allocated
+/// again and given another id while the free is still releasing its backend.
+/// The host's `release_zswap` parks the freeing thread while the main thread
+/// takes the (only free) slot and sets a new id.
+#[test]
+fn free_reports_the_freeing_owners_memcg_when_the_slot_is_reused() {
+    use std::sync::Barrier;
+    use std::sync::atomic::{AtomicBool, Ordering as O};
+    struct Parking {
+        armed: AtomicBool,
+        gate: Barrier,
+        freed: Mutex<Vec<(u32, Option<u16>)>>,
+    }
+    impl Host for Parking {
+        fn release_zswap(&self, _h: u64) {
+            if self.armed.swap(false, O::SeqCst) {
+                self.gate.wait(); // the slot's word is 0 now
+                self.gate.wait(); // reallocated, new id set
+            }
+        }
+        fn release_phys(&self, _d: u8, _o: u64, _l: u64) {}
+        const WANTS_FREED: bool = true;
+        fn slot_freed(&self, slot: u32, _b: Backend, memcg: Option<u16>) {
+            self.freed.lock().unwrap().push((slot, memcg));
+        }
+    }
+    let p = StdProvider::new();
+    let host = Parking {
+        armed: AtomicBool::new(false),
+        gate: Barrier::new(2),
+        freed: Mutex::new(Vec::new()),
+    };
+    let cfg = MapConfig {
+        geometry: Geometry::tiny(2, 4, 1),
+    };
+    let m = VswapMap::new(cfg, &p, &host).unwrap();
+    // Slots 1..=3 all taken; ids differ, so the cluster has an id table.
+    let slots: Vec<u32> = (0..3).map(|_| m.alloc(0, 0, S).unwrap()).collect();
+    for (i, &s) in slots.iter().enumerate() {
+        m.set_memcg(s, 0, 10 + i as u16, S).unwrap();
+    }
+    let s = slots[1];
+    m.store(s, Backend::None, Backend::Zswap(5)).unwrap();
+    m.dup(s, 1, S).unwrap();
+    assert_eq!(m.cache_clear(s, 0, S).unwrap(), Put::Live);
+    host.armed.store(true, O::SeqCst);
+    std::thread::scope(|sc| {
+        let t = sc.spawn(|| m.put(s, 1));
+        host.gate.wait();
+        assert_eq!(m.alloc(0, 0, S), Ok(s), "the only free slot");
+        m.set_memcg(s, 0, 99, S).unwrap();
+        host.gate.wait();
+        assert_eq!(t.join().unwrap(), Ok(Put::Freed));
+    });
+    assert_eq!(*host.freed.lock().unwrap(), [(s, Some(11))]);
+    assert_eq!(m.memcg(s), Ok(Some(99)), "the new owner's id stays");
+}
+
+/// Issue 12 item 3: a cache word never outlives its slot. Allocate, store a
+/// cookie, free, allocate the same slot again: its cache word reads "none";
+/// a shadow left by `cache_clear` goes with the free too; and a fresh slot
+/// of a cluster that has a cache table reads "none".
+#[test]
+fn cache_word_does_not_survive_into_the_next_owner() {
+    let p = StdProvider::new();
+    let cfg = MapConfig {
+        geometry: Geometry::tiny(2, 4, 1),
+    };
+    let m = VswapMap::new(cfg, &p, NoHost).unwrap();
+    let a = m.alloc(0, 0, S).unwrap();
+    let b = m.alloc(0, 0, S).unwrap();
+    let fresh = m.alloc(0, 0, S).unwrap();
+    m.cache_store(a, 0xdead_0000, S).unwrap();
+    assert_eq!(
+        m.cache_get(fresh).unwrap(),
+        CacheState {
+            cached: true,
+            word: 0
+        },
+        "a fresh slot of a cluster with a cache table"
+    );
+    // Free `a` through the cache clear; take it again.
+    assert_eq!(m.cache_clear(a, 0, S).unwrap(), Put::Freed);
+    assert_eq!(m.alloc(0, 0, S), Ok(a));
+    assert_eq!(m.cache_get(a).unwrap().word, 0);
+    // A shadow (count held), then the last put: gone with the slot.
+    m.dup(a, 1, S).unwrap();
+    m.cache_clear(a, 0x5_0000, S).unwrap();
+    m.cache_store(a, 0x6_0000, S).unwrap();
+    assert_eq!(m.cache_get(a).unwrap().word, 0x6_0000);
+    assert_eq!(m.put(a, 1).unwrap(), Put::Freed);
+    assert_eq!(m.alloc(0, 0, S), Ok(a));
+    assert_eq!(
+        m.cache_get(a).unwrap(),
+        CacheState {
+            cached: true,
+            word: 0
+        }
+    );
+    let _ = (b, fresh);
+}

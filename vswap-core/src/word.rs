@@ -1,10 +1,10 @@
 //! The 8-byte core word: one `AtomicU64` per virtual slot.
 //!
 //! ```text
-//!  63                                            14 13       8 7  6  5     4      3     2   0
-//! +------------------------------------------------+----------+-----+-----+------+------+-----+
-//! |                 payload (50 bits)              | count (6)| rsv |ALLOC|LOCKED|CACHED| tag |
-//! +------------------------------------------------+----------+-----+-----+------+------+-----+
+//!  63                                            14 13       8  7    6    5     4      3     2   0
+//! +------------------------------------------------+----------+----+----+-----+------+------+-----+
+//! |                 payload (50 bits)              | count (6)| rsv|HOLD|ALLOC|LOCKED|CACHED| tag |
+//! +------------------------------------------------+----------+----+----+-----+------+------+-----+
 //!
 //! tag 0 none      payload 0
 //! tag 1 zero      payload 0
@@ -19,7 +19,12 @@
 //! An allocated slot that is not live but `LOCKED` is a *zombie*: its last
 //! reference went while someone held its lock, and the unlock frees it.
 //! The *freeing* marker is transient: the thread that freed a slot owns it
-//! while it clears the slot's cache word, then stores 0.
+//! while it reads what the free reports (backend, memcg id) and clears the
+//! slot's cache word, then stores 0.
+//! `HOLD` is a short hold a `cache_store` takes on a slot that is not cached,
+//! so that the slot cannot be freed while its cache word is written: a last
+//! reference dropped meanwhile leaves an allocated, dead, held slot, which
+//! the holder frees when it drops the hold (like a zombie's unlock).
 //!
 //! Sign extension keeps the all-zeroes and all-ones patterns, small values and
 //! kernel direct-map pointers (top 15 bits all ones) inside 50 bits.
@@ -30,6 +35,8 @@ pub(crate) const TAG_MASK: u64 = 0x7;
 pub(crate) const CACHED: u64 = 1 << 3;
 pub(crate) const LOCKED: u64 = 1 << 4;
 pub(crate) const ALLOC: u64 = 1 << 5;
+/// A `cache_store` holds the slot (it cannot be freed until the bit goes).
+pub(crate) const HOLD: u64 = 1 << 6;
 pub(crate) const COUNT_SHIFT: u32 = 8;
 pub(crate) const COUNT_MASK: u64 = 0x3f << COUNT_SHIFT;
 /// Largest count kept inline.

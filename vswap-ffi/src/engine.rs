@@ -450,7 +450,8 @@ pub unsafe extern "C" fn vswap_try_get(
 /// Drop `n` swap counts. When the count reaches 0 and no folio is cached the
 /// slot is freed: its backend goes back (zswap handle through
 /// `release_zswap`, device slots to their device, then `released_phys`) and
-/// its charge is given back (deferred to the unlock if the slot is locked).
+/// its charge is given back (deferred to the unlock if the slot is locked, or
+/// to the end of a racing `vswap_cache_store`).
 ///
 /// Returns `VSWAP_LIVE` (0) or `VSWAP_FREED` (1); -EINVAL for a NULL engine
 /// or a put of more counts than held; -ERANGE; -ENOENT if the slot is free.
@@ -530,9 +531,14 @@ pub unsafe extern "C" fn vswap_cache_add(
 }
 
 /// Write the cache word of a live slot (the folio cookie after
-/// `vswap_alloc`, or a new shadow).
+/// `vswap_alloc`, or a new shadow). The value only lands in the same live
+/// slot: a slot that is not cached is held for the store, so a last
+/// `vswap_put` racing it returns `VSWAP_LIVE` and the slot is freed here
+/// when the store is done (backend released, charge given back, cache word
+/// cleared), still returning 0.
 ///
-/// Returns 0; -EINVAL; -ERANGE; -ENOENT; -ENOMEM/-EAGAIN.
+/// Returns 0; -EINVAL; -ERANGE; -ENOENT (nothing written) if the slot is not
+/// live; -ENOMEM/-EAGAIN.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_cache_store(
     e: *mut vswap_engine,
