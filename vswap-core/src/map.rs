@@ -48,7 +48,7 @@
 use vswap_alloc::{Ctx, Error, Geometry, Pin, Provider, Result, SlotSpace, SpaceMemory};
 
 use crate::host::{Host, Releaser};
-use crate::side::SideTable;
+use crate::side::{Garbage, Side, SideTable, Spares};
 use crate::word::*;
 
 /// Configuration of a [`VswapMap`].
@@ -139,7 +139,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         Ok(Self {
             space: SlotSpace::new(cfg.geometry, provider, RESERVED)?,
             host,
-            side: SideTable::new(),
+            side: SideTable::new(cfg.geometry.cluster_slots() as usize),
         })
     }
 
@@ -164,7 +164,8 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         // written once through a raw pointer, without reading the rest.
         unsafe {
             core::ptr::addr_of_mut!((*place).space).write(space);
-            core::ptr::addr_of_mut!((*place).side).write(SideTable::new());
+            core::ptr::addr_of_mut!((*place).side)
+                .write(SideTable::new(cfg.geometry.cluster_slots() as usize));
             init_host(core::ptr::addr_of_mut!((*place).host));
         }
         Ok(())
@@ -193,7 +194,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         Ok(Self {
             space: SlotSpace::with_policy(cfg.geometry, policy, provider, RESERVED, bad)?,
             host,
-            side: SideTable::new(),
+            side: SideTable::new(cfg.geometry.cluster_slots() as usize),
         })
     }
 
@@ -210,6 +211,13 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// (Direct mode, discard) the host finished discarding cluster `c`.
     pub fn discard_done(&self, c: u32) -> Result<()> {
         self.space.discard_done(c)
+    }
+
+    /// Buckets the side table's lookups have looked at so far (for the O(1)
+    /// regression test).
+    #[cfg(test)]
+    pub(crate) fn side_probes(&self) -> u64 {
+        self.side.lock().probes
     }
 
     /// The host callbacks.
@@ -361,10 +369,14 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         ctx: Ctx,
         unlock: bool,
     ) -> Result<Option<Freed>> {
+        let _ = slot;
         let word = word(pin, off)?;
-        let mut spare = None;
+        let c = pin.cluster();
+        let provider = self.space.provider();
+        let mut spares = Spares::default();
+        let mut garbage = Garbage::default();
         let result = loop {
-            let mut chain = self.side.lock();
+            let mut side = self.side.lock();
             let w = word.load(Ordering::Acquire);
             if !is_live(w) || (unlock && w & LOCKED == 0) {
                 break Err(if unlock && is_live(w) {
@@ -375,7 +387,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             }
             let f = count_field(w);
             let cur = if f == COUNT_CONT {
-                i64::from(chain.get(slot).unwrap_or(0))
+                i64::from(side.get(c, off).unwrap_or(0))
             } else {
                 f as i64
             };
@@ -388,57 +400,44 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             }
             let clear = if unlock { LOCKED } else { 0 };
             if new > i64::from(INLINE_COUNT_MAX) {
-                if f == COUNT_CONT {
-                    if unlock
-                        && word
-                            .compare_exchange(w, w & !LOCKED, Ordering::AcqRel, Ordering::Acquire)
-                            .is_err()
-                    {
-                        continue;
+                // A slot not yet attached attaches now: make what that needs
+                // without the lock, then try again.
+                if w & SIDE == 0 {
+                    if let Some(need) = side.needs(c, &spares) {
+                        drop(side);
+                        match self.side.make(provider, need, ctx, &mut spares) {
+                            Ok(()) => continue,
+                            Err(e) => break Err(e),
+                        }
                     }
-                    chain.update(slot, new as u32);
-                    break Ok(None);
                 }
-                if chain.insert(slot, new as u32, &mut spare).is_err() {
-                    drop(chain);
-                    match SideTable::new_page(self.space.provider(), ctx) {
-                        Ok(p) => spare = Some(p),
-                        Err(e) => break Err(e),
-                    }
-                    continue;
-                }
-                if word
-                    .compare_exchange(
-                        w,
-                        with_count(w, COUNT_CONT) & !clear,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    )
-                    .is_err()
+                let next = (with_count(w, COUNT_CONT) | SIDE) & !clear;
+                if next != w
+                    && word
+                        .compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire)
+                        .is_err()
                 {
-                    let page = chain.remove(slot);
-                    drop(chain);
-                    SideTable::free_page(self.space.provider(), page);
                     continue;
+                }
+                // Readers of the block's count hold the lock: the count is
+                // written before anyone can read it.
+                if w & SIDE == 0 {
+                    side.attach(c, off, new as u32, &mut spares, &mut garbage);
+                } else {
+                    side.set(c, off, new as u32);
                 }
                 break Ok(None);
             }
-            // The new count fits inline.
-            match self.settle(pin, off, word, w, with_count(w, new as u64) & !clear) {
-                Ok(freed) => {
-                    if f == COUNT_CONT {
-                        let page = chain.remove(slot);
-                        drop(chain);
-                        SideTable::free_page(self.space.provider(), page);
-                    }
-                    break Ok(freed);
-                }
+            // The new count fits inline (an attached slot stays attached: its
+            // block count is ignored while the field is inline).
+            let next = with_count(w, new as u64) & !clear;
+            match self.settle_in(pin, off, word, w, next, Some(&mut side), &mut garbage) {
+                Ok(freed) => break Ok(freed),
                 Err(_) => continue,
             }
         };
-        if let Some(p) = spare {
-            SideTable::free_page(self.space.provider(), crate::side::FreePage::from_raw(p));
-        }
+        self.side.free_spares(provider, spares);
+        self.side.free_garbage(provider, garbage);
         result
     }
 
@@ -893,10 +892,10 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             // lock: read the word again under it, so that the word and the
             // table's count are one snapshot (a count read after the slot went
             // back inline would be a value the slot never had).
-            let chain = self.side.lock();
+            let mut side = self.side.lock();
             w = word.load(Ordering::Acquire);
             count = match count_field(w) {
-                COUNT_CONT => chain.get(slot).unwrap_or(INLINE_COUNT_MAX + 1),
+                COUNT_CONT => side.get(pin.cluster(), off).unwrap_or(INLINE_COUNT_MAX + 1),
                 f => f as u32,
             };
         }
@@ -985,8 +984,9 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// held (see `HOLD`), free the slot instead: take it with the FREEING
     /// marker; while it owns the slot (nobody can allocate it, a word of
     /// FREEING is not 0), read what the free reports (the backend, and the
-    /// memcg id for a host that wants [`Host::slot_freed`]) and clear its
-    /// cache word; then store 0. `Err(current)` if the word changed.
+    /// memcg id for a host that wants [`Host::slot_freed`]), clear its cache
+    /// word and detach it from the side table if it is attached (`SIDE`);
+    /// then store 0. `Err(current)` if the word changed.
     ///
     /// Nothing is read after the store of 0: from then on the slot may be
     /// allocated again and given another id and cache word.
@@ -999,6 +999,27 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         w: u64,
         new: u64,
     ) -> core::result::Result<Option<Freed>, u64> {
+        let mut garbage = Garbage::default();
+        let r = self.settle_in(pin, off, word, w, new, None, &mut garbage);
+        self.side.free_garbage(self.space.provider(), garbage);
+        r
+    }
+
+    /// [`settle`](Self::settle) for a caller that may hold the side lock
+    /// (`side`); side-table memory to free once the lock is dropped goes to
+    /// `garbage`.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn settle_in(
+        &self,
+        pin: &Pin<'_, P>,
+        off: usize,
+        word: &AtomicU64,
+        w: u64,
+        new: u64,
+        side: Option<&mut Side>,
+        garbage: &mut Garbage,
+    ) -> core::result::Result<Option<Freed>, u64> {
         if is_live(new) || new & (LOCKED | HOLD) != 0 {
             word.compare_exchange(w, new, Ordering::AcqRel, Ordering::Acquire)?;
             return Ok(None);
@@ -1010,6 +1031,12 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             // Release: a `cache_get` that reads this 0 then sees FREEING (or
             // later) when it re-reads the core word, and retries.
             c.store(0, Ordering::Release);
+        }
+        if w & SIDE != 0 {
+            match side {
+                Some(s) => s.detach(pin.cluster(), garbage),
+                None => self.side.lock().detach(pin.cluster(), garbage),
+            }
         }
         word.store(0, Ordering::Release);
         Ok(Some(Freed {

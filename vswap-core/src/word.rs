@@ -3,7 +3,7 @@
 //! ```text
 //!  63                                            14 13       8  7    6    5     4      3     2   0
 //! +------------------------------------------------+----------+----+----+-----+------+------+-----+
-//! |                 payload (50 bits)              | count (6)| rsv|HOLD|ALLOC|LOCKED|CACHED| tag |
+//! |                 payload (50 bits)              | count (6)|SIDE|HOLD|ALLOC|LOCKED|CACHED| tag |
 //! +------------------------------------------------+----------+----+----+-----+------+------+-----+
 //!
 //! tag 0 none      payload 0
@@ -14,6 +14,8 @@
 //! tag 6           the *freeing* marker (`ALLOC | LOCKED | 6`)
 //! tag 7           slot 0's reserved marker (never visible through the API)
 //! count 0..=62    inline swap count; 63 = the count lives in the side table
+//! SIDE            the slot is attached to its cluster's side-table block (its
+//!                 count went above 62 since its allocation); cleared by the free
 //! ```
 //! A word of 0 is a free slot. A slot is *live* while `count > 0 || CACHED`.
 //! An allocated slot that is not live but `LOCKED` is a *zombie*: its last
@@ -37,6 +39,8 @@ pub(crate) const LOCKED: u64 = 1 << 4;
 pub(crate) const ALLOC: u64 = 1 << 5;
 /// A `cache_store` holds the slot (it cannot be freed until the bit goes).
 pub(crate) const HOLD: u64 = 1 << 6;
+/// The slot is attached to the side table (see `side.rs`) until it is freed.
+pub(crate) const SIDE: u64 = 1 << 7;
 pub(crate) const COUNT_SHIFT: u32 = 8;
 pub(crate) const COUNT_MASK: u64 = 0x3f << COUNT_SHIFT;
 /// Largest count kept inline.

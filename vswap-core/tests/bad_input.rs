@@ -554,14 +554,15 @@ fn provider_out_of_memory() {
     };
     // A slot of cluster 2 (order 0 on CPU 1: a new cluster).
     check(&|m| m.alloc(0, 1, c).map(|_| ()));
-    // Side table page for a count above the inline bits (none exists yet
-    // besides slot one[3]'s page, so use its neighbour after removing it).
-    let s = fx.one[0];
+    // Side-table count block for a count above the inline bits: cluster 0
+    // has one (slot one[3] overflowed, and it stays attached while it
+    // lives, even with its count back inline); cluster 1 has none yet.
+    let held = m.stats().side_bytes;
     assert_eq!(m.put(fx.one[3], 70), Ok(Put::Live));
-    assert_eq!(m.stats().side_bytes, 0);
-    check(&|m| m.dup(s, 60, c));
-    // Cache table for a non-zero cache word: cluster 1 has none yet.
+    assert_eq!(m.stats().side_bytes, held);
     let q = fx.pair;
+    check(&|m| m.dup(q, 70, c));
+    // Cache table for a non-zero cache word: cluster 1 has none yet.
     check(&|m| m.cache_add(q, 0xabc, c));
     check(&|m| m.cache_store(q, 0xabc, c));
     m.cache_add(q, 0, c).unwrap();
@@ -577,10 +578,14 @@ fn provider_out_of_memory() {
     m.dup(t, 62, c).unwrap();
     m.cache_store(t, 0x99, c).unwrap(); // cluster 0 has a cache table
     assert_eq!(m.put(t, 62), Ok(Put::Live));
+    // An attached slot overflows again without memory (hysteresis).
+    m.dup(fx.one[3], 70, c).unwrap();
+    assert_eq!(m.lookup(fx.one[3]).unwrap().count, 70);
+    assert_eq!(m.put(fx.one[3], 70), Ok(Put::Live));
     p.fail_after(None);
     // Recovery: everything that failed now works.
-    m.dup(s, 60, c).unwrap();
-    assert_eq!(m.lookup(s).unwrap().count, 63);
+    m.dup(q, 70, c).unwrap();
+    assert_eq!(m.lookup(q).unwrap().count, 71);
     m.cache_store(q, 0xabc, c).unwrap();
     assert_eq!(m.cache_clear(q, 0x5ad, c), Ok(Put::Live));
     assert_eq!(
@@ -645,14 +650,12 @@ fn nosleep_asks_to_retry() {
     let fx = Fx::new(&p, &h);
     let m = &fx.map;
     let (ns, ms) = (Ctx::NoSleep, Ctx::MaySleep);
-    // No side-table page yet: remove the one overflowed count.
-    assert_eq!(m.put(fx.one[3], 70), Ok(Put::Live));
-    assert_eq!(m.stats().side_bytes, 0);
+    // Cluster 1 has no side-table count block yet (cluster 0 has one).
     p.again_on_nosleep(true);
     let bytes = p.bytes_in_use();
     let q = fx.pair;
     fx.rejects(Error::Again, |m| m.alloc(0, 1, ns));
-    fx.rejects(Error::Again, |m| m.dup(fx.one[0], 60, ns));
+    fx.rejects(Error::Again, |m| m.dup(q, 70, ns));
     fx.rejects(Error::Again, |m| m.cache_add(q, 0x1, ns));
     fx.rejects(Error::Again, |m| m.cache_store(q, 0x1, ns));
     fx.rejects(Error::Again, |m| m.set_memcg(q, 1, 3, ns));
@@ -660,6 +663,7 @@ fn nosleep_asks_to_retry() {
     // Retry where sleeping is allowed.
     let s = m.alloc(0, 1, ms).unwrap();
     assert!(s >= 2 * CS);
+    m.dup(q, 70, ms).unwrap();
     m.dup(fx.one[0], 60, ms).unwrap();
     m.cache_store(q, 0x1, ms).unwrap();
     m.set_memcg(q, 1, 3, ms).unwrap();

@@ -1087,3 +1087,39 @@ fn m11b_cache_store_races_last_put() {
         fx.finish();
     });
 }
+
+// ---------------------------------------------------------------------------
+// 12. The side table's per-cluster count blocks.
+// ---------------------------------------------------------------------------
+
+/// Issue 12 item 9. Slots a (count 62) and b (count 70: attached to the
+/// cluster's count block, its only user) of one cluster, neither cached: a
+/// `dup` of a (which attaches a, maybe making a block and bucket array
+/// without the lock) races the last `put` of b (which detaches b and frees
+/// the block if it was the last user). a ends with count 63 in the table,
+/// b is freed, and the accounting matches the provider throughout; when a
+/// is freed too, every side-table byte goes back.
+#[test]
+fn m12_side_attach_races_detach() {
+    model("m12_side_attach_races_detach", 4, || {
+        let fx = fixture(2, 8, 1, None);
+        let a = fx.slot(0, Backend::Zero, 62, false);
+        let b = fx.slot(0, Backend::Zswap(9), 70, false);
+        let m = fx.map.clone();
+        let ta = thread::spawn(move || m.dup(a, 1, Ctx::NoSleep));
+        let m = fx.map.clone();
+        let tb = thread::spawn(move || m.put(b, 70));
+        assert_eq!(ta.join().unwrap(), Ok(()));
+        assert_eq!(tb.join().unwrap(), Ok(Put::Freed));
+        assert!(gone(&fx.map, b));
+        assert_eq!(fx.host.zswap(), vec![9]);
+        let e = fx.map.lookup(a).unwrap();
+        assert_eq!(e.count, 63);
+        let st = fx.map.stats();
+        assert_eq!(st.overflowed, 1);
+        assert_eq!(st.total_bytes(), fx.prov.bytes(), "accounting {st:?}");
+        assert_eq!(fx.map.put(a, 63), Ok(Put::Freed));
+        assert_eq!(fx.map.stats().side_bytes, 0);
+        fx.finish();
+    });
+}

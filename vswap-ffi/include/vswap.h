@@ -984,7 +984,10 @@ int32_t vswap_alloc(struct vswap_engine *e,
  *
  * Returns 0; -EINVAL for a NULL engine; -ERANGE for slot 0 or a slot
  * outside the space; -ENOENT if it is free; -EOVERFLOW past the largest
- * count (2^32 - 1); -ENOMEM/-EAGAIN if the count side table needs a page.
+ * count (2^32 - 1); -ENOMEM/-EAGAIN if the count side table needs memory
+ * (the first count above 62 of a cluster's slots makes the cluster's count
+ * block; a slot keeps its place there until it is freed, so its count
+ * crossing 62 again needs none).
  */
 int32_t vswap_dup(struct vswap_engine *e, uint32_t slot, uint32_t n, bool may_sleep);
 
