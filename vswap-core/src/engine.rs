@@ -615,8 +615,7 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     }
 
     /// The backend a page gets without a device slot: `Zero`, `Same` (one
-    /// repeated 64-bit word that fits the payload) or `Zswap` (if the host
-    /// takes it); `None` if it needs a device slot. `BadConfig` for a page
+    /// repeated 64-bit word, any value) or `Zswap` (if the host takes it); `None` if it needs a device slot. `BadConfig` for a page
     /// that is empty or not a whole number of 64-bit words.
     pub(crate) fn classify(&self, slot: u32, page: &[u8]) -> Result<Option<Backend>> {
         if page.is_empty() || page.len() % 8 != 0 {
@@ -632,7 +631,7 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
         if same && first == 0 {
             return Ok(Some(Backend::Zero));
         }
-        if same && fits_payload(first) {
+        if same {
             return Ok(Some(Backend::Same(first)));
         }
         Ok(match self.host().zswap_store(slot, page) {

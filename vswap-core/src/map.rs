@@ -104,7 +104,8 @@ pub struct MapStats {
     pub overflowed: u64,
     /// Memory of the slot space, by kind.
     pub memory: SpaceMemory,
-    /// Bytes of the count side table.
+    /// Bytes of the side table: overflowed counts and same-filled values
+    /// kept outside the core word.
     pub side_bytes: u64,
 }
 
@@ -403,7 +404,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                 // A slot not yet attached attaches now: make what that needs
                 // without the lock, then try again.
                 if w & SIDE == 0 {
-                    if let Some(need) = side.needs(c, &spares) {
+                    if let Some(need) = side.needs(c, &spares, false) {
                         drop(side);
                         match self.side.make(provider, need, ctx, &mut spares) {
                             Ok(()) => continue,
@@ -810,6 +811,9 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// holds the lock, which the CAS drops).
     fn replace(&self, slot: u32, expected: Backend, new: Backend, locked: bool) -> Result<()> {
         let (exp, nw) = (expected.encode()?, new.encode()?);
+        if same_in_table(exp) || same_in_table(nw) {
+            return self.replace_side(slot, (expected, exp), (new, nw), locked);
+        }
         let (pin, off) = self.pin(slot)?;
         let word = word(&pin, off)?;
         let mut w = word.load(Ordering::Acquire);
@@ -854,6 +858,102 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         Ok(())
     }
 
+    /// [`replace`](Self::replace) where the expected or the new backend is a
+    /// same-filled value kept in the side table: the same checks and CAS,
+    /// under the side lock, which every reader of a table value holds. A new
+    /// table value attaches the slot (`SIDE`) and is written with the CAS;
+    /// memory it needs (count block, bucket array, value array) is made with
+    /// the lock dropped and without sleeping (`store` takes no context):
+    /// `NoMem` / `Again` leave the slot unchanged.
+    fn replace_side(
+        &self,
+        slot: u32,
+        (expected, exp): (Backend, u64),
+        (new, nw): (Backend, u64),
+        locked: bool,
+    ) -> Result<()> {
+        let old_v = match expected {
+            Backend::Same(v) if same_in_table(exp) => Some(v),
+            _ => None,
+        };
+        let new_v = match new {
+            Backend::Same(v) if same_in_table(nw) => Some(v),
+            _ => None,
+        };
+        let (pin, off) = self.pin(slot)?;
+        let word = word(&pin, off)?;
+        let c = pin.cluster();
+        let provider = self.space.provider();
+        let mut spares = Spares::default();
+        let mut garbage = Garbage::default();
+        let mut gone = None;
+        let r = loop {
+            let mut side = self.side.lock();
+            let w = word.load(Ordering::Acquire);
+            if !is_slot(w) || (!locked && !is_live(w)) {
+                break Err(Error::NotAllocated);
+            }
+            if !locked && w & LOCKED != 0 {
+                break Err(Error::Busy);
+            }
+            if locked && w & LOCKED == 0 {
+                break Err(Error::NotLocked);
+            }
+            if !is_live(w) {
+                // A zombie under our lock: free it (unlock), report the loss.
+                let next = w & !LOCKED;
+                match self.settle_in(&pin, off, word, w, next, Some(&mut side), &mut garbage) {
+                    Ok(freed) => {
+                        gone = Some(freed);
+                        break Err(Error::Gone);
+                    }
+                    Err(_) => continue,
+                }
+            }
+            if backend_bits(w) != exp || old_v.is_some_and(|v| side.get_same(c, off) != Some(v)) {
+                break Err(Error::WrongState);
+            }
+            if new_v.is_some() {
+                if let Some(need) = side.needs(c, &spares, true) {
+                    drop(side);
+                    match self.side.make(provider, need, Ctx::NoSleep, &mut spares) {
+                        Ok(()) => continue,
+                        Err(e) => break Err(e),
+                    }
+                }
+            }
+            let unlock = if locked { LOCKED } else { 0 };
+            let mut next = ((w & !backend_bits(w)) | nw) & !unlock;
+            if new_v.is_some() {
+                next |= SIDE;
+            }
+            if word
+                .compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                continue;
+            }
+            if let Some(v) = new_v {
+                if w & SIDE == 0 {
+                    side.attach(c, off, 0, &mut spares, &mut garbage);
+                }
+                side.set_same(c, off, v, &mut spares);
+            }
+            break Ok(());
+        };
+        self.side.free_spares(provider, spares);
+        self.side.free_garbage(provider, garbage);
+        if let Some(freed) = gone {
+            self.finish(pin, off, freed);
+            return r;
+        }
+        drop(pin);
+        if r.is_ok() && expected != new {
+            Releaser::new(&self.host).release(expected);
+        }
+        r
+    }
+
     /// zswap writeback, for the lock holder: the slot's zswap object was
     /// written to device slot `(dev, off)`; commit, unlock, release the handle.
     pub fn writeback(&self, slot: u32, dev: u8, off: u64) -> Result<()> {
@@ -887,23 +987,28 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         let word = word(&pin, off)?;
         let mut w = word.load(Ordering::Acquire);
         let mut count = count_field(w) as u32;
-        if count_field(w) == COUNT_CONT {
-            // Count fields move to and from "continued" only under the side
-            // lock: read the word again under it, so that the word and the
-            // table's count are one snapshot (a count read after the slot went
-            // back inline would be a value the slot never had).
+        let mut same = None;
+        if count_field(w) == COUNT_CONT || same_in_table(w) {
+            // Count fields move to and from "continued", and same-filled
+            // values to and from the table, only under the side lock: read
+            // the word again under it, so that the word and the table are one
+            // snapshot (a count read after the slot went back inline would be
+            // a value the slot never had).
             let mut side = self.side.lock();
             w = word.load(Ordering::Acquire);
             count = match count_field(w) {
                 COUNT_CONT => side.get(pin.cluster(), off).unwrap_or(INLINE_COUNT_MAX + 1),
                 f => f as u32,
             };
+            if same_in_table(w) {
+                same = side.get_same(pin.cluster(), off);
+            }
         }
         if !is_slot(w) {
             return Err(Error::NotAllocated);
         }
         Ok(Entry {
-            backend: Backend::decode(w),
+            backend: same.map_or(Backend::decode(w), Backend::Same),
             count,
             cached: w & CACHED != 0,
             locked: w & LOCKED != 0,
@@ -1032,17 +1137,23 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             // later) when it re-reads the core word, and retries.
             c.store(0, Ordering::Release);
         }
+        let mut backend = Backend::decode(w);
         if w & SIDE != 0 {
-            match side {
-                Some(s) => s.detach(pin.cluster(), garbage),
-                None => self.side.lock().detach(pin.cluster(), garbage),
+            let mut own;
+            let s = match side {
+                Some(s) => s,
+                None => {
+                    own = self.side.lock();
+                    &mut *own
+                }
+            };
+            if same_in_table(w) {
+                backend = Backend::Same(s.get_same(pin.cluster(), off).unwrap_or(0));
             }
+            s.detach(pin.cluster(), garbage);
         }
         word.store(0, Ordering::Release);
-        Ok(Some(Freed {
-            backend: Backend::decode(w),
-            memcg,
-        }))
+        Ok(Some(Freed { backend, memcg }))
     }
 }
 

@@ -1,4 +1,5 @@
-//! The swap-count side table: counts above [`INLINE_COUNT_MAX`] live here.
+//! The side table: swap counts above [`INLINE_COUNT_MAX`], and same-filled
+//! values that fit neither inline form of the core word, live here.
 //!
 //! # Layout
 //! Overflow is rare (a page mapped by more than 62 page tables), so the table
@@ -21,6 +22,13 @@
 //!   [`SIDE`] flag in the same CAS that sets the field to 63. The flag stays
 //!   until the slot is freed, also while the count is back inline (then the
 //!   block's count for the slot is stale and ignored).
+//! - A same-filled value that fits neither inline form (see [`crate::word`])
+//!   is kept in its cluster's *same-value array* (one `u64` per slot, made
+//!   on the cluster's first such value, kept with the bucket): the store
+//!   attaches the slot (`SIDE`) if it is not attached, and the CAS that
+//!   publishes the word's "in the table" marker and the write of the value
+//!   happen under the lock, as does every read of a value (`lookup`, a
+//!   store's compare of its expected value, the free's report).
 //! - The freer of a slot with `SIDE` *detaches* it while it owns the slot
 //!   (FREEING, see `map.rs`): the block's user count drops, and a block whose
 //!   last user went is unlinked, as is the bucket array when no block is left.
@@ -29,9 +37,10 @@
 //! Hysteresis: a count that crosses 62 back and forth keeps its slot attached,
 //! so it costs no provider call after its first overflow; the block and
 //! bucket array are made at most once per slot lifetime (allocation to free)
-//! of the slots that overflow. Memory: the bucket array (16 B per bucket, at
-//! least 16 buckets) and `4 * cluster slots` bytes per cluster that has a slot
-//! attached. Provider calls are never made under the lock: a caller that
+//! of the slots that overflow. Memory: the bucket array (24 B per bucket, at
+//! least 16 buckets), `4 * cluster slots` bytes per cluster that has a slot
+//! attached, and `8 * cluster slots` more for a cluster with a same-value
+//! array; all counted in `MapStats::side_bytes`. Provider calls are never made under the lock: a caller that
 //! needs memory drops the lock, allocates with its [`Ctx`] (so `Again` in a
 //! no-sleep context) and tries again.
 //!
@@ -59,6 +68,9 @@ struct Bucket {
     users: u32,
     /// The cluster's count block (`n` counts); null in an empty bucket.
     counts: *mut u32,
+    /// The cluster's same-filled values (`n` words), made on the first
+    /// same-filled value of the cluster kept here; may be null.
+    same: *mut u64,
 }
 
 impl Bucket {
@@ -66,10 +78,11 @@ impl Bucket {
         key: 0,
         users: 0,
         counts: core::ptr::null_mut(),
+        same: core::ptr::null_mut(),
     };
 }
 
-const _: () = assert!(core::mem::size_of::<Bucket>() == 16);
+const _: () = assert!(core::mem::size_of::<Bucket>() == 24);
 const BUCKET: usize = core::mem::size_of::<Bucket>();
 
 /// The table's state, under the lock.
@@ -78,6 +91,8 @@ pub(crate) struct Side {
     buckets: Option<NonNull<Bucket>>,
     cap: usize,
     used: usize,
+    /// Buckets with a same-value array.
+    same_arrays: usize,
     /// Slots per cluster (counts per block).
     n: usize,
     /// Buckets looked at by `find` (for the O(1) regression test).
@@ -102,6 +117,7 @@ pub(crate) struct SideTable {
 pub(crate) struct Spares {
     block: Option<NonNull<u8>>,
     buckets: Option<(NonNull<u8>, usize)>,
+    same: Option<NonNull<u8>>,
 }
 
 /// What [`Side::attach`] needs before it can succeed.
@@ -111,6 +127,8 @@ pub(crate) enum Need {
     Block,
     /// A bucket array of this many buckets.
     Buckets(usize),
+    /// A same-value array of `n` words.
+    Same,
 }
 
 /// Memory unlinked under the lock, to free once it is dropped.
@@ -119,6 +137,7 @@ pub(crate) enum Need {
 pub(crate) struct Garbage {
     block: Option<NonNull<u32>>,
     buckets: Option<(NonNull<Bucket>, usize)>,
+    same: Option<NonNull<u64>>,
 }
 
 impl SideTable {
@@ -129,6 +148,7 @@ impl SideTable {
                 buckets: None,
                 cap: 0,
                 used: 0,
+                same_arrays: 0,
                 n,
                 #[cfg(test)]
                 probes: 0,
@@ -166,6 +186,11 @@ impl SideTable {
                 }
                 spares.buckets = Some((p.alloc_zeroed(cap * BUCKET, ALIGN, ctx)?, cap));
             }
+            Need::Same => {
+                if spares.same.is_none() {
+                    spares.same = Some(p.alloc_zeroed(same_bytes(self.n), ALIGN, ctx)?);
+                }
+            }
         }
         Ok(())
     }
@@ -181,11 +206,15 @@ impl SideTable {
             // SAFETY: as above.
             unsafe { p.free(b, c * BUCKET, ALIGN) };
         }
+        if let Some(b) = spares.same {
+            // SAFETY: as above.
+            unsafe { p.free(b, same_bytes(n), ALIGN) };
+        }
     }
 
     /// Give back memory unlinked under the lock (call with the lock dropped).
     pub(crate) fn free_garbage<P: Provider>(&self, p: &P, g: Garbage) {
-        if g.block.is_none() && g.buckets.is_none() {
+        if g.block.is_none() && g.buckets.is_none() && g.same.is_none() {
             return;
         }
         let n = self.n;
@@ -197,6 +226,10 @@ impl SideTable {
             // SAFETY: unlinked under the lock; `c` buckets.
             unsafe { p.free(b.cast(), c * BUCKET, ALIGN) };
         }
+        if let Some(b) = g.same {
+            // SAFETY: unlinked under the lock with its bucket; `n` words.
+            unsafe { p.free(b.cast(), same_bytes(n), ALIGN) };
+        }
     }
 
     /// Bytes held.
@@ -207,7 +240,7 @@ impl SideTable {
         } else {
             0
         };
-        (buckets + s.used * block_bytes(s.n)) as u64
+        (buckets + s.used * block_bytes(s.n) + s.same_arrays * same_bytes(s.n)) as u64
     }
 
     /// Free everything (map teardown).
@@ -219,6 +252,7 @@ impl SideTable {
         let (cap, n) = (s.cap, s.n);
         s.cap = 0;
         s.used = 0;
+        s.same_arrays = 0;
         drop(s);
         for i in 0..cap {
             // SAFETY: the array (unlinked above, ours alone) holds `cap`
@@ -228,6 +262,10 @@ impl SideTable {
                 // SAFETY: a linked block of `n` counts, unreachable now.
                 unsafe { p.free(c.cast(), block_bytes(n), ALIGN) };
             }
+            if let Some(v) = NonNull::new(b.same) {
+                // SAFETY: a linked array of `n` words, unreachable now.
+                unsafe { p.free(v.cast(), same_bytes(n), ALIGN) };
+            }
         }
         // SAFETY: as above.
         unsafe { p.free(arr.cast(), cap * BUCKET, ALIGN) };
@@ -236,6 +274,10 @@ impl SideTable {
 
 const fn block_bytes(n: usize) -> usize {
     n * core::mem::size_of::<u32>()
+}
+
+const fn same_bytes(n: usize) -> usize {
+    n * core::mem::size_of::<u64>()
 }
 
 /// The bucket a key hashes to (Fibonacci hashing over `cap`, a power of two).
@@ -320,19 +362,70 @@ impl Side {
         }
     }
 
-    /// What `attach(c, ..)` would need that `spares` does not hold.
-    pub(crate) fn needs(&mut self, c: u32, spares: &Spares) -> Option<Need> {
-        if self.find(c).is_some() {
-            return None;
+    /// What `attach(c, ..)` would need that `spares` does not hold; with
+    /// `same`, also what [`set_same`](Self::set_same) would need.
+    pub(crate) fn needs(&mut self, c: u32, spares: &Spares, same: bool) -> Option<Need> {
+        if let Some(at) = self.find(c) {
+            let has = self
+                .arr()
+                .and_then(|a| a.get(at))
+                .is_some_and(|b| !b.same.is_null());
+            return (same && !has && spares.same.is_none()).then_some(Need::Same);
         }
         if spares.block.is_none() {
             return Some(Need::Block);
         }
         let want = self.cap_for(self.used + 1);
-        match spares.buckets {
+        let buckets = match spares.buckets {
             _ if want == self.cap && self.buckets.is_some() => None,
             Some((_, have)) if have >= want => None,
             _ => Some(Need::Buckets(want)),
+        };
+        buckets.or((same && spares.same.is_none()).then_some(Need::Same))
+    }
+
+    /// The same-filled value kept for slot `off` of cluster `c`.
+    pub(crate) fn get_same(&mut self, c: u32, off: usize) -> Option<u64> {
+        let at = self.find(c)?;
+        let v = NonNull::new(self.arr()?.get(at)?.same)?;
+        // SAFETY: a linked array holds `n` words; the lock keeps it.
+        let t = unsafe { core::slice::from_raw_parts(v.as_ptr(), self.n) };
+        t.get(off).copied()
+    }
+
+    /// Keep same-filled value `v` for attached slot `off` of cluster `c`,
+    /// making the cluster's array from `spares` if it has none (call only
+    /// after [`needs`](Self::needs) with `same` returned `None`). `false`
+    /// (nothing changed) if that is missing.
+    pub(crate) fn set_same(&mut self, c: u32, off: usize, v: u64, spares: &mut Spares) -> bool {
+        let n = self.n;
+        let Some(at) = self.find(c) else {
+            return false;
+        };
+        let Some(b) = self.arr_mut().and_then(|a| a.get_mut(at)) else {
+            return false;
+        };
+        let mut made = false;
+        if b.same.is_null() {
+            let Some(a) = spares.same.take() else {
+                return false;
+            };
+            b.same = a.cast::<u64>().as_ptr();
+            made = true;
+        }
+        let arr = b.same;
+        if made {
+            self.same_arrays += 1;
+        }
+        // SAFETY: a linked array of `n` words (zeroed when made); exclusive
+        // under `&mut self`.
+        let t = unsafe { core::slice::from_raw_parts_mut(arr, n) };
+        match t.get_mut(off) {
+            Some(x) => {
+                *x = v;
+                true
+            }
+            None => false,
         }
     }
 
@@ -359,7 +452,7 @@ impl Side {
         spares: &mut Spares,
         garbage: &mut Garbage,
     ) -> bool {
-        if self.needs(c, spares).is_some() || off >= self.n {
+        if self.needs(c, spares, false).is_some() || off >= self.n {
             return false;
         }
         let at = match self.find(c) {
@@ -430,6 +523,7 @@ impl Side {
                     key,
                     users: 0,
                     counts: counts.as_ptr(),
+                    same: core::ptr::null_mut(),
                 };
                 self.used += 1;
                 return Some(i);
@@ -458,6 +552,7 @@ impl Side {
             return;
         }
         let counts = b.counts;
+        let same = b.same;
         // Backward-shift deletion: pull later members of the probe run into
         // the hole so that every bucket stays reachable from its home.
         let mut hole = at;
@@ -480,6 +575,10 @@ impl Side {
         }
         self.used -= 1;
         garbage.block = NonNull::new(counts);
+        garbage.same = NonNull::new(same);
+        if !same.is_null() {
+            self.same_arrays -= 1;
+        }
         if self.used == 0 {
             garbage.buckets = self.buckets.take().map(|a| (a, cap));
             self.cap = 0;

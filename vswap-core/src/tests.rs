@@ -282,7 +282,7 @@ fn engine_built_in_place_works_and_drops() {
     e.add_device(0, 1, dev).unwrap();
     let s = e.alloc(0, 1, None, Ctx::MaySleep).unwrap();
     e.map().dup(s, 1, Ctx::MaySleep).unwrap();
-    let page = [0x5au8; 64];
+    let page: std::vec::Vec<u8> = (0..64u8).collect();
     assert!(matches!(
         e.writeout(s, &page, 1).unwrap(),
         Backend::Phys { dev: 0, .. }
@@ -523,4 +523,95 @@ fn overflowed_count_operations_cost_o1_and_stay_exact() {
         }
     }
     assert_eq!(m.stats().side_bytes, 0);
+}
+
+/// Issue 12 item 18: every repeated 64-bit word is a same-filled backend.
+/// Store / lookup round trips (inline forms and the side table), moves
+/// between table values checked against the value, the freed backend
+/// reported whole, and the table's memory counted and given back.
+#[test]
+fn same_filled_values_of_every_width_round_trip() {
+    struct Freed(Mutex<Vec<Backend>>);
+    impl Host for Freed {
+        fn release_zswap(&self, _h: u64) {}
+        fn release_phys(&self, _d: u8, _o: u64, _l: u64) {}
+        const WANTS_FREED: bool = true;
+        fn slot_freed(&self, _slot: u32, b: Backend, _memcg: Option<u16>) {
+            self.0.lock().unwrap().push(b);
+        }
+    }
+    let p = StdProvider::new();
+    let host = Freed(Mutex::new(Vec::new()));
+    let m = VswapMap::new(
+        MapConfig {
+            geometry: Geometry::tiny(3, 256, 2),
+        },
+        &p,
+        &host,
+    )
+    .unwrap();
+    let values = [
+        0x5a5a_5a5a_5a5a_5a5a,
+        0x0101_0101_0101_0101,
+        0x8080_8080_8080_8080,
+        0xdead_beef_cafe_f00d,
+        u64::MAX,
+        0,
+        1 << 49,
+    ];
+    let mut slots = Vec::new();
+    for v in values {
+        let s = m.alloc(0, 0, S).unwrap();
+        m.dup(s, 1, S).unwrap();
+        m.store(s, Backend::None, Backend::Same(v)).unwrap();
+        assert_eq!(m.lookup(s).unwrap().backend, Backend::Same(v), "{v:#x}");
+        slots.push(s);
+    }
+    assert!(
+        m.stats().side_bytes > 0,
+        "the table values' memory is counted"
+    );
+    assert_eq!(m.stats().by_kind[2], values.len() as u64);
+    assert_eq!(p.bytes_in_use(), m.stats().total_bytes());
+    // A table value is compared whole: a wrong expected value is refused.
+    let s = slots[3];
+    assert_eq!(
+        m.store(s, Backend::Same(0xdead_beef_cafe_f00e), Backend::Zero),
+        Err(Error::WrongState)
+    );
+    assert_eq!(
+        m.store(
+            s,
+            Backend::Same(0xdead_beef_cafe_f00d),
+            Backend::Same(7 << 60)
+        ),
+        Ok(())
+    );
+    assert_eq!(m.lookup(s).unwrap().backend, Backend::Same(7 << 60));
+    // Under the lock, commit from a table value to an inline one and back.
+    m.lock(s).unwrap();
+    m.commit_unlock(
+        s,
+        Backend::Same(7 << 60),
+        Backend::Same(0x0101_0101_0101_0101),
+    )
+    .unwrap();
+    m.lock(s).unwrap();
+    m.commit_unlock(
+        s,
+        Backend::Same(0x0101_0101_0101_0101),
+        Backend::Same(9 << 58),
+    )
+    .unwrap();
+    assert_eq!(m.lookup(s).unwrap().backend, Backend::Same(9 << 58));
+    // Frees report the whole value.
+    for &x in &slots {
+        assert_eq!(m.cache_clear(x, 0, S), Ok(Put::Live));
+        assert_eq!(m.put(x, 1), Ok(Put::Freed));
+    }
+    let mut want: Vec<Backend> = values.iter().map(|&v| Backend::Same(v)).collect();
+    want[3] = Backend::Same(9 << 58);
+    assert_eq!(*host.0.lock().unwrap(), want);
+    assert_eq!(m.stats().side_bytes, 0, "the table goes with its last slot");
+    assert_eq!(p.bytes_in_use(), m.stats().total_bytes());
 }

@@ -477,8 +477,6 @@ fn payload_too_wide() {
     let m = &fx.map;
     let fresh = fx.one[2];
     let wide = [
-        Backend::Same(1 << 49),
-        Backend::Same(0xff00_ff00_ff00_ff00),
         Backend::Zswap(0x7fff_0000_0000_0000),
         Backend::Zswap(1 << 50),
         Backend::Phys { dev: 64, off: 0 },
@@ -495,10 +493,14 @@ fn payload_too_wide() {
             m.commit_unlock(fx.one[4], Backend::Same(u64::MAX), b)
         });
     }
-    // The edges that do fit.
+    // The edges that do fit; every same-filled value fits (those that fit
+    // neither inline form in the side table).
     for b in [
         Backend::Same((1 << 49) - 1),
         Backend::Same(!((1 << 49) - 1)),
+        Backend::Same(1 << 49),
+        Backend::Same(0xff00_ff00_ff00_ff00),
+        Backend::Same(0xdead_beef_cafe_f00d),
         Backend::Zswap(0xffff_8880_1234_5678),
         Backend::Phys {
             dev: 63,
@@ -562,6 +564,9 @@ fn provider_out_of_memory() {
     assert_eq!(m.stats().side_bytes, held);
     let q = fx.pair;
     check(&|m| m.dup(q, 70, c));
+    // A same-filled value kept in the side table (store allocates without
+    // sleeping): NoMem, the slot keeps its backend.
+    check(&|m| m.store(q, Backend::Zero, Backend::Same(0xdead_beef_cafe_f00d)));
     // Cache table for a non-zero cache word: cluster 1 has none yet.
     check(&|m| m.cache_add(q, 0xabc, c));
     check(&|m| m.cache_store(q, 0xabc, c));
@@ -656,6 +661,9 @@ fn nosleep_asks_to_retry() {
     let q = fx.pair;
     fx.rejects(Error::Again, |m| m.alloc(0, 1, ns));
     fx.rejects(Error::Again, |m| m.dup(q, 70, ns));
+    fx.rejects(Error::Again, |m| {
+        m.store(q, Backend::Zero, Backend::Same(0xdead_beef_cafe_f00d))
+    });
     fx.rejects(Error::Again, |m| m.cache_add(q, 0x1, ns));
     fx.rejects(Error::Again, |m| m.cache_store(q, 0x1, ns));
     fx.rejects(Error::Again, |m| m.set_memcg(q, 1, 3, ns));

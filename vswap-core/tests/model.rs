@@ -17,6 +17,7 @@ use std::sync::Mutex;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FailurePersistence};
 use vswap_alloc::StdProvider;
+use vswap_core::word::fits_payload;
 use vswap_core::{
     Backend, BatchError, CacheState, Ctx, Entry, Error, Geometry, Host, MapConfig, Put, VswapMap,
 };
@@ -104,6 +105,9 @@ struct Model {
     next_handle: u64,
     /// Buckets of the side table's bucket array (see `side_bytes`).
     side_cap: std::cell::Cell<u64>,
+    /// Clusters whose side-table bucket has a same-value array (made by the
+    /// first table value stored in the cluster, kept with the bucket).
+    same_clusters: std::cell::RefCell<BTreeSet<u32>>,
 }
 
 type R<T> = Result<T, Error>;
@@ -118,6 +122,7 @@ impl Model {
             cpus,
             ids: BTreeSet::new(),
             side_cap: std::cell::Cell::new(0),
+            same_clusters: std::cell::RefCell::new(BTreeSet::new()),
             ev: Vec::new(),
             next_handle: 0x1000,
         }
@@ -170,6 +175,9 @@ impl Model {
             .map(|(s, _)| s >> self.shift)
             .collect();
         let used = clusters.len() as u64;
+        let mut same = self.same_clusters.borrow_mut();
+        same.retain(|c| clusters.contains(c));
+        let same = same.len() as u64;
         let mut cap = self.side_cap.get();
         if used == 0 {
             cap = 0;
@@ -180,7 +188,20 @@ impl Model {
             }
         }
         self.side_cap.set(cap);
-        cap * 16 + used * 4 * u64::from(self.csize())
+        cap * 24 + used * 4 * u64::from(self.csize()) + same * 8 * u64::from(self.csize())
+    }
+
+    /// A same-filled value that fits neither inline form attaches its slot
+    /// to the side table (and its cluster gets a same-value array).
+    fn attach_same(&mut self, slot: u32, b: Backend) {
+        let Backend::Same(v) = b else { return };
+        if fits_payload(v) || v >> 32 == v & 0xffff_ffff {
+            return;
+        }
+        if let Some(e) = self.s.get_mut(&slot) {
+            e.side = true;
+        }
+        self.same_clusters.borrow_mut().insert(slot >> self.shift);
     }
 
     fn alloc_mut(&mut self, slot: u32) -> R<&mut MSlot> {
@@ -438,6 +459,7 @@ impl Model {
             return Err(Error::WrongState);
         }
         e.backend = new;
+        self.attach_same(slot, new);
         if exp != new {
             self.release(&[exp]);
         }
@@ -463,6 +485,7 @@ impl Model {
         }
         e.backend = new;
         e.locked = false;
+        self.attach_same(slot, new);
         if exp != new {
             self.release(&[exp]);
         }
@@ -888,7 +911,12 @@ impl Run<'_> {
             1 | 2 => Backend::Zero,
             3 => Backend::Same(r % 256),
             4 => Backend::Same(u64::MAX - r % 16),
-            5 => Backend::Same((1 << 49) | (r % 1000)), // too wide
+            // Neither inline form: kept in the side table; or two equal halves.
+            5 if r & 1 == 1 => Backend::Same((1 << 49) | (r % 1000)),
+            5 => {
+                let h = 0x8000_0000 | (r % 1000);
+                Backend::Same(h | (h << 32))
+            }
             6..=8 => {
                 self.m.next_handle += 1;
                 Backend::Zswap(self.m.next_handle)

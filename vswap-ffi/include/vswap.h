@@ -51,8 +51,8 @@
 #define VSWAP_ENOENT 2
 
 /**
- * A payload (zswap handle, same-filled value, device or offset) does not fit
- * the core word.
+ * A payload (zswap handle, device or offset) does not fit the core word
+ * (every same-filled value fits).
  */
 #define VSWAP_E2BIG 7
 
@@ -134,7 +134,10 @@
 #define VSWAP_BACKEND_ZERO 1
 
 /**
- * Backend: one repeated 64-bit word (`value`, sign-extended from 50 bits).
+ * Backend: one repeated 64-bit word (`value`, any 64-bit value: those with
+ * two equal 32-bit halves or that fit 50 sign-extended bits are kept in the
+ * core word, any other in an on-demand per-cluster table of the map, 8 B
+ * each, counted in `mem_side`).
  */
 #define VSWAP_BACKEND_SAME 2
 
@@ -469,7 +472,8 @@ struct vswap_map_stats {
      */
     uint64_t mem_memcg;
     /**
-     * Bytes of the count side table.
+     * Bytes of the side table (overflowed counts, same-filled values kept
+     * outside the core word).
      */
     uint64_t mem_side;
     /**
@@ -1121,7 +1125,9 @@ int32_t vswap_unlock_range(struct vswap_engine *e, uint32_t start, uint32_t orde
  *
  * Returns 0; -EINVAL for a NULL pointer or an unknown kind; -ERANGE;
  * -ENOENT; -EBUSY if locked; -EEXIST if the backend is not `*expected`;
- * -E2BIG if a payload does not fit.
+ * -E2BIG if a payload does not fit; -ENOMEM/-EAGAIN (nothing changed) if a
+ * same-filled value kept in the map's table needs memory (allocated without
+ * sleeping).
  */
 int32_t vswap_store(struct vswap_engine *e,
                     uint32_t slot,
@@ -1180,7 +1186,9 @@ int32_t vswap_memcg(struct vswap_engine *e, uint32_t slot, uint32_t *memcg);
  * Returns 0; -EINVAL for a NULL pointer or a page that is empty or not a
  * whole number of 64-bit words; -ERANGE; -ENOENT; -EEXIST for another
  * backend; -EBUSY if locked; -ENOSPC when every device is full (or the
- * charge is refused); -EAGAIN when only pending discards stand in the way.
+ * charge is refused); -EAGAIN when only pending discards stand in the way;
+ * -ENOMEM/-EAGAIN (slot unchanged) if a same-filled word kept in the map's
+ * table needs memory (allocated without sleeping).
  */
 int32_t vswap_writeout(struct vswap_engine *e,
                        uint32_t slot,

@@ -656,7 +656,9 @@ pub unsafe extern "C" fn vswap_unlock_range(
 ///
 /// Returns 0; -EINVAL for a NULL pointer or an unknown kind; -ERANGE;
 /// -ENOENT; -EBUSY if locked; -EEXIST if the backend is not `*expected`;
-/// -E2BIG if a payload does not fit.
+/// -E2BIG if a payload does not fit; -ENOMEM/-EAGAIN (nothing changed) if a
+/// same-filled value kept in the map's table needs memory (allocated without
+/// sleeping).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_store(
     e: *mut vswap_engine,
@@ -758,7 +760,9 @@ pub unsafe extern "C" fn vswap_memcg(e: *mut vswap_engine, slot: u32, memcg: *mu
 /// Returns 0; -EINVAL for a NULL pointer or a page that is empty or not a
 /// whole number of 64-bit words; -ERANGE; -ENOENT; -EEXIST for another
 /// backend; -EBUSY if locked; -ENOSPC when every device is full (or the
-/// charge is refused); -EAGAIN when only pending discards stand in the way.
+/// charge is refused); -EAGAIN when only pending discards stand in the way;
+/// -ENOMEM/-EAGAIN (slot unchanged) if a same-filled word kept in the map's
+/// table needs memory (allocated without sleeping).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_writeout(
     e: *mut vswap_engine,
