@@ -17,7 +17,8 @@
 //!      |                                                                    |
 //!      +---- store 0 <--- FREEING (owned by the freer) <--- last reference -+
 //!                 (reads backend, memcg id;   dropped, neither locked nor held
-//!                  clears the cache word)
+//!                  clears the cache word;
+//!                  detaches SIDE, side.rs)
 //!
 //!   LIVE, !CACHED --cache_store--> HELD (HOLD) --store, drop HOLD--> LIVE
 //!                                   |  last count dropped while held

@@ -9,24 +9,26 @@
 //! tag 0 none      payload 0
 //! tag 1 zero      payload 0
 //! tag 2 same      payload = the repeated 64-bit word, sign-extended from 50 bits
+//! tag 3 zswap     payload = host handle, sign-extended from 50 bits
+//! tag 4 phys      payload = device (low 6 bits) | offset << 6 (44 bits)
 //! tag 5 same      any other repeated 64-bit word: payload bit 0 = 0: the word
 //!                 has two equal 32-bit halves `h` (repeated bytes, 16- and
 //!                 32-bit patterns), payload = h << 1; bit 0 = 1: the word is
 //!                 kept in the cluster's side table (`SIDE` set; see side.rs)
-//! tag 3 zswap     payload = host handle, sign-extended from 50 bits
-//! tag 4 phys      payload = device (low 6 bits) | offset << 6 (44 bits)
 //! tag 6           the *freeing* marker (`ALLOC | LOCKED | 6`)
 //! tag 7           slot 0's reserved marker (never visible through the API)
 //! count 0..=62    inline swap count; 63 = the count lives in the side table
 //! SIDE            the slot is attached to its cluster's side-table block (its
-//!                 count went above 62 since its allocation); cleared by the free
+//!                 count went above 62, or it was given a same-filled value
+//!                 kept in the table, since its allocation); cleared by the free
 //! ```
 //! A word of 0 is a free slot. A slot is *live* while `count > 0 || CACHED`.
 //! An allocated slot that is not live but `LOCKED` is a *zombie*: its last
 //! reference went while someone held its lock, and the unlock frees it.
 //! The *freeing* marker is transient: the thread that freed a slot owns it
-//! while it reads what the free reports (backend, memcg id) and clears the
-//! slot's cache word, then stores 0.
+//! while it reads what the free reports (backend, memcg id), clears the
+//! slot's cache word and detaches it from the side table (`SIDE`), then
+//! stores 0.
 //! `HOLD` is a short hold a `cache_store` takes on a slot that is not cached,
 //! so that the slot cannot be freed while its cache word is written: a last
 //! reference dropped meanwhile leaves an allocated, dead, held slot, which

@@ -1123,3 +1123,33 @@ fn m12_side_attach_races_detach() {
         fx.finish();
     });
 }
+
+/// Issue 12 item 18. A same-filled value that fits neither inline form is
+/// stored (attaching the slot to the side table, value array made without
+/// the lock) while the last `put` of the slot races it. Either the store
+/// wins (the free then detaches the slot and gives the table back) or the
+/// put frees first (the store finds the slot gone); the zswap handle the
+/// store replaced is released once either way, and no side-table byte is
+/// left.
+#[test]
+fn m13_side_same_store_races_last_put() {
+    model("m13_side_same_store_races_last_put", 3, || {
+        let fx = fixture(2, 4, 1, None);
+        let s = fx.slot(0, Backend::Zswap(7), 1, false);
+        let v = 0xdead_beef_cafe_f00d;
+        let m = fx.map.clone();
+        let ts = thread::spawn(move || m.store(s, Backend::Zswap(7), Backend::Same(v)));
+        let m = fx.map.clone();
+        let tp = thread::spawn(move || m.put(s, 1));
+        let (st, p) = (ts.join().unwrap(), tp.join().unwrap());
+        assert_eq!(p, Ok(Put::Freed));
+        assert!(
+            matches!(st, Ok(()) | Err(Error::NotAllocated)),
+            "store {st:?}"
+        );
+        assert!(gone(&fx.map, s));
+        assert_eq!(fx.host.zswap(), vec![7]);
+        assert_eq!(fx.map.stats().side_bytes, 0);
+        fx.finish();
+    });
+}

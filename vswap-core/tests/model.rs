@@ -162,33 +162,57 @@ impl Model {
         }
     }
 
-    /// Bytes the side table holds: one block of 4 B per slot for each
-    /// cluster with an attached slot, and the bucket array (16 B per bucket,
-    /// at least 16 buckets, doubled whenever a new cluster would load it above
-    /// 1/2, kept until no cluster has a block). Call after every operation
-    /// (it follows the array's size from call to call).
-    fn side_bytes(&self) -> u64 {
-        let clusters: BTreeSet<u32> = self
-            .s
+    /// Clusters with a slot attached to the side table.
+    fn side_clusters(&self) -> BTreeSet<u32> {
+        self.s
             .iter()
             .filter(|(_, e)| e.side)
             .map(|(s, _)| s >> self.shift)
-            .collect();
-        let used = clusters.len() as u64;
-        let mut same = self.same_clusters.borrow_mut();
-        same.retain(|c| clusters.contains(c));
-        let same = same.len() as u64;
-        let mut cap = self.side_cap.get();
-        if used == 0 {
-            cap = 0;
-        } else {
-            cap = cap.max(16);
-            while used * 2 > cap {
-                cap *= 2;
-            }
+            .collect()
+    }
+
+    /// Slot `slot` becomes attached (first count above 62, or first value
+    /// kept in the table, since allocation): a cluster with no attached slot
+    /// gets a bucket, and the bucket array (16 buckets at least) doubles
+    /// while the clusters would load it above 1/2.
+    fn side_attach(&mut self, slot: u32) {
+        let Some(e) = self.s.get_mut(&slot) else {
+            return;
+        };
+        if e.side {
+            return;
+        }
+        e.side = true;
+        let used = self.side_clusters().len() as u64;
+        let mut cap = self.side_cap.get().max(16);
+        while used * 2 > cap {
+            cap *= 2;
         }
         self.side_cap.set(cap);
-        cap * 24 + used * 4 * u64::from(self.csize()) + same * 8 * u64::from(self.csize())
+    }
+
+    /// After a free of an attached slot: a cluster left with no attached slot
+    /// loses its bucket (and value array); no bucket left, no array.
+    fn side_detach(&mut self, slot: u32) {
+        let c = slot >> self.shift;
+        let clusters = self.side_clusters();
+        if !clusters.contains(&c) {
+            self.same_clusters.borrow_mut().remove(&c);
+        }
+        if clusters.is_empty() {
+            self.side_cap.set(0);
+        }
+    }
+
+    /// Bytes the side table holds: the bucket array (24 B per bucket), one
+    /// block of 4 B per slot for each cluster with an attached slot, and a
+    /// value array of 8 B per slot for each such cluster that was given a
+    /// same-filled value kept in the table.
+    fn side_bytes(&self) -> u64 {
+        let used = self.side_clusters().len() as u64;
+        let same = self.same_clusters.borrow().len() as u64;
+        let n = u64::from(self.csize());
+        self.side_cap.get() * 24 + used * 4 * n + same * 8 * n
     }
 
     /// A same-filled value that fits neither inline form attaches its slot
@@ -198,9 +222,7 @@ impl Model {
         if fits_payload(v) || v >> 32 == v & 0xffff_ffff {
             return;
         }
-        if let Some(e) = self.s.get_mut(&slot) {
-            e.side = true;
-        }
+        self.side_attach(slot);
         self.same_clusters.borrow_mut().insert(slot >> self.shift);
     }
 
@@ -211,6 +233,9 @@ impl Model {
     fn free_slot(&mut self, slot: u32) -> Backend {
         let e = self.s.remove(&slot).unwrap();
         self.freed.insert(slot);
+        if e.side {
+            self.side_detach(slot);
+        }
         e.backend
     }
 
@@ -275,7 +300,9 @@ impl Model {
             return Err(Error::CountOverflow);
         }
         e.count = new as u32;
-        e.side |= e.count > 62;
+        if e.count > 62 {
+            self.side_attach(slot);
+        }
         Ok(())
     }
 
