@@ -1133,7 +1133,7 @@ fn m12_side_attach_races_detach() {
 /// left.
 #[test]
 fn m13_side_same_store_races_last_put() {
-    model("m13_side_same_store_races_last_put", 3, || {
+    model("m13_side_same_store_races_last_put", 4, || {
         let fx = fixture(2, 4, 1, None);
         let s = fx.slot(0, Backend::Zswap(7), 1, false);
         let v = 0xdead_beef_cafe_f00d;
