@@ -18,10 +18,10 @@ pub enum Error {
     NoSpace,
     /// An order above `log2(cluster size)` (`-EINVAL`).
     BadOrder,
-    /// A range that is not naturally aligned to its order, or that leaves the
-    /// space (`-EINVAL`).
+    /// A range that is not naturally aligned to its order (`-EINVAL`).
     Misaligned,
-    /// A slot outside the space, or the reserved slot 0 (`-ERANGE`).
+    /// A slot outside the space, or the reserved slot 0; a range that holds
+    /// slot 0 or does not lie wholly inside the space (`-ERANGE`).
     OutOfRange,
     /// A CPU number at or above the configured number of CPUs (`-EINVAL`).
     BadCpu,
@@ -93,7 +93,7 @@ impl fmt::Display for Error {
             }
             Error::NoSpace => "no free slot",
             Error::BadOrder => "order above the cluster order",
-            Error::Misaligned => "range not naturally aligned or out of the space",
+            Error::Misaligned => "range not naturally aligned",
             Error::OutOfRange => "slot out of range",
             Error::BadCpu => "cpu number out of range",
             Error::NotAllocated => "slot not allocated",

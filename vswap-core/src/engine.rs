@@ -830,9 +830,9 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     }
 
     /// The backend a page gets without a device slot: `Zero`, `Same` (one
-    /// repeated 64-bit word that fits the payload) or `Zswap` (if the host
-    /// takes it); `None` if it needs a device slot. `BadLength` for a page
-    /// that is not exactly one configured page.
+    /// repeated 64-bit word, any value) or `Zswap` (if the host takes it);
+    /// `None` if it needs a device slot. `BadLength` for a page that is not
+    /// exactly one configured page.
     pub(crate) fn classify(&self, slot: u32, page: &[u8]) -> Result<Option<Backend>> {
         self.check_page(page)?;
         let mut words = page.chunks_exact(8).map(|c| {
@@ -845,7 +845,7 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
         if same && first == 0 {
             return Ok(Some(Backend::Zero));
         }
-        if same && fits_payload(first) {
+        if same {
             return Ok(Some(Backend::Same(first)));
         }
         Ok(match self.host().zswap_store(slot, page) {

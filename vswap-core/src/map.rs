@@ -16,10 +16,23 @@
 //!      |               ZOMBIE (count 0, !CACHED, LOCKED) -- unlock/commit --+
 //!      |                                                                    |
 //!      +---- store 0 <--- FREEING (owned by the freer) <--- last reference -+
-//!                          (clears the cache word)          dropped unlocked
+//!                 (reads backend, memcg id;   dropped, neither locked nor held
+//!                  clears the cache word;
+//!                  detaches SIDE, side.rs)
+//!
+//!   LIVE, !CACHED --cache_store--> HELD (HOLD) --store, drop HOLD--> LIVE
+//!                                   |  last count dropped while held
+//!                                   v
+//!                  dead, HOLD (count 0, !CACHED) --drop HOLD--> FREEING
 //! ```
 //! The backend a slot held is released through the [`Host`] after the word is
-//! 0 (so after any lock bit is dropped), never under an internal lock. Moves that
+//! 0 (so after any lock bit is dropped), never under an internal lock. What a
+//! free reports to [`Host::slot_freed`] (backend, memcg id) is read while the
+//! freer owns the slot (FREEING): once the word is 0 the slot may be
+//! allocated again and given another id. The cache word's lifecycle is the
+//! slot's: it is cleared in FREEING, and written only while the slot is known
+//! to stay the same live slot (cached, by the owner of its cache state; or
+//! held by `cache_store`'s `HOLD`). Moves that
 //! release an old location (writeback, relocation) are done by the lock holder
 //! with [`VswapMap::commit_unlock`], which commits and unlocks in one CAS; a
 //! move that finds its slot dead (a zombie) loses gracefully with
@@ -36,7 +49,7 @@
 use vswap_alloc::{Ctx, Error, Geometry, Pin, Provider, Result, SlotSpace, SpaceMemory};
 
 use crate::host::{Host, Releaser};
-use crate::side::SideTable;
+use crate::side::{Garbage, Side, SideTable, Spares};
 use crate::word::*;
 
 /// Configuration of a [`VswapMap`].
@@ -92,7 +105,8 @@ pub struct MapStats {
     pub overflowed: u64,
     /// Memory of the slot space, by kind.
     pub memory: SpaceMemory,
-    /// Bytes of the count side table.
+    /// Bytes of the side table: overflowed counts and same-filled values
+    /// kept outside the core word.
     pub side_bytes: u64,
 }
 
@@ -127,7 +141,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         Ok(Self {
             space: SlotSpace::new(cfg.geometry, provider, RESERVED)?,
             host,
-            side: SideTable::new(),
+            side: SideTable::new(cfg.geometry.cluster_slots() as usize),
         })
     }
 
@@ -152,7 +166,8 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         // written once through a raw pointer, without reading the rest.
         unsafe {
             core::ptr::addr_of_mut!((*place).space).write(space);
-            core::ptr::addr_of_mut!((*place).side).write(SideTable::new());
+            core::ptr::addr_of_mut!((*place).side)
+                .write(SideTable::new(cfg.geometry.cluster_slots() as usize));
             init_host(core::ptr::addr_of_mut!((*place).host));
         }
         Ok(())
@@ -181,7 +196,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         Ok(Self {
             space: SlotSpace::with_policy(cfg.geometry, policy, provider, RESERVED, bad)?,
             host,
-            side: SideTable::new(),
+            side: SideTable::new(cfg.geometry.cluster_slots() as usize),
         })
     }
 
@@ -198,6 +213,13 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// (Direct mode, discard) the host finished discarding cluster `c`.
     pub fn discard_done(&self, c: u32) -> Result<()> {
         self.space.discard_done(c)
+    }
+
+    /// Buckets the side table's lookups have looked at so far (for the O(1)
+    /// regression test).
+    #[cfg(test)]
+    pub(crate) fn side_probes(&self) -> u64 {
+        self.side.lock().probes
     }
 
     /// The host callbacks.
@@ -224,15 +246,19 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         Ok((pin, off))
     }
 
+    /// Check a range `start..start + 2^order`: `BadOrder` for an order above
+    /// the cluster's, `Misaligned` for a start not aligned to `2^order`,
+    /// `OutOfRange` for a range that contains slot 0 or does not lie wholly
+    /// inside the space (the code every per-slot call gives for such a slot).
     fn range(&self, start: u32, order: u32) -> Result<u32> {
         if order > self.geometry().cluster_shift {
             return Err(Error::BadOrder);
         }
         let n = 1u32 << order;
-        if start % n != 0 || u64::from(start) + u64::from(n) > self.geometry().slots() {
+        if start % n != 0 {
             return Err(Error::Misaligned);
         }
-        if start == 0 {
+        if start == 0 || u64::from(start) + u64::from(n) > self.geometry().slots() {
             return Err(Error::OutOfRange);
         }
         Ok(n)
@@ -281,7 +307,8 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
 
     /// Drop `n` swap counts. When the count reaches 0 and no folio is cached,
     /// the slot is freed and its backend released (deferred to the unlock if
-    /// the slot is locked).
+    /// the slot is locked, and to the end of a racing
+    /// [`cache_store`](Self::cache_store) that holds it: then `Live`).
     pub fn put(&self, slot: u32, n: u32) -> Result<Put> {
         let (pin, off) = self.pin(slot)?;
         let word = word(&pin, off)?;
@@ -297,7 +324,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             if f < u64::from(n) {
                 return Err(Error::CountUnderflow);
             }
-            match settle(&pin, off, word, w, with_count(w, f - u64::from(n))) {
+            match self.settle(&pin, off, word, w, with_count(w, f - u64::from(n))) {
                 Ok(freed) => return Ok(self.finish(pin, off, freed)),
                 Err(x) => w = x,
             }
@@ -307,11 +334,11 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     }
 
     /// Release what a settle freed, then the pin.
-    fn finish(&self, pin: Pin<'_, P>, off: usize, freed: Option<Backend>) -> Put {
+    fn finish(&self, pin: Pin<'_, P>, off: usize, freed: Option<Freed>) -> Put {
         match freed {
-            Some(b) => {
-                Releaser::new(&self.host).release(pin.base() + off as u32, b);
-                self.notify_freed(&pin, off, b);
+            Some(f) => {
+                Releaser::new(&self.host).release(pin.base() + off as u32, f.backend);
+                self.notify_freed(&pin, off, f);
                 // SAFETY: `settle` took this allocated slot's word from a
                 // live value to FREEING and then 0, once (its CAS wins once).
                 unsafe { pin.release(1) };
@@ -322,13 +349,16 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     }
 
     /// Tell a host that asked ([`Host::WANTS_FREED`]) that slot `off` of the
-    /// pinned cluster was freed (its memcg id is still readable: ids are only
-    /// dropped with the cluster, which the pin keeps).
+    /// pinned cluster was freed, with the backend and memcg id [`settle`]
+    /// read while the freer still owned the slot (by now the slot may have
+    /// been handed to a new owner with another id).
+    ///
+    /// [`settle`]: Self::settle
     #[inline]
-    fn notify_freed(&self, pin: &Pin<'_, P>, off: usize, b: Backend) {
+    fn notify_freed(&self, pin: &Pin<'_, P>, off: usize, f: Freed) {
         if H::WANTS_FREED {
             self.host
-                .slot_freed(pin.base() + off as u32, b, pin.memcg(off));
+                .slot_freed(pin.base() + off as u32, f.backend, f.memcg);
         }
     }
 
@@ -342,11 +372,15 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         delta: i64,
         ctx: Ctx,
         unlock: bool,
-    ) -> Result<Option<Backend>> {
+    ) -> Result<Option<Freed>> {
+        let _ = slot;
         let word = word(pin, off)?;
-        let mut spare = None;
+        let c = pin.cluster();
+        let provider = self.space.provider();
+        let mut spares = Spares::default();
+        let mut garbage = Garbage::default();
         let result = loop {
-            let mut chain = self.side.lock();
+            let mut side = self.side.lock();
             let w = word.load(Ordering::Acquire);
             if !is_live(w) || (unlock && w & LOCKED == 0) {
                 break Err(if unlock && is_live(w) {
@@ -357,7 +391,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             }
             let f = count_field(w);
             let cur = if f == COUNT_CONT {
-                i64::from(chain.get(slot).unwrap_or(0))
+                i64::from(side.get(c, off).unwrap_or(0))
             } else {
                 f as i64
             };
@@ -370,57 +404,44 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             }
             let clear = if unlock { LOCKED } else { 0 };
             if new > i64::from(INLINE_COUNT_MAX) {
-                if f == COUNT_CONT {
-                    if unlock
-                        && word
-                            .compare_exchange(w, w & !LOCKED, Ordering::AcqRel, Ordering::Acquire)
-                            .is_err()
-                    {
-                        continue;
+                // A slot not yet attached attaches now: make what that needs
+                // without the lock, then try again.
+                if w & SIDE == 0 {
+                    if let Some(need) = side.needs(c, &spares, false) {
+                        drop(side);
+                        match self.side.make(provider, need, ctx, &mut spares) {
+                            Ok(()) => continue,
+                            Err(e) => break Err(e),
+                        }
                     }
-                    chain.update(slot, new as u32);
-                    break Ok(None);
                 }
-                if chain.insert(slot, new as u32, &mut spare).is_err() {
-                    drop(chain);
-                    match SideTable::new_page(self.space.provider(), ctx) {
-                        Ok(p) => spare = Some(p),
-                        Err(e) => break Err(e),
-                    }
-                    continue;
-                }
-                if word
-                    .compare_exchange(
-                        w,
-                        with_count(w, COUNT_CONT) & !clear,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    )
-                    .is_err()
+                let next = (with_count(w, COUNT_CONT) | SIDE) & !clear;
+                if next != w
+                    && word
+                        .compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire)
+                        .is_err()
                 {
-                    let page = chain.remove(slot);
-                    drop(chain);
-                    SideTable::free_page(self.space.provider(), page);
                     continue;
+                }
+                // Readers of the block's count hold the lock: the count is
+                // written before anyone can read it.
+                if w & SIDE == 0 {
+                    side.attach(c, off, new as u32, &mut spares, &mut garbage);
+                } else {
+                    side.set(c, off, new as u32);
                 }
                 break Ok(None);
             }
-            // The new count fits inline.
-            match settle(pin, off, word, w, with_count(w, new as u64) & !clear) {
-                Ok(freed) => {
-                    if f == COUNT_CONT {
-                        let page = chain.remove(slot);
-                        drop(chain);
-                        SideTable::free_page(self.space.provider(), page);
-                    }
-                    break Ok(freed);
-                }
+            // The new count fits inline (an attached slot stays attached: its
+            // block count is ignored while the field is inline).
+            let next = with_count(w, new as u64) & !clear;
+            match self.settle_in(pin, off, word, w, next, Some(&mut side), &mut garbage) {
+                Ok(freed) => break Ok(freed),
                 Err(_) => continue,
             }
         };
-        if let Some(p) = spare {
-            SideTable::free_page(self.space.provider(), crate::side::FreePage::from_raw(p));
-        }
+        self.side.free_spares(provider, spares);
+        self.side.free_garbage(provider, garbage);
         result
     }
 
@@ -451,7 +472,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                 if f == COUNT_CONT {
                     break self.count_slow(&pin, off, start + i, -1, Ctx::NoSleep, true)?;
                 }
-                match settle(
+                match self.settle(
                     &pin,
                     off,
                     word,
@@ -462,9 +483,9 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                     Err(x) => w = x,
                 }
             };
-            if let Some(b) = done {
-                rel.release(start + i, b);
-                self.notify_freed(&pin, off, b);
+            if let Some(f) = done {
+                rel.release(start + i, f.backend);
+                self.notify_freed(&pin, off, f);
                 freed += 1;
             }
         }
@@ -508,15 +529,15 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                     if f == 0 {
                         break Err(Error::CountUnderflow);
                     }
-                    match settle(&pin, off, word, w, with_count(w, f - 1)) {
+                    match self.settle(&pin, off, word, w, with_count(w, f - 1)) {
                         Ok(x) => break Ok(x),
                         Err(x) => w = x,
                     }
                 };
                 match r {
-                    Ok(Some(b)) => {
-                        rel.release(slot + i, b);
-                        self.notify_freed(&pin, off, b);
+                    Ok(Some(f)) => {
+                        rel.release(slot + i, f.backend);
+                        self.notify_freed(&pin, off, f);
                         freed += 1;
                     }
                     Ok(None) => {}
@@ -569,18 +590,60 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
 
     /// Write the cache word of a live slot (the folio cookie after
     /// [`alloc`](Self::alloc), or a new shadow).
+    ///
+    /// The value only ever lands in the same live slot: while the slot is
+    /// cached, the caller (who owns its swap cache state) keeps it live; a
+    /// slot that is not cached is *held* for the store (one CAS to set
+    /// `HOLD`, one to clear it), so that a racing last `put` cannot free it
+    /// in between. If the last reference went while it was held, the slot is
+    /// freed here, when the hold goes, and its cache word cleared with it.
+    /// `NotAllocated` (nothing written) if the slot is not live.
     pub fn cache_store(&self, slot: u32, value: u64, ctx: Ctx) -> Result<()> {
         let (pin, off) = self.pin(slot)?;
-        if !is_live(word(&pin, off)?.load(Ordering::Acquire)) {
+        let word = word(&pin, off)?;
+        if !is_live(word.load(Ordering::Acquire)) {
             return Err(Error::NotAllocated);
         }
+        // The table is made (maybe sleeping) before any hold is taken.
         let table = if value != 0 {
             Some(pin.cache_table_or_create(ctx)?)
         } else {
             pin.cache_table()
         };
-        if let Some(c) = table.and_then(|t| t.get(off)) {
-            c.store(value, Ordering::Release);
+        let Some(c) = table.and_then(|t| t.get(off)) else {
+            return Ok(()); // value 0 and no table: the word already reads 0
+        };
+        let mut w = word.load(Ordering::Acquire);
+        let held = loop {
+            if !is_live(w) {
+                return Err(Error::NotAllocated);
+            }
+            if w & CACHED != 0 {
+                break false;
+            }
+            if w & HOLD != 0 {
+                // Another cache_store holds it for one store: wait.
+                spin_hint();
+                w = word.load(Ordering::Acquire);
+                continue;
+            }
+            match word.compare_exchange_weak(w, w | HOLD, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break true,
+                Err(x) => w = x,
+            }
+        };
+        c.store(value, Ordering::Release);
+        if held {
+            let mut w = word.load(Ordering::Acquire);
+            loop {
+                match self.settle(&pin, off, word, w, w & !HOLD) {
+                    Ok(freed) => {
+                        self.finish(pin, off, freed);
+                        break;
+                    }
+                    Err(x) => w = x,
+                }
+            }
         }
         Ok(())
     }
@@ -621,7 +684,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                 }
                 shadow_stored = true;
             }
-            match settle(&pin, off, word, w, w & !CACHED) {
+            match self.settle(&pin, off, word, w, w & !CACHED) {
                 Ok(freed) => return Ok(self.finish(pin, off, freed)),
                 Err(x) => w = x,
             }
@@ -687,7 +750,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             if w & LOCKED == 0 {
                 return Err(Error::NotLocked);
             }
-            match settle(&pin, off, word, w, w & !LOCKED) {
+            match self.settle(&pin, off, word, w, w & !LOCKED) {
                 Ok(freed) => return Ok(self.finish(pin, off, freed)),
                 Err(x) => w = x,
             }
@@ -759,6 +822,9 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// holds the lock, which the CAS drops).
     fn replace(&self, slot: u32, expected: Backend, new: Backend, locked: bool) -> Result<()> {
         let (exp, nw) = (expected.encode()?, new.encode()?);
+        if same_in_table(exp) || same_in_table(nw) {
+            return self.replace_side(slot, (expected, exp), (new, nw), locked);
+        }
         // A new device location is checked once, after the slot's state.
         let mut check = match new {
             Backend::Phys { dev, off } if exp != nw => Some((dev, off)),
@@ -780,7 +846,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             if !is_live(w) {
                 // A zombie under our lock: free it (unlock) and report the
                 // lost move.
-                match settle(&pin, off, word, w, w & !LOCKED) {
+                match self.settle(&pin, off, word, w, w & !LOCKED) {
                     Ok(freed) => {
                         self.finish(pin, off, freed);
                         return Err(Error::Gone);
@@ -813,6 +879,115 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             Releaser::new(&self.host).release(slot, expected);
         }
         Ok(())
+    }
+
+    /// [`replace`](Self::replace) where the expected or the new backend is a
+    /// same-filled value kept in the side table: the same checks and CAS,
+    /// under the side lock, which every reader of a table value holds. A new
+    /// table value attaches the slot (`SIDE`) and is written with the CAS;
+    /// memory it needs (count block, bucket array, value array) is made with
+    /// the lock dropped and without sleeping (`store` takes no context):
+    /// `NoMem` / `Again` leave the slot unchanged.
+    fn replace_side(
+        &self,
+        slot: u32,
+        (expected, exp): (Backend, u64),
+        (new, nw): (Backend, u64),
+        locked: bool,
+    ) -> Result<()> {
+        let old_v = match expected {
+            Backend::Same(v) if same_in_table(exp) => Some(v),
+            _ => None,
+        };
+        let new_v = match new {
+            Backend::Same(v) if same_in_table(nw) => Some(v),
+            _ => None,
+        };
+        let (pin, off) = self.pin(slot)?;
+        let word = word(&pin, off)?;
+        let c = pin.cluster();
+        let provider = self.space.provider();
+        let mut spares = Spares::default();
+        let mut garbage = Garbage::default();
+        let mut gone = None;
+        let mut check = match new {
+            Backend::Phys { dev, off } if exp != nw => Some((dev, off)),
+            _ => None,
+        };
+        let r = loop {
+            let mut side = self.side.lock();
+            let w = word.load(Ordering::Acquire);
+            if !is_slot(w) || (!locked && !is_live(w)) {
+                break Err(Error::NotAllocated);
+            }
+            if !locked && w & LOCKED != 0 {
+                break Err(Error::Busy);
+            }
+            if locked && w & LOCKED == 0 {
+                break Err(Error::NotLocked);
+            }
+            if !is_live(w) {
+                // A zombie under our lock: free it (unlock), report the loss.
+                let next = w & !LOCKED;
+                match self.settle_in(&pin, off, word, w, next, Some(&mut side), &mut garbage) {
+                    Ok(freed) => {
+                        gone = Some(freed);
+                        break Err(Error::Gone);
+                    }
+                    Err(_) => continue,
+                }
+            }
+            if backend_bits(w) != exp || old_v.is_some_and(|v| side.get_same(c, off) != Some(v)) {
+                break Err(Error::WrongState);
+            }
+            if let Some((dev, doff)) = check.take() {
+                // As in `replace`: may `slot` refer to this device location?
+                // Asked of the host with the side lock dropped; then re-read.
+                drop(side);
+                match self.host.check_phys(slot, dev, doff) {
+                    Ok(()) => continue,
+                    Err(e) => break Err(e),
+                }
+            }
+            if new_v.is_some() {
+                if let Some(need) = side.needs(c, &spares, true) {
+                    drop(side);
+                    match self.side.make(provider, need, Ctx::NoSleep, &mut spares) {
+                        Ok(()) => continue,
+                        Err(e) => break Err(e),
+                    }
+                }
+            }
+            let unlock = if locked { LOCKED } else { 0 };
+            let mut next = ((w & !backend_bits(w)) | nw) & !unlock;
+            if new_v.is_some() {
+                next |= SIDE;
+            }
+            if word
+                .compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                continue;
+            }
+            if let Some(v) = new_v {
+                if w & SIDE == 0 {
+                    side.attach(c, off, 0, &mut spares, &mut garbage);
+                }
+                side.set_same(c, off, v, &mut spares);
+            }
+            break Ok(());
+        };
+        self.side.free_spares(provider, spares);
+        self.side.free_garbage(provider, garbage);
+        if let Some(freed) = gone {
+            self.finish(pin, off, freed);
+            return r;
+        }
+        drop(pin);
+        if r.is_ok() && expected != new {
+            Releaser::new(&self.host).release(slot, expected);
+        }
+        r
     }
 
     /// zswap writeback, for the lock holder: the slot's zswap object was
@@ -848,23 +1023,28 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         let word = word(&pin, off)?;
         let mut w = word.load(Ordering::Acquire);
         let mut count = count_field(w) as u32;
-        if count_field(w) == COUNT_CONT {
-            // Count fields move to and from "continued" only under the side
-            // lock: read the word again under it, so that the word and the
-            // table's count are one snapshot (a count read after the slot went
-            // back inline would be a value the slot never had).
-            let chain = self.side.lock();
+        let mut same = None;
+        if count_field(w) == COUNT_CONT || same_in_table(w) {
+            // Count fields move to and from "continued", and same-filled
+            // values to and from the table, only under the side lock: read
+            // the word again under it, so that the word and the table are one
+            // snapshot (a count read after the slot went back inline would be
+            // a value the slot never had).
+            let mut side = self.side.lock();
             w = word.load(Ordering::Acquire);
             count = match count_field(w) {
-                COUNT_CONT => chain.get(slot).unwrap_or(INLINE_COUNT_MAX + 1),
+                COUNT_CONT => side.get(pin.cluster(), off).unwrap_or(INLINE_COUNT_MAX + 1),
                 f => f as u32,
             };
+            if same_in_table(w) {
+                same = side.get_same(pin.cluster(), off);
+            }
         }
         if !is_slot(w) {
             return Err(Error::NotAllocated);
         }
         Ok(Entry {
-            backend: Backend::decode(w),
+            backend: same.map_or(Backend::decode(w), Backend::Same),
             count,
             cached: w & CACHED != 0,
             locked: w & LOCKED != 0,
@@ -940,40 +1120,99 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     }
 }
 
+impl<P: Provider, H: Host> VswapMap<P, H> {
+    /// Move word `w` to `new` by CAS. If `new` is dead and neither locked nor
+    /// held (see `HOLD`), free the slot instead: take it with the FREEING
+    /// marker; while it owns the slot (nobody can allocate it, a word of
+    /// FREEING is not 0), read what the free reports (the backend, and the
+    /// memcg id for a host that wants [`Host::slot_freed`]), clear its cache
+    /// word and detach it from the side table if it is attached (`SIDE`);
+    /// then store 0. `Err(current)` if the word changed.
+    ///
+    /// Nothing is read after the store of 0: from then on the slot may be
+    /// allocated again and given another id and cache word.
+    #[inline]
+    fn settle(
+        &self,
+        pin: &Pin<'_, P>,
+        off: usize,
+        word: &AtomicU64,
+        w: u64,
+        new: u64,
+    ) -> core::result::Result<Option<Freed>, u64> {
+        let mut garbage = Garbage::default();
+        let r = self.settle_in(pin, off, word, w, new, None, &mut garbage);
+        self.side.free_garbage(self.space.provider(), garbage);
+        r
+    }
+
+    /// [`settle`](Self::settle) for a caller that may hold the side lock
+    /// (`side`); side-table memory to free once the lock is dropped goes to
+    /// `garbage`.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn settle_in(
+        &self,
+        pin: &Pin<'_, P>,
+        off: usize,
+        word: &AtomicU64,
+        w: u64,
+        new: u64,
+        side: Option<&mut Side>,
+        garbage: &mut Garbage,
+    ) -> core::result::Result<Option<Freed>, u64> {
+        if is_live(new) || new & (LOCKED | HOLD) != 0 {
+            word.compare_exchange(w, new, Ordering::AcqRel, Ordering::Acquire)?;
+            return Ok(None);
+        }
+        word.compare_exchange(w, FREEING, Ordering::AcqRel, Ordering::Acquire)?;
+        // Plain loads of tables the freer still owns: no atomic RMW.
+        let memcg = if H::WANTS_FREED { pin.memcg(off) } else { None };
+        if let Some(c) = pin.cache_table().and_then(|t| t.get(off)) {
+            // Release: a `cache_get` that reads this 0 then sees FREEING (or
+            // later) when it re-reads the core word, and retries.
+            c.store(0, Ordering::Release);
+        }
+        let mut backend = Backend::decode(w);
+        if w & SIDE != 0 {
+            let mut own;
+            let s = match side {
+                Some(s) => s,
+                None => {
+                    own = self.side.lock();
+                    &mut *own
+                }
+            };
+            if same_in_table(w) {
+                backend = Backend::Same(s.get_same(pin.cluster(), off).unwrap_or(0));
+            }
+            s.detach(pin.cluster(), garbage);
+        }
+        word.store(0, Ordering::Release);
+        Ok(Some(Freed { backend, memcg }))
+    }
+}
+
 impl<P: Provider, H: Host> Drop for VswapMap<P, H> {
     fn drop(&mut self) {
         self.side.clear(self.space.provider());
     }
 }
 
-use vswap_alloc::sync::{AtomicU64, Ordering};
+use vswap_alloc::sync::{AtomicU64, Ordering, spin_hint};
 
 #[inline]
 fn word<'a, P: Provider>(pin: &'a Pin<'_, P>, off: usize) -> Result<&'a AtomicU64> {
     pin.words().get(off).ok_or(Error::OutOfRange)
 }
 
-/// Move word `w` to `new` by CAS. If `new` is dead and unlocked, free the slot
-/// instead: take it with the FREEING marker, clear its cache word, store 0, and
-/// return the backend it held. `Err(current)` if the word changed.
-#[inline]
-fn settle<P: Provider>(
-    pin: &Pin<'_, P>,
-    off: usize,
-    word: &AtomicU64,
-    w: u64,
-    new: u64,
-) -> core::result::Result<Option<Backend>, u64> {
-    if is_live(new) || new & LOCKED != 0 {
-        word.compare_exchange(w, new, Ordering::AcqRel, Ordering::Acquire)?;
-        return Ok(None);
-    }
-    word.compare_exchange(w, FREEING, Ordering::AcqRel, Ordering::Acquire)?;
-    if let Some(c) = pin.cache_table().and_then(|t| t.get(off)) {
-        // Release: a `cache_get` that reads this 0 then sees FREEING (or
-        // later) when it re-reads the core word, and retries.
-        c.store(0, Ordering::Release);
-    }
-    word.store(0, Ordering::Release);
-    Ok(Some(Backend::decode(w)))
+/// What a free took from its slot while it still owned it (see
+/// [`VswapMap::settle`]).
+#[derive(Clone, Copy, Debug)]
+struct Freed {
+    /// The backend the slot held (to release).
+    backend: Backend,
+    /// The slot's memcg id at the free (read only for hosts that want
+    /// [`Host::slot_freed`]).
+    memcg: Option<u16>,
 }

@@ -226,11 +226,22 @@ fn slot_out_of_range() {
                 error: Error::OutOfRange
             })
         );
-        // A range that leaves the space is a misaligned range.
-        fx.rejects(Error::Misaligned, |m| m.put_range(slot & !1, 1));
-        fx.rejects(Error::Misaligned, |m| m.lock_range(slot & !1, 1));
-        fx.rejects(Error::Misaligned, |m| m.unlock_range(slot & !1, 1));
-        fx.rejects(Error::Misaligned, |m| m.set_memcg(slot & !1, 1, 1, c));
+        // An aligned range outside the space gives the per-slot calls' code.
+        for order in 0..=SHIFT {
+            let start = slot & !((1 << order) - 1);
+            fx.rejects(Error::OutOfRange, |m| m.put_range(start, order));
+            fx.rejects(Error::OutOfRange, |m| m.lock_range(start, order));
+            fx.rejects(Error::OutOfRange, |m| m.unlock_range(start, order));
+            fx.rejects(Error::OutOfRange, |m| m.set_memcg(start, order, 1, c));
+        }
+    }
+    // A range that holds slot 0 (reserved): OutOfRange too, as for slot 0.
+    for order in 0..=SHIFT {
+        let c = Ctx::MaySleep;
+        fx.rejects(Error::OutOfRange, |m| m.put_range(0, order));
+        fx.rejects(Error::OutOfRange, |m| m.lock_range(0, order));
+        fx.rejects(Error::OutOfRange, |m| m.unlock_range(0, order));
+        fx.rejects(Error::OutOfRange, |m| m.set_memcg(0, order, 1, c));
     }
     // A batch that runs off the end stops there, after the slots before it.
     let last = end - 1;
@@ -466,8 +477,6 @@ fn payload_too_wide() {
     let m = &fx.map;
     let fresh = fx.one[2];
     let wide = [
-        Backend::Same(1 << 49),
-        Backend::Same(0xff00_ff00_ff00_ff00),
         Backend::Zswap(0x7fff_0000_0000_0000),
         Backend::Zswap(1 << 50),
         Backend::Phys { dev: 64, off: 0 },
@@ -484,10 +493,14 @@ fn payload_too_wide() {
             m.commit_unlock(fx.one[4], Backend::Same(u64::MAX), b)
         });
     }
-    // The edges that do fit.
+    // The edges that do fit; every same-filled value fits (those that fit
+    // neither inline form in the side table).
     for b in [
         Backend::Same((1 << 49) - 1),
         Backend::Same(!((1 << 49) - 1)),
+        Backend::Same(1 << 49),
+        Backend::Same(0xff00_ff00_ff00_ff00),
+        Backend::Same(0xdead_beef_cafe_f00d),
         Backend::Zswap(0xffff_8880_1234_5678),
         Backend::Phys {
             dev: 63,
@@ -543,14 +556,18 @@ fn provider_out_of_memory() {
     };
     // A slot of cluster 2 (order 0 on CPU 1: a new cluster).
     check(&|m| m.alloc(0, 1, c).map(|_| ()));
-    // Side table page for a count above the inline bits (none exists yet
-    // besides slot one[3]'s page, so use its neighbour after removing it).
-    let s = fx.one[0];
+    // Side-table count block for a count above the inline bits: cluster 0
+    // has one (slot one[3] overflowed, and it stays attached while it
+    // lives, even with its count back inline); cluster 1 has none yet.
+    let held = m.stats().side_bytes;
     assert_eq!(m.put(fx.one[3], 70), Ok(Put::Live));
-    assert_eq!(m.stats().side_bytes, 0);
-    check(&|m| m.dup(s, 60, c));
-    // Cache table for a non-zero cache word: cluster 1 has none yet.
+    assert_eq!(m.stats().side_bytes, held);
     let q = fx.pair;
+    check(&|m| m.dup(q, 70, c));
+    // A same-filled value kept in the side table (store allocates without
+    // sleeping): NoMem, the slot keeps its backend.
+    check(&|m| m.store(q, Backend::Zero, Backend::Same(0xdead_beef_cafe_f00d)));
+    // Cache table for a non-zero cache word: cluster 1 has none yet.
     check(&|m| m.cache_add(q, 0xabc, c));
     check(&|m| m.cache_store(q, 0xabc, c));
     m.cache_add(q, 0, c).unwrap();
@@ -566,10 +583,14 @@ fn provider_out_of_memory() {
     m.dup(t, 62, c).unwrap();
     m.cache_store(t, 0x99, c).unwrap(); // cluster 0 has a cache table
     assert_eq!(m.put(t, 62), Ok(Put::Live));
+    // An attached slot overflows again without memory (hysteresis).
+    m.dup(fx.one[3], 70, c).unwrap();
+    assert_eq!(m.lookup(fx.one[3]).unwrap().count, 70);
+    assert_eq!(m.put(fx.one[3], 70), Ok(Put::Live));
     p.fail_after(None);
     // Recovery: everything that failed now works.
-    m.dup(s, 60, c).unwrap();
-    assert_eq!(m.lookup(s).unwrap().count, 63);
+    m.dup(q, 70, c).unwrap();
+    assert_eq!(m.lookup(q).unwrap().count, 71);
     m.cache_store(q, 0xabc, c).unwrap();
     assert_eq!(m.cache_clear(q, 0x5ad, c), Ok(Put::Live));
     assert_eq!(
@@ -634,14 +655,15 @@ fn nosleep_asks_to_retry() {
     let fx = Fx::new(&p, &h);
     let m = &fx.map;
     let (ns, ms) = (Ctx::NoSleep, Ctx::MaySleep);
-    // No side-table page yet: remove the one overflowed count.
-    assert_eq!(m.put(fx.one[3], 70), Ok(Put::Live));
-    assert_eq!(m.stats().side_bytes, 0);
+    // Cluster 1 has no side-table count block yet (cluster 0 has one).
     p.again_on_nosleep(true);
     let bytes = p.bytes_in_use();
     let q = fx.pair;
     fx.rejects(Error::Again, |m| m.alloc(0, 1, ns));
-    fx.rejects(Error::Again, |m| m.dup(fx.one[0], 60, ns));
+    fx.rejects(Error::Again, |m| m.dup(q, 70, ns));
+    fx.rejects(Error::Again, |m| {
+        m.store(q, Backend::Zero, Backend::Same(0xdead_beef_cafe_f00d))
+    });
     fx.rejects(Error::Again, |m| m.cache_add(q, 0x1, ns));
     fx.rejects(Error::Again, |m| m.cache_store(q, 0x1, ns));
     fx.rejects(Error::Again, |m| m.set_memcg(q, 1, 3, ns));
@@ -649,6 +671,7 @@ fn nosleep_asks_to_retry() {
     // Retry where sleeping is allowed.
     let s = m.alloc(0, 1, ms).unwrap();
     assert!(s >= 2 * CS);
+    m.dup(q, 70, ms).unwrap();
     m.dup(fx.one[0], 60, ms).unwrap();
     m.cache_store(q, 0x1, ms).unwrap();
     m.set_memcg(q, 1, 3, ms).unwrap();

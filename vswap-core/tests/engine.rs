@@ -137,12 +137,13 @@ fn writeout_picks_the_cheapest_backend() {
         swap_out(&e, &page(|i| [1, 0, 0, 0, 0, 0, 0, 0][i % 8]), None).1,
         Backend::Same(1)
     );
-    // One repeated word too wide for the payload: not same-filled.
+    // One repeated word too wide for the inline payload: still same-filled
+    // (kept in the side table), no device slot.
     let wide = page(|i| [0, 0, 0, 0, 0, 0, 0, 0x40][i % 8]);
-    assert!(matches!(
+    assert_eq!(
         swap_out(&e, &wide, None).1,
-        Backend::Phys { dev: 0, .. }
-    ));
+        Backend::Same(u64::from_ne_bytes([0, 0, 0, 0, 0, 0, 0, 0x40]))
+    );
     assert!(matches!(
         swap_out(&e, &page(|i| if i == 0 { b'z' } else { i as u8 }), None).1,
         Backend::Zswap(_)
@@ -795,4 +796,36 @@ fn writeout_takes_exactly_one_configured_page() {
             "page size {bad}"
         );
     }
+}
+
+/// Issue 12 item 18: a page of any one repeated 64-bit word is written out
+/// as same-filled (no zswap object, no device slot), and reads back whole:
+/// repeated bytes 0x5a, 0x01, 0x80, a word with unequal halves, all ones.
+#[test]
+fn writeout_stores_every_repeated_word_as_same_filled() {
+    let p = StdProvider::new();
+    let e = engine(&p, cfg(Placement::Deferred, ChargePolicy::None));
+    e.add_device(0, 1, device(&p, 64)).unwrap();
+    let mut slots = Vec::new();
+    for v in [
+        0x5a5a_5a5a_5a5a_5a5au64,
+        0x0101_0101_0101_0101,
+        0x8080_8080_8080_8080,
+        0xdead_beef_cafe_f00d,
+        u64::MAX,
+    ] {
+        let bytes = v.to_ne_bytes();
+        let (s, b) = swap_out(&e, &page(|i| bytes[i % 8]), None);
+        assert_eq!(b, Backend::Same(v), "{v:#x}");
+        assert_eq!(e.map().lookup(s).unwrap().backend, Backend::Same(v));
+        slots.push(s);
+    }
+    assert_eq!(e.device(0).unwrap().stats().used, 0, "no device slot");
+    let st = e.map().stats();
+    assert_eq!(st.by_kind[2], 5, "five same-filled slots");
+    assert!(st.side_bytes > 0, "the table of the wide value is counted");
+    for s in slots {
+        assert_eq!(e.put(s, 1), Ok(Put::Freed));
+    }
+    assert_eq!(e.map().stats().side_bytes, 0);
 }

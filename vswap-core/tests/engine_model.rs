@@ -25,7 +25,6 @@ use std::sync::Mutex;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FailurePersistence, TestRunner};
-use vswap_core::word::fits_payload;
 use vswap_core::{
     Backend, CacheState, ChargePolicy, Ctx, DeviceConfig, Engine, EngineConfig, EngineHost, Entry,
     Error, Evacuated, Geometry, MapConfig, Move, NoHost, PhysDevice, Placement, Put, StdProvider,
@@ -172,7 +171,7 @@ fn classify(page: &[u8]) -> Class {
     let same = w.iter().all(|x| *x == w[0]);
     if same && w[0] == 0 {
         Class::Zero
-    } else if same && fits_payload(w[0]) {
+    } else if same {
         Class::Same(w[0])
     } else if page[0] == b'z' {
         Class::Zswap

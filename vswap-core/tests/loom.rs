@@ -971,3 +971,185 @@ fn m10_memcg_ids_made_on_demand() {
         fx.finish();
     });
 }
+
+// ---------------------------------------------------------------------------
+// 11. What a free reads, and the cache word, belong to the freeing owner.
+// ---------------------------------------------------------------------------
+
+/// Records `slot_freed` (slot, memcg id) for the models of section 11.
+#[derive(Clone, Default)]
+struct MemcgHost {
+    freed: std::sync::Arc<StdMutex<Vec<(u32, Option<u16>)>>>,
+}
+
+impl Host for MemcgHost {
+    fn release_zswap(&self, _handle: u64) {}
+    fn release_phys(&self, _dev: u8, _off: u64, _len: u64) {}
+    const WANTS_FREED: bool = true;
+    fn slot_freed(&self, slot: u32, _backend: Backend, memcg: Option<u16>) {
+        self.freed.lock().unwrap().push((slot, memcg));
+    }
+}
+
+/// Issue 12 item 2. One cluster of 4 slots, slots 1..=3 taken with memcg ids
+/// 10, 11, 12 (an id table). The last put of slot 2 races a thread that
+/// allocates (slot 2 is the only slot that can become free) and gives the
+/// slot id 99. The free must report id 11, the id of the owner that freed
+/// it, never the next owner's.
+#[test]
+fn m11a_last_put_races_realloc_and_set_memcg() {
+    model("m11a_last_put_races_realloc_and_set_memcg", 4, || {
+        let prov = TestProvider::default();
+        let host = MemcgHost::default();
+        let cfg = MapConfig {
+            geometry: Geometry::tiny(2, 4, 1),
+        };
+        let map = Arc::new(VswapMap::new(cfg, prov.clone(), host.clone()).unwrap());
+        for (i, id) in [10u16, 11, 12].into_iter().enumerate() {
+            let s = map.alloc(0, 0, Ctx::MaySleep).unwrap();
+            assert_eq!(s, i as u32 + 1);
+            map.set_memcg(s, 0, id, Ctx::MaySleep).unwrap();
+            if s == 2 {
+                map.dup(s, 1, Ctx::MaySleep).unwrap();
+                assert_eq!(map.cache_clear(s, 0, Ctx::MaySleep), Ok(Put::Live));
+            }
+        }
+        let m = map.clone();
+        let tp = thread::spawn(move || m.put(2, 1));
+        let m = map.clone();
+        let ta = thread::spawn(move || match m.alloc(0, 0, Ctx::NoSleep) {
+            Ok(s) => {
+                assert_eq!(s, 2);
+                m.set_memcg(s, 0, 99, Ctx::NoSleep).unwrap();
+                true
+            }
+            Err(e) => {
+                assert_eq!(e, Error::NoSpace);
+                false
+            }
+        });
+        assert_eq!(tp.join().unwrap(), Ok(Put::Freed));
+        let reused = ta.join().unwrap();
+        assert_eq!(
+            host.freed.lock().unwrap().first(),
+            Some(&(2, Some(11))),
+            "the free reported another owner's memcg id"
+        );
+        if reused {
+            assert_eq!(map.memcg(2), Ok(Some(99)));
+            assert_eq!(map.cache_clear(2, 0, Ctx::MaySleep), Ok(Put::Freed));
+        }
+        for s in [1, 3] {
+            assert_eq!(map.cache_clear(s, 0, Ctx::MaySleep), Ok(Put::Freed));
+        }
+        let st = map.stats();
+        assert_eq!(st.total_bytes(), prov.bytes(), "accounting {st:?}");
+        drop(map);
+        assert_eq!(prov.bytes(), 0, "provider bytes not returned");
+    });
+}
+
+/// Issue 12 item 3. A slot with count 1, not cached, zswap backend, in a
+/// cluster that already has a cache table: `cache_store` of a shadow races
+/// the last `put`. Whatever the order, the slot ends free, its handle is
+/// released once, and when it is allocated again its cache word reads 0
+/// (the shadow never lands in a free slot or in the next owner's).
+#[test]
+fn m11b_cache_store_races_last_put() {
+    model("m11b_cache_store_races_last_put", 4, || {
+        let fx = fixture(2, 4, 1, None);
+        let s = fx.slot(0, Backend::Zswap(7), 1, false);
+        let b = fx.slot(0, Backend::Zero, 0, true);
+        let c = fx.slot(0, Backend::Zero, 0, true);
+        fx.map.cache_store(b, 0x1000, Ctx::MaySleep).unwrap(); // the table
+        let m = fx.map.clone();
+        let ts = thread::spawn(move || m.cache_store(s, 0x77, Ctx::NoSleep));
+        let m = fx.map.clone();
+        let tp = thread::spawn(move || m.put(s, 1));
+        let (st, p) = (ts.join().unwrap(), tp.join().unwrap());
+        assert!(
+            matches!(
+                (st, p),
+                (Ok(()), Ok(Put::Freed))
+                    | (Ok(()), Ok(Put::Live))
+                    | (Err(Error::NotAllocated), Ok(Put::Freed))
+            ),
+            "outcome {st:?} {p:?}"
+        );
+        assert!(gone(&fx.map, s), "the slot outlived its last reference");
+        assert_eq!(fx.host.zswap(), vec![7]);
+        assert_eq!(fx.map.alloc(0, 0, Ctx::MaySleep), Ok(s));
+        let cs = fx.map.cache_get(s).unwrap();
+        assert_eq!((cs.cached, cs.word), (true, 0), "a stale cache word");
+        for x in [s, b, c] {
+            assert_eq!(fx.map.cache_clear(x, 0, Ctx::MaySleep), Ok(Put::Freed));
+        }
+        fx.finish();
+    });
+}
+
+// ---------------------------------------------------------------------------
+// 12. The side table's per-cluster count blocks.
+// ---------------------------------------------------------------------------
+
+/// Issue 12 item 9. Slots a (count 62) and b (count 70: attached to the
+/// cluster's count block, its only user) of one cluster, neither cached: a
+/// `dup` of a (which attaches a, maybe making a block and bucket array
+/// without the lock) races the last `put` of b (which detaches b and frees
+/// the block if it was the last user). a ends with count 63 in the table,
+/// b is freed, and the accounting matches the provider throughout; when a
+/// is freed too, every side-table byte goes back.
+#[test]
+fn m12_side_attach_races_detach() {
+    model("m12_side_attach_races_detach", 4, || {
+        let fx = fixture(2, 8, 1, None);
+        let a = fx.slot(0, Backend::Zero, 62, false);
+        let b = fx.slot(0, Backend::Zswap(9), 70, false);
+        let m = fx.map.clone();
+        let ta = thread::spawn(move || m.dup(a, 1, Ctx::NoSleep));
+        let m = fx.map.clone();
+        let tb = thread::spawn(move || m.put(b, 70));
+        assert_eq!(ta.join().unwrap(), Ok(()));
+        assert_eq!(tb.join().unwrap(), Ok(Put::Freed));
+        assert!(gone(&fx.map, b));
+        assert_eq!(fx.host.zswap(), vec![9]);
+        let e = fx.map.lookup(a).unwrap();
+        assert_eq!(e.count, 63);
+        let st = fx.map.stats();
+        assert_eq!(st.overflowed, 1);
+        assert_eq!(st.total_bytes(), fx.prov.bytes(), "accounting {st:?}");
+        assert_eq!(fx.map.put(a, 63), Ok(Put::Freed));
+        assert_eq!(fx.map.stats().side_bytes, 0);
+        fx.finish();
+    });
+}
+
+/// Issue 12 item 18. A same-filled value that fits neither inline form is
+/// stored (attaching the slot to the side table, value array made without
+/// the lock) while the last `put` of the slot races it. Either the store
+/// wins (the free then detaches the slot and gives the table back) or the
+/// put frees first (the store finds the slot gone); the zswap handle the
+/// store replaced is released once either way, and no side-table byte is
+/// left.
+#[test]
+fn m13_side_same_store_races_last_put() {
+    model("m13_side_same_store_races_last_put", 4, || {
+        let fx = fixture(2, 4, 1, None);
+        let s = fx.slot(0, Backend::Zswap(7), 1, false);
+        let v = 0xdead_beef_cafe_f00d;
+        let m = fx.map.clone();
+        let ts = thread::spawn(move || m.store(s, Backend::Zswap(7), Backend::Same(v)));
+        let m = fx.map.clone();
+        let tp = thread::spawn(move || m.put(s, 1));
+        let (st, p) = (ts.join().unwrap(), tp.join().unwrap());
+        assert_eq!(p, Ok(Put::Freed));
+        assert!(
+            matches!(st, Ok(()) | Err(Error::NotAllocated)),
+            "store {st:?}"
+        );
+        assert!(gone(&fx.map, s));
+        assert_eq!(fx.host.zswap(), vec![7]);
+        assert_eq!(fx.map.stats().side_bytes, 0);
+        fx.finish();
+    });
+}

@@ -51,8 +51,8 @@
 #define VSWAP_ENOENT 2
 
 /**
- * A payload (zswap handle, same-filled value, device or offset) does not fit
- * the core word.
+ * A payload (zswap handle, device or offset) does not fit the core word
+ * (every same-filled value fits).
  */
 #define VSWAP_E2BIG 7
 
@@ -102,7 +102,8 @@
 #define VSWAP_ENOSPC 28
 
 /**
- * A slot outside the space, or the reserved slot 0.
+ * A slot outside the space, or the reserved slot 0; a range (`_range`
+ * calls, `vswap_set_memcg`) that holds slot 0 or leaves the space.
  */
 #define VSWAP_ERANGE 34
 
@@ -133,7 +134,10 @@
 #define VSWAP_BACKEND_ZERO 1
 
 /**
- * Backend: one repeated 64-bit word (`value`, sign-extended from 50 bits).
+ * Backend: one repeated 64-bit word (`value`, any 64-bit value: those with
+ * two equal 32-bit halves or that fit 50 sign-extended bits are kept in the
+ * core word, any other in an on-demand per-cluster table of the map, 8 B
+ * each, counted in `mem_side`).
  */
 #define VSWAP_BACKEND_SAME 2
 
@@ -498,7 +502,8 @@ struct vswap_map_stats {
      */
     uint64_t mem_memcg;
     /**
-     * Bytes of the count side table.
+     * Bytes of the side table (overflowed counts, same-filled values kept
+     * outside the core word).
      */
     uint64_t mem_side;
     /**
@@ -1025,7 +1030,10 @@ int32_t vswap_alloc(struct vswap_engine *e,
  *
  * Returns 0; -EINVAL for a NULL engine; -ERANGE for slot 0 or a slot
  * outside the space; -ENOENT if it is free; -EOVERFLOW past the largest
- * count (2^32 - 1); -ENOMEM/-EAGAIN if the count side table needs a page.
+ * count (2^32 - 1); -ENOMEM/-EAGAIN if the count side table needs memory
+ * (the first count above 62 of a cluster's slots makes the cluster's count
+ * block; a slot keeps its place there until it is freed, so its count
+ * crossing 62 again needs none).
  */
 int32_t vswap_dup(struct vswap_engine *e, uint32_t slot, uint32_t n, bool may_sleep);
 
@@ -1044,7 +1052,8 @@ int32_t vswap_try_get(struct vswap_engine *e,
  * Drop `n` swap counts. When the count reaches 0 and no folio is cached the
  * slot is freed: its backend goes back (zswap handle through
  * `release_zswap`, device slots to their device, then `released_phys`) and
- * its charge is given back (deferred to the unlock if the slot is locked).
+ * its charge is given back (deferred to the unlock if the slot is locked, or
+ * to the end of a racing `vswap_cache_store`).
  *
  * Returns `VSWAP_LIVE` (0) or `VSWAP_FREED` (1); -EINVAL for a NULL engine
  * or a put of more counts than held; -ERANGE; -ENOENT if the slot is free.
@@ -1072,7 +1081,8 @@ int32_t vswap_put_many(struct vswap_engine *e,
  * Writes the number of slots freed.
  *
  * Returns 0; -EINVAL for a NULL pointer, an order above the cluster order, a
- * misaligned range or a slot with count 0; -ERANGE; -ENOENT if a slot is
+ * misaligned range or a slot with count 0; -ERANGE for a range that holds
+ * slot 0 or does not lie wholly inside the space; -ENOENT if a slot is
  * free; -EBUSY if a slot is locked. Freed slots give back their memcg
  * charges under the engine's charge policy.
  */
@@ -1089,9 +1099,14 @@ int32_t vswap_cache_add(struct vswap_engine *e, uint32_t slot, uint64_t cookie, 
 
 /**
  * Write the cache word of a live slot (the folio cookie after
- * `vswap_alloc`, or a new shadow).
+ * `vswap_alloc`, or a new shadow). The value only lands in the same live
+ * slot: a slot that is not cached is held for the store, so a last
+ * `vswap_put` racing it returns `VSWAP_LIVE` and the slot is freed here
+ * when the store is done (backend released, charge given back, cache word
+ * cleared), still returning 0.
  *
- * Returns 0; -EINVAL; -ERANGE; -ENOENT; -ENOMEM/-EAGAIN.
+ * Returns 0; -EINVAL; -ERANGE; -ENOENT (nothing written) if the slot is not
+ * live; -ENOMEM/-EAGAIN.
  */
 int32_t vswap_cache_store(struct vswap_engine *e, uint32_t slot, uint64_t value, bool may_sleep);
 
@@ -1131,7 +1146,8 @@ int32_t vswap_unlock(struct vswap_engine *e, uint32_t slot);
  * 2^order`, all or nothing.
  *
  * Returns 0; -EINVAL for a NULL engine, a bad order or a misaligned range;
- * -ERANGE; -ENOENT; -EBUSY.
+ * -ERANGE for a range that holds slot 0 or does not lie wholly inside the
+ * space; -ENOENT; -EBUSY.
  */
 int32_t vswap_lock_range(struct vswap_engine *e, uint32_t start, uint32_t order);
 
@@ -1157,7 +1173,9 @@ int32_t vswap_unlock_range(struct vswap_engine *e, uint32_t start, uint32_t orde
  *
  * Returns 0; -EINVAL for a NULL pointer or an unknown kind; -ERANGE;
  * -ENOENT; -EBUSY if locked; -EEXIST if the backend is not `*expected`;
- * -E2BIG if a payload does not fit; the device-slot codes above.
+ * -E2BIG if a payload does not fit; the device-slot codes above;
+ * -ENOMEM/-EAGAIN (nothing changed) if a same-filled value kept in the
+ * map's table needs memory (allocated without sleeping).
  */
 int32_t vswap_store(struct vswap_engine *e,
                     uint32_t slot,
@@ -1192,8 +1210,8 @@ int32_t vswap_lookup(struct vswap_engine *e, uint32_t slot, struct vswap_entry *
  * Give every slot of a live, naturally aligned range memcg id `memcg`
  * (0..=65535). All or nothing.
  *
- * Returns 0; -EINVAL (also for an id above 65535); -ERANGE; -ENOENT;
- * -ENOMEM/-EAGAIN.
+ * Returns 0; -EINVAL (also for an id above 65535); -ERANGE (as
+ * `vswap_lock_range`); -ENOENT; -ENOMEM/-EAGAIN.
  */
 int32_t vswap_set_memcg(struct vswap_engine *e,
                         uint32_t start,
@@ -1221,7 +1239,8 @@ int32_t vswap_memcg(struct vswap_engine *e, uint32_t slot, uint32_t *memcg);
  * (checked whether or not a device slot is needed); -ERANGE; -ENOENT;
  * -EEXIST for another backend; -EBUSY if locked; -ENOSPC when every device
  * is full (or the charge is refused); -EAGAIN when only pending discards
- * stand in the way.
+ * stand in the way; -ENOMEM/-EAGAIN (slot unchanged) if a same-filled word
+ * kept in the map's table needs memory (allocated without sleeping).
  */
 int32_t vswap_writeout(struct vswap_engine *e,
                        uint32_t slot,

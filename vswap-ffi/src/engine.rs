@@ -426,7 +426,10 @@ pub unsafe extern "C" fn vswap_alloc(
 ///
 /// Returns 0; -EINVAL for a NULL engine; -ERANGE for slot 0 or a slot
 /// outside the space; -ENOENT if it is free; -EOVERFLOW past the largest
-/// count (2^32 - 1); -ENOMEM/-EAGAIN if the count side table needs a page.
+/// count (2^32 - 1); -ENOMEM/-EAGAIN if the count side table needs memory
+/// (the first count above 62 of a cluster's slots makes the cluster's count
+/// block; a slot keeps its place there until it is freed, so its count
+/// crossing 62 again needs none).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_dup(
     e: *mut vswap_engine,
@@ -462,7 +465,8 @@ pub unsafe extern "C" fn vswap_try_get(
 /// Drop `n` swap counts. When the count reaches 0 and no folio is cached the
 /// slot is freed: its backend goes back (zswap handle through
 /// `release_zswap`, device slots to their device, then `released_phys`) and
-/// its charge is given back (deferred to the unlock if the slot is locked).
+/// its charge is given back (deferred to the unlock if the slot is locked, or
+/// to the end of a racing `vswap_cache_store`).
 ///
 /// Returns `VSWAP_LIVE` (0) or `VSWAP_FREED` (1); -EINVAL for a NULL engine
 /// or a put of more counts than held; -ERANGE; -ENOENT if the slot is free.
@@ -504,7 +508,8 @@ pub unsafe extern "C" fn vswap_put_many(
 /// Writes the number of slots freed.
 ///
 /// Returns 0; -EINVAL for a NULL pointer, an order above the cluster order, a
-/// misaligned range or a slot with count 0; -ERANGE; -ENOENT if a slot is
+/// misaligned range or a slot with count 0; -ERANGE for a range that holds
+/// slot 0 or does not lie wholly inside the space; -ENOENT if a slot is
 /// free; -EBUSY if a slot is locked. Freed slots give back their memcg
 /// charges under the engine's charge policy.
 #[unsafe(no_mangle)]
@@ -541,9 +546,14 @@ pub unsafe extern "C" fn vswap_cache_add(
 }
 
 /// Write the cache word of a live slot (the folio cookie after
-/// `vswap_alloc`, or a new shadow).
+/// `vswap_alloc`, or a new shadow). The value only lands in the same live
+/// slot: a slot that is not cached is held for the store, so a last
+/// `vswap_put` racing it returns `VSWAP_LIVE` and the slot is freed here
+/// when the store is done (backend released, charge given back, cache word
+/// cleared), still returning 0.
 ///
-/// Returns 0; -EINVAL; -ERANGE; -ENOENT; -ENOMEM/-EAGAIN.
+/// Returns 0; -EINVAL; -ERANGE; -ENOENT (nothing written) if the slot is not
+/// live; -ENOMEM/-EAGAIN.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_cache_store(
     e: *mut vswap_engine,
@@ -622,7 +632,8 @@ pub unsafe extern "C" fn vswap_unlock(e: *mut vswap_engine, slot: u32) -> i32 {
 /// 2^order`, all or nothing.
 ///
 /// Returns 0; -EINVAL for a NULL engine, a bad order or a misaligned range;
-/// -ERANGE; -ENOENT; -EBUSY.
+/// -ERANGE for a range that holds slot 0 or does not lie wholly inside the
+/// space; -ENOENT; -EBUSY.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_lock_range(e: *mut vswap_engine, start: u32, order: u32) -> i32 {
     guard(|| {
@@ -663,7 +674,9 @@ pub unsafe extern "C" fn vswap_unlock_range(
 ///
 /// Returns 0; -EINVAL for a NULL pointer or an unknown kind; -ERANGE;
 /// -ENOENT; -EBUSY if locked; -EEXIST if the backend is not `*expected`;
-/// -E2BIG if a payload does not fit; the device-slot codes above.
+/// -E2BIG if a payload does not fit; the device-slot codes above;
+/// -ENOMEM/-EAGAIN (nothing changed) if a same-filled value kept in the
+/// map's table needs memory (allocated without sleeping).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_store(
     e: *mut vswap_engine,
@@ -723,8 +736,8 @@ pub unsafe extern "C" fn vswap_lookup(
 /// Give every slot of a live, naturally aligned range memcg id `memcg`
 /// (0..=65535). All or nothing.
 ///
-/// Returns 0; -EINVAL (also for an id above 65535); -ERANGE; -ENOENT;
-/// -ENOMEM/-EAGAIN.
+/// Returns 0; -EINVAL (also for an id above 65535); -ERANGE (as
+/// `vswap_lock_range`); -ENOENT; -ENOMEM/-EAGAIN.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_set_memcg(
     e: *mut vswap_engine,
@@ -770,7 +783,8 @@ pub unsafe extern "C" fn vswap_memcg(e: *mut vswap_engine, slot: u32, memcg: *mu
 /// (checked whether or not a device slot is needed); -ERANGE; -ENOENT;
 /// -EEXIST for another backend; -EBUSY if locked; -ENOSPC when every device
 /// is full (or the charge is refused); -EAGAIN when only pending discards
-/// stand in the way.
+/// stand in the way; -ENOMEM/-EAGAIN (slot unchanged) if a same-filled word
+/// kept in the map's table needs memory (allocated without sleeping).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_writeout(
     e: *mut vswap_engine,

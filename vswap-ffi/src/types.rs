@@ -24,8 +24,8 @@ pub const VSWAP_FREED: i32 = 1;
 pub const VSWAP_EPERM: i32 = 1;
 /// The slot is not allocated (free, or its cluster does not exist).
 pub const VSWAP_ENOENT: i32 = 2;
-/// A payload (zswap handle, same-filled value, device or offset) does not fit
-/// the core word.
+/// A payload (zswap handle, device or offset) does not fit the core word
+/// (every same-filled value fits).
 pub const VSWAP_E2BIG: i32 = 7;
 /// No memory without sleeping (retry with `may_sleep`), or no free cluster
 /// until the host finishes pending discards.
@@ -48,7 +48,8 @@ pub const VSWAP_ENODEV: i32 = 19;
 pub const VSWAP_EINVAL: i32 = 22;
 /// The slot space or every device is full.
 pub const VSWAP_ENOSPC: i32 = 28;
-/// A slot outside the space, or the reserved slot 0.
+/// A slot outside the space, or the reserved slot 0; a range (`_range`
+/// calls, `vswap_set_memcg`) that holds slot 0 or leaves the space.
 pub const VSWAP_ERANGE: i32 = 34;
 /// The swap count would pass the largest count the side table holds.
 pub const VSWAP_EOVERFLOW: i32 = 75;
@@ -64,7 +65,10 @@ pub const VSWAP_ESTALE: i32 = 116;
 pub const VSWAP_BACKEND_NONE: u32 = 0;
 /// Backend: an all-zero page.
 pub const VSWAP_BACKEND_ZERO: u32 = 1;
-/// Backend: one repeated 64-bit word (`value`, sign-extended from 50 bits).
+/// Backend: one repeated 64-bit word (`value`, any 64-bit value: those with
+/// two equal 32-bit halves or that fit 50 sign-extended bits are kept in the
+/// core word, any other in an on-demand per-cluster table of the map, 8 B
+/// each, counted in `mem_side`).
 pub const VSWAP_BACKEND_SAME: u32 = 2;
 /// Backend: a zswap object (`value` is the host's handle, sign-extended from
 /// 50 bits).
@@ -374,7 +378,8 @@ pub struct vswap_map_stats {
     pub mem_cache: u64,
     /// Bytes of the memcg id tables.
     pub mem_memcg: u64,
-    /// Bytes of the count side table.
+    /// Bytes of the side table (overflowed counts, same-filled values kept
+    /// outside the core word).
     pub mem_side: u64,
     /// All metadata bytes.
     pub mem_total: u64,

@@ -264,6 +264,16 @@ static void test_out_of_range_and_free_slots(void)
 	EXPECT(vswap_dup(E, far, 1, true), -VSWAP_ERANGE);
 	EXPECT(vswap_lock(E, UINT32_MAX), -VSWAP_ERANGE);
 	EXPECT(vswap_cache_get(E, far, &cs), -VSWAP_ERANGE);
+	/* ranges outside the space, or holding slot 0: -ERANGE as per slot */
+	uint32_t rf;
+	const uint32_t end = 1u << 16;
+	EXPECT(vswap_lock_range(E, end, 2), -VSWAP_ERANGE);
+	EXPECT(vswap_lock_range(E, UINT32_MAX & ~3u, 2), -VSWAP_ERANGE);
+	EXPECT(vswap_unlock_range(E, end, 1, &rf), -VSWAP_ERANGE);
+	EXPECT(vswap_put_range(E, end + 8, 3, &rf), -VSWAP_ERANGE);
+	EXPECT(vswap_set_memcg(E, end, 0, 3, true), -VSWAP_ERANGE);
+	EXPECT(vswap_lock_range(E, 0, 2), -VSWAP_ERANGE);
+	EXPECT(vswap_put_range(E, 0, 0, &rf), -VSWAP_ERANGE);
 	/* a free slot next to the neighbour */
 	uint32_t fr = NB + 1;
 	EXPECT(vswap_lookup(E, fr, &en), -VSWAP_ENOENT);
@@ -552,8 +562,6 @@ static void test_payload_too_wide(void)
 	uint32_t s = live_slot();
 	struct vswap_backend none = {VSWAP_BACKEND_NONE, 0, 0};
 	struct vswap_backend wide[] = {
-		{VSWAP_BACKEND_SAME, 0, 1ull << 49},
-		{VSWAP_BACKEND_SAME, 0, 0xff00ff00ff00ff00ull},
 		{VSWAP_BACKEND_ZSWAP, 0, 0x7fff000000000000ull},
 		{VSWAP_BACKEND_PHYS, 64, 0},
 		{VSWAP_BACKEND_PHYS, 300, 0},
@@ -567,12 +575,20 @@ static void test_payload_too_wide(void)
 	struct vswap_entry en;
 	OK(vswap_lookup(E, s, &en));
 	EXPECT(en.backend.kind, VSWAP_BACKEND_NONE);
-	/* a same-filled page whose word does not fit goes to a device slot */
+	/* every same-filled value fits: stored and read back whole */
+	struct vswap_backend same_wide = {VSWAP_BACKEND_SAME, 0, 0xdeadbeefcafef00dull};
+	OK(vswap_store(E, s, &none, &same_wide));
+	OK(vswap_lookup(E, s, &en));
+	EXPECT(en.backend.kind, VSWAP_BACKEND_SAME);
+	EXPECT(en.backend.value == 0xdeadbeefcafef00dull, 1);
+	OK(vswap_store(E, s, &same_wide, &none));
+	/* and a page of any repeated word is written out as same-filled */
 	uint8_t page[PAGE];
 	struct vswap_backend b;
 	fill_same(page, 0xff00ff00ff00ff00ull);
 	OK(vswap_writeout(E, s, page, PAGE, 0, &b));
-	EXPECT(b.kind, VSWAP_BACKEND_PHYS);
+	EXPECT(b.kind, VSWAP_BACKEND_SAME);
+	EXPECT(b.value == 0xff00ff00ff00ff00ull, 1);
 	EXPECT(vswap_cache_clear(E, s, 0, true), VSWAP_LIVE);
 	EXPECT(vswap_put(E, s, 1), VSWAP_FREED);
 	UNCHANGED(before);
