@@ -29,7 +29,7 @@ use vswap_alloc::sync::{AtomicU32, Ordering};
 use vswap_alloc::{Ctx, Error, LogDevice, PhysDevice, Provider, Result};
 
 use crate::devices::{DevicePin, Devices, MAX_DEVICES};
-use crate::host::Host;
+use crate::host::{Host, MapOnly};
 use crate::map::{MapConfig, Put, VswapMap};
 use crate::word::{Backend, BackendKind, fits_payload};
 
@@ -165,7 +165,7 @@ impl<P: Provider, H: EngineHost> Host for Router<P, H> {
     /// freed to [`EngineHost::released_phys`] (in runs). One that fails the
     /// check (a location the engine never gave to that slot) is left alone:
     /// it belongs to someone else, or to nobody.
-    fn release_phys_owned(&self, slot: u32, dev: u8, off: u64, len: u64) {
+    fn release_phys_owned(&self, slot: u32, dev: u8, off: u64, len: u64, _: MapOnly) {
         self.free_owned(dev, off, len, slot);
     }
 

@@ -33,7 +33,12 @@ pub trait Host: Sync {
     /// location stored into the wrong slot cannot free another slot's
     /// device slot. The default forwards to
     /// [`release_phys`](Self::release_phys).
-    fn release_phys_owned(&self, _slot: u32, dev: u8, off: u64, len: u64) {
+    ///
+    /// Only the map can call it: the [`MapOnly`] argument cannot be made
+    /// outside this crate, so safe code holding a host (for example the
+    /// engine's own, through `engine.map().host()`) cannot free a device
+    /// slot that its virtual slot still points to.
+    fn release_phys_owned(&self, _slot: u32, dev: u8, off: u64, len: u64, _: MapOnly) {
         self.release_phys(dev, off, len)
     }
 
@@ -46,6 +51,24 @@ pub trait Host: Sync {
     /// device slot that is allocated and whose reverse-map owner is `slot`.
     fn check_phys(&self, _slot: u32, _dev: u8, _off: u64) -> vswap_alloc::Result<()> {
         Ok(())
+    }
+}
+
+/// Proof that a [`Host`] callback comes from the map itself. Hosts receive
+/// it as an argument and may ignore it; only this crate can make one, so a
+/// callback that takes it cannot be called by code outside the crate:
+///
+/// ```compile_fail
+/// # use vswap_core::{Host, NoHost};
+/// // No constructor is public: this does not compile.
+/// NoHost.release_phys_owned(1, 0, 0, 1, vswap_core::MapOnly(()));
+/// ```
+#[derive(Debug)]
+pub struct MapOnly(());
+
+impl MapOnly {
+    pub(crate) const fn new() -> Self {
+        Self(())
     }
 }
 
@@ -71,8 +94,8 @@ impl<H: Host + ?Sized> Host for &H {
         (**self).slot_freed(slot, backend, memcg)
     }
     const OWNED_RELEASE: bool = H::OWNED_RELEASE;
-    fn release_phys_owned(&self, slot: u32, dev: u8, off: u64, len: u64) {
-        (**self).release_phys_owned(slot, dev, off, len)
+    fn release_phys_owned(&self, slot: u32, dev: u8, off: u64, len: u64, m: MapOnly) {
+        (**self).release_phys_owned(slot, dev, off, len, m)
     }
     fn check_phys(&self, slot: u32, dev: u8, off: u64) -> vswap_alloc::Result<()> {
         (**self).check_phys(slot, dev, off)
@@ -117,7 +140,7 @@ impl<'a, H: Host + ?Sized> Releaser<'a, H> {
     pub(crate) fn flush(&mut self) {
         if let Some((d, s, l, first)) = self.run.take() {
             if H::OWNED_RELEASE {
-                self.host.release_phys_owned(first, d, s, l);
+                self.host.release_phys_owned(first, d, s, l, MapOnly::new());
             } else {
                 self.host.release_phys(d, s, l);
             }

@@ -39,7 +39,7 @@ pub use engine::{
     ChargePolicy, Engine, EngineConfig, EngineHost, Evacuated, MAX_PAGE_SIZE, Move, NO_MEMCG,
     PAGE_SIZE, Placement, Router, Stopped, SwapinRange, VirtMove, Writeback,
 };
-pub use host::{Host, NoHost};
+pub use host::{Host, MapOnly, NoHost};
 pub use map::{BatchError, CacheState, MAX_COUNT, MapConfig, MapStats, Put, VswapMap};
 pub use swapops::{Mode, Swap, SwapEntry, SwapOps, VIRTUAL_TYPE};
 #[cfg(feature = "std")]

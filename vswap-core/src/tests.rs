@@ -616,3 +616,69 @@ fn same_filled_values_of_every_width_round_trip() {
     assert_eq!(m.stats().side_bytes, 0, "the table goes with its last slot");
     assert_eq!(p.bytes_in_use(), m.stats().total_bytes());
 }
+
+/// Issue 12, item 5: the router frees a released device slot only while the
+/// releasing virtual slot owns it (compare-and-clear), and reports only the
+/// ones it freed. The owned release takes a `MapOnly` token, so only the
+/// map (this crate) can call it; this test plays a map that names the
+/// wrong owners.
+#[test]
+fn owned_release_frees_only_the_named_owners_device_slots() {
+    #[derive(Default)]
+    struct H {
+        phys: Mutex<Vec<(u8, u64, u64)>>,
+    }
+    impl EngineHost for H {
+        fn release_zswap(&self, _h: u64) {}
+        fn released_phys(&self, d: u8, o: u64, l: u64) {
+            self.phys.lock().unwrap().push((d, o, l));
+        }
+    }
+    let p = StdProvider::new();
+    let cfg = EngineConfig {
+        map: MapConfig {
+            geometry: Geometry::tiny(2, 64, 2),
+        },
+        page_size: 64,
+        ..EngineConfig::default()
+    };
+    let e = Engine::new(cfg, &p, H::default()).unwrap();
+    let dev = PhysDevice::new(
+        DeviceConfig {
+            geometry: Geometry::tiny(2, 16, 2),
+            discard: false,
+            rotational: false,
+        },
+        &[],
+        &p,
+    )
+    .unwrap();
+    e.add_device(0, 1, dev).unwrap();
+    let page: Vec<u8> = (0..64u8).collect();
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        let s = e.alloc(0, 0, None, Ctx::MaySleep).unwrap();
+        e.map().dup(s, 1, Ctx::MaySleep).unwrap();
+        let Backend::Phys { dev, off } = e.writeout(s, &page, 0).unwrap() else {
+            panic!("a random page takes a device slot")
+        };
+        out.push((s, dev, off));
+    }
+    let [(a, dev, off), (b, _, off_b)] = [out[0], out[1]];
+    let router = e.map().host();
+    // In the name of another slot: nothing freed, nothing reported.
+    router.release_phys_owned(a + 7, dev, off, 1, MapOnly::new());
+    assert_eq!(e.device(0).unwrap().owner(off), Ok(Some(a)));
+    assert!(e.host().phys.lock().unwrap().is_empty());
+    // A run naming `b` for both `b`'s slot and the next one: only where the
+    // owner matches is anything freed (and reported, once).
+    router.release_phys_owned(b, dev, off_b, 2, MapOnly::new());
+    assert_eq!(e.device(0).unwrap().owner(off_b), Ok(None));
+    assert_eq!(*e.host().phys.lock().unwrap(), [(dev, off_b, 1)]);
+    assert_eq!(e.device(0).unwrap().owner(off), Ok(Some(a)), "a's kept");
+    e.host().phys.lock().unwrap().clear();
+    // `a` still releases its own device slot, once, when it dies.
+    assert_eq!(e.cache_clear(a, 0, Ctx::MaySleep).unwrap(), Put::Live);
+    assert_eq!(e.put(a, 1).unwrap(), Put::Freed);
+    assert_eq!(*e.host().phys.lock().unwrap(), [(dev, off, 1)]);
+}

@@ -595,24 +595,16 @@ fn a_release_frees_only_the_releasing_slots_device_slot() {
         panic!("{b:?}")
     };
     let sa = e.map().lookup(a).unwrap();
-    // A release of `a`'s device slot in the name of another slot, or of
-    // nobody, leaves it alone and reports nothing.
+    // A release of `a`'s device slot that names no owner (the only release
+    // safe code outside the crate can call on the engine's host: the owned
+    // one takes a `MapOnly` token, see its `compile_fail` example) leaves
+    // it alone and reports nothing. The owner check of the map's own
+    // releases is `tests::owned_release_frees_only_the_named_owners_device_slots`
+    // inside the crate.
     e.map().host().release_phys(dev, off, 1);
-    e.map().host().release_phys_owned(a + 1, dev, off, 1);
     assert_eq!(e.device(0).unwrap().owner(off), Ok(Some(a)), "still a's");
     assert_eq!(e.map().lookup(a).unwrap(), sa);
     assert_eq!(e.host().take_phys(), []);
-    // A run whose owners are not the releaser's is refused slot by slot.
-    let (a2, b2) = swap_out(&e, &page(|i| i as u8 | 3), None);
-    let Backend::Phys { off: off2, .. } = b2 else {
-        panic!("{b2:?}")
-    };
-    e.map().host().release_phys_owned(a2, dev, off2, 2);
-    assert_eq!(e.host().take_phys(), [((dev, off2), 1)], "only a2's own");
-    assert_eq!(e.device(0).unwrap().owner(off2), Ok(None));
-    assert_eq!(e.device(0).unwrap().owner(off), Ok(Some(a)));
-    // (a2 now points at a freed device slot: that was the host's doing.)
-    let _ = a2;
     // `a` itself still releases its device slot once.
     assert_eq!(e.put(a, 1).unwrap(), Put::Freed);
     assert_eq!(e.host().take_phys(), [((dev, off), 1)]);
