@@ -442,8 +442,8 @@ const ROOM_FLAGS: u64 = (1 << ROOM_GEN) - 1;
 struct Fallback {
     /// Fragmented clusters it may still try (each at most once).
     frag_budget: Option<u32>,
-    /// The generation its full scan started in, once announced.
-    scan: Option<u32>,
+    /// `SlotSpace::room` as its announcement left it, once announced.
+    scan: Option<u64>,
     /// Whether it took back an empty cached cluster already.
     reclaimed: bool,
 }
@@ -943,7 +943,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
                 Err(err @ (Error::NoSpace | Error::DiscardPending)) => {
                     // Nothing listed or free: the full scan, unless the last
                     // one failed and no word was freed since (O(1) then).
-                    let Some(epoch) = fb.scan.filter(|_| !self.exhausted(order)) else {
+                    let Some(seen) = fb.scan else {
                         return Err(err);
                     };
                     if let Some(slot) = self.steal(order, init, step) {
@@ -960,7 +960,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
                             None => {}
                         }
                     }
-                    self.end_scan(order, epoch);
+                    self.end_scan(order, seen);
                     return Err(err);
                 }
                 Err(e) => return Err(e),
@@ -976,16 +976,17 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     }
 
     /// Start a full scan for `order`: announce it (frees from now on clear
-    /// the announcement) and return the generation it started in.
-    fn begin_scan(&self, order: u32) -> u32 {
-        let old = self.room.fetch_or(1 << order, Ordering::AcqRel);
-        (old >> ROOM_GEN) as u32
+    /// the announcement) and return the word as the announcement left it.
+    fn begin_scan(&self, order: u32) -> u64 {
+        self.room.fetch_or(1 << order, Ordering::AcqRel) | (1 << order)
     }
 
-    /// A full scan for `order` that started in generation `epoch` found
-    /// nothing: mark the order exhausted if no free happened since.
-    fn end_scan(&self, order: u32, epoch: u32) {
-        let mut cur = self.room.load(Ordering::Acquire);
+    /// A full scan for `order` announced as `seen` found nothing: mark the
+    /// order exhausted if no room was made since (same generation, and the
+    /// announcement still stands).
+    fn end_scan(&self, order: u32, seen: u64) {
+        let epoch = (seen >> ROOM_GEN) as u32;
+        let mut cur = seen;
         loop {
             if (cur >> ROOM_GEN) as u32 != epoch || cur & (1 << order) == 0 {
                 return;
@@ -1047,7 +1048,8 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         let mut got = None;
         'all: for cpu in 0..cpus {
             let Some(pcpu) = self.percpu(cpu) else { break };
-            for pc in &pcpu.orders {
+            let orders = self.geo.cluster_shift as usize + 1;
+            for pc in pcpu.orders.iter().take(orders) {
                 let cur = pc.cur.load(Ordering::Acquire);
                 let Some(e) = cur.checked_sub(1).and_then(|i| self.entry(i)) else {
                     continue;
