@@ -65,9 +65,10 @@
 //! order (on a device an order-0 allocation takes a slot from a cluster of
 //! any order) and then takes back one empty cluster that a per-CPU cache
 //! holds (of any CPU number and order: its tables go, or on a device it goes
-//! to the free FIFO or the discard queue) and retries once, before failing with
-//! [`Error::NoSpace`], or [`Error::DiscardPending`] when emptied clusters are
-//! waiting for the host's discard. A rotational device has one cursor: every
+//! to the free FIFO or the discard queue; at most one per allocation) and
+//! retries, before failing with [`Error::NoSpace`], or
+//! [`Error::DiscardPending`] when emptied clusters are waiting for the host's
+//! discard (or the cluster taken back went to the discard queue). A rotational device has one cursor: every
 //! CPU number uses CPU 0's cache, so slots go out in device order.
 //!
 //! # Full spaces (`SlotSpace::room`)
@@ -84,8 +85,9 @@
 //!   generation is unchanged and the announcement still stands.
 //! - Everything that makes room clears every announcement and mark and
 //!   starts a new generation (a CAS; only a load while nothing is
-//!   announced or marked): a free ([`Pin::release`]), a failed claim that set words back
-//!   to 0, and a refill making a free cluster live (under the list lock).
+//!   announced or marked): a free ([`Pin::release`]), a failed claim that
+//!   set words back to 0, and a refill making a free cluster live (under the
+//!   list lock).
 //!   Clusters that become free are found under the list lock before the
 //!   exhausted check.
 //!
@@ -94,9 +96,10 @@
 //! scan announces before it does its RMW (`try_ref`, or an RMW read for the
 //! take-back) on that lifetime word. If the scan's RMW comes later, it sees
 //! the word at 0; if the free's RMW comes later, the free reads the
-//! announcement and clears it, and the scan's CAS fails. So at quiescence an
-//! allocation fails exactly when no fallback could serve it, as before; only
-//! its cost changed: one failing scan per order between two frees.
+//! announcement and clears it, and the scan's marking CAS fails. So at
+//! quiescence an allocation fails exactly when no fallback could serve it,
+//! as before; only its cost changed: one failing scan per order between two
+//! events that make room.
 //!
 //! # Memory after everything is freed
 //! Each CPU number (one for a rotational device) keeps at most one cluster
