@@ -63,13 +63,15 @@
 //!
 //! When nothing is listed or free, allocation scans every live cluster of its
 //! order (on a device an order-0 allocation takes a slot from a cluster of
-//! any order) and then takes back one empty cluster that a per-CPU cache
-//! holds (of any CPU number and order: its tables go, or on a device it goes
-//! to the free FIFO or the discard queue; at most one per allocation) and
-//! retries, before failing with [`Error::NoSpace`], or
-//! [`Error::DiscardPending`] when emptied clusters are waiting for the host's
-//! discard (or the cluster taken back went to the discard queue). A rotational device has one cursor: every
-//! CPU number uses CPU 0's cache, so slots go out in device order.
+//! any order) and then takes back one cluster that a per-CPU cache holds and
+//! that frees emptied (of any CPU number and order: its tables go, or on a
+//! device it goes to the free FIFO or the discard queue; at most one per
+//! allocation; a cluster just made live for a cache is not taken before its
+//! first claim) and retries, before failing with [`Error::NoSpace`], or
+//! [`Error::DiscardPending`] when emptied clusters are waiting for the
+//! host's discard (or the cluster taken back went to the discard queue). A
+//! rotational device has one cursor: every CPU number uses CPU 0's cache, so
+//! slots go out in device order.
 //!
 //! # Full spaces (`SlotSpace::room`)
 //! A full scan costs O(clusters); on a full space every failing allocation
@@ -275,9 +277,14 @@ impl<W> DirEntry<W> {
 struct CpuOrder {
     /// `cluster index + 1` of the current cluster; 0 = none.
     cur: AtomicU32,
-    /// Slot offset where the next scan starts (a hint).
+    /// Slot offset where the next scan starts (a hint, masked to the
+    /// cluster), with `FRESH` while the cluster was just made live for this
+    /// cache and nothing was claimed from it yet.
     cursor: AtomicU32,
 }
+
+/// Flag of `CpuOrder::cursor`: see there (offsets are below 2^13).
+const FRESH: u32 = 1 << 31;
 
 #[repr(align(64))]
 struct PerCpu {
@@ -1036,7 +1043,8 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     }
 
     /// Take back one empty cluster a per-CPU cache holds (only its hold is
-    /// left): it leaves the cache and dies (virtual: tables freed; fixed:
+    /// left, and the cache has allocated from it since it was installed):
+    /// it leaves the cache and dies (virtual: tables freed; fixed:
     /// to the free FIFO or, with discard, the discard queue). Returns
     /// whether it went to the discard queue, or `None` if no cache held an
     /// empty cluster. Under the list lock; O(CPUs * orders).
@@ -1059,6 +1067,12 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
                 };
                 #[cfg(test)]
                 self.scanned.fetch_add(1, Ordering::Relaxed);
+                // A fresh cluster (`FRESH` set with it, under the lock)
+                // whose first claim is yet to come is empty only for that
+                // moment: it was not emptied by frees.
+                if pc.cursor.load(Ordering::Relaxed) & FRESH != 0 {
+                    continue;
+                }
                 // An RMW, not a load: it orders this read after the scan's
                 // announcement against a racing free (see `room_made`).
                 let st = e.state.fetch_add(0, Ordering::AcqRel);
@@ -1249,7 +1263,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         self.room_made();
         self.live.fetch_add(1, Ordering::Relaxed);
         let old = pc.cur.swap(idx + 1, Ordering::AcqRel);
-        pc.cursor.store(0, Ordering::Relaxed);
+        pc.cursor.store(FRESH, Ordering::Relaxed);
         if old != 0 {
             self.drop_hold(&mut l, old - 1, &mut garbage);
         }
