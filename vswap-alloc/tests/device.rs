@@ -144,15 +144,28 @@ impl Model {
     /// the CPU's cluster, `nonfull[order]`, a free cluster, `frag[order]`
     /// and finally `steal` together try every free cluster and every live
     /// cluster of the order (of any order for order 0), so the request fails
-    /// exactly when none of those has a naturally aligned free run. Live
-    /// clusters of another order (even empty ones a CPU still caches) and
-    /// clusters waiting for discard do not count.
+    /// exactly when none of those has a naturally aligned free run; then
+    /// it takes back an empty cluster a CPU caches (of any order), which
+    /// serves it unless the device discards (then it waits for the discard:
+    /// `DiscardPending`). Other live clusters of another order and clusters
+    /// waiting for discard do not count.
     fn can_alloc(&self, dev: &Dev<'_>, order: u32) -> bool {
         let n = 1u64 << order;
         (0..self.clusters).any(|c| match dev.space().cluster_state(c as u32) {
             ClusterState::Free => self.has_run(c, n),
             ClusterState::Discard => false,
             ClusterState::Live { order: o, .. } => (o == order || order == 0) && self.has_run(c, n),
+        }) || (!self.discard && self.empty_cached(dev))
+    }
+
+    /// Whether a CPU caches a cluster with no data and no reserved slot.
+    fn empty_cached(&self, dev: &Dev<'_>) -> bool {
+        (0..self.clusters).any(|c| {
+            let base = c * self.csize();
+            matches!(
+                dev.space().cluster_state(c as u32),
+                ClusterState::Live { cached: true, .. }
+            ) && (base..base + self.csize()).all(|s| self.is_free(s))
         })
     }
 
@@ -427,7 +440,10 @@ fn do_alloc(dev: &Dev<'_>, m: &mut Model, order: u32, cpu: u32, owner: u32) {
     let had_free_cluster = expect_err.is_none()
         && (0..m.clusters)
             .any(|c| dev.space().cluster_state(c as u32) == ClusterState::Free && m.has_run(c, n));
-    let discard_pending = dev.space().list_counts().discard > 0;
+    // A failing allocation on a discarding device sends an empty cached
+    // cluster to the discard queue.
+    let discard_pending = dev.space().list_counts().discard > 0
+        || (expect_err.is_none() && !can && m.discard && m.empty_cached(dev));
     let got = dev.alloc(order, cpu, owner, Ctx::NoSleep);
     match (got, expect_err) {
         (Err(e), Some(want)) => assert_eq!(e, want, "alloc({order}, {cpu}, {owner})"),
