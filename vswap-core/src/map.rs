@@ -258,7 +258,9 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         if start % n != 0 {
             return Err(Error::Misaligned);
         }
-        if start == 0 || u64::from(start) + u64::from(n) > self.geometry().slots() {
+        // The space's own size: a direct map (a device) ends exactly at its
+        // configured size, not at the end of its last cluster.
+        if start == 0 || u64::from(start) + u64::from(n) > self.space.slots() {
             return Err(Error::OutOfRange);
         }
         Ok(n)

@@ -251,3 +251,36 @@ fn swapoff_of_the_virtual_layer_to_direct_slots_and_to_memory() {
         }
     }
 }
+
+/// Issue 12, item 6, for a direct map: a device of 29 slots (not a whole
+/// number of 8-slot clusters) never hands out 29..32, and a range that
+/// reaches into that tail is `OutOfRange` as a whole, before any slot of it
+/// is touched (the map checks ranges against the device's size, not the
+/// end of its last cluster).
+#[test]
+fn a_direct_map_ends_at_its_size() {
+    let p = StdProvider::new();
+    let d = direct(&p, 29, false, &[]);
+    let mut got = Vec::new();
+    while let Ok(s) = d.alloc(0, 0, S) {
+        got.push(s);
+    }
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (1..29).collect::<Vec<u32>>(),
+        "every slot below 29, once"
+    );
+    for s in 24..29 {
+        d.dup(s, 1, S).unwrap();
+    }
+    let before: Vec<_> = (24..29).map(|s| d.lookup(s).unwrap()).collect();
+    assert_eq!(d.lock_range(24, 3), Err(Error::OutOfRange));
+    assert_eq!(d.put_range(24, 3), Err(Error::OutOfRange));
+    assert_eq!(d.set_memcg(24, 3, 7, S), Err(Error::OutOfRange));
+    let after: Vec<_> = (24..29).map(|s| d.lookup(s).unwrap()).collect();
+    assert_eq!(before, after, "nothing in the range changed");
+    for s in 29..32 {
+        assert_eq!(d.lookup(s), Err(Error::OutOfRange), "slot {s}");
+    }
+}
