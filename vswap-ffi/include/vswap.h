@@ -269,6 +269,13 @@ struct vswap_map;
 /**
  * The shape of a slot space (virtual map, direct map or device).
  * `vswap_geometry_default` fills in the defaults.
+ *
+ * A geometry is accepted exactly when every field is within the bounds
+ * given below and the directory's top level needs at most 65,536 entries:
+ * `ceil(slots / 2^cluster_shift) <= 2^(16 + dir_leaf_shift + dir_mid_shift)`;
+ * otherwise creation fails with -EINVAL. With the default directory shifts
+ * (7 and 9) that last rule holds for every `cluster_shift` and every
+ * `slots` up to 2^32.
  */
 struct vswap_geometry {
     /**
@@ -280,8 +287,10 @@ struct vswap_geometry {
      */
     uint32_t cpus;
     /**
-     * Slots in the space, 1..=2^32, rounded up to whole clusters (default
-     * 2^32).
+     * Slots in the space, 1..=2^32 (default 2^32). A virtual map rounds it
+     * up to whole clusters; a device or a direct map has exactly this many:
+     * the rest of its last cluster is never handed out, and offsets at or
+     * above `slots` are -ERANGE (bad slots there too).
      */
     uint64_t slots;
     /**
@@ -521,7 +530,9 @@ struct vswap_device_stats {
      */
     uint64_t used;
     /**
-     * Slots that can ever be handed out (size less header and bad slots).
+     * Slots that can ever be handed out: the device's `slots` less the
+     * header slot and the bad slots (the unusable tail of the last cluster
+     * is not counted).
      */
     uint64_t usable;
     /**

@@ -111,6 +111,13 @@ pub const VSWAP_NO_MEMCG: u32 = 0xFFFF_FFFF;
 
 /// The shape of a slot space (virtual map, direct map or device).
 /// `vswap_geometry_default` fills in the defaults.
+///
+/// A geometry is accepted exactly when every field is within the bounds
+/// given below and the directory's top level needs at most 65,536 entries:
+/// `ceil(slots / 2^cluster_shift) <= 2^(16 + dir_leaf_shift + dir_mid_shift)`;
+/// otherwise creation fails with -EINVAL. With the default directory shifts
+/// (7 and 9) that last rule holds for every `cluster_shift` and every
+/// `slots` up to 2^32.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct vswap_geometry {
@@ -118,8 +125,10 @@ pub struct vswap_geometry {
     pub cluster_shift: u32,
     /// Per-CPU operations accept CPU numbers `0..cpus` (1..=4096; default 64).
     pub cpus: u32,
-    /// Slots in the space, 1..=2^32, rounded up to whole clusters (default
-    /// 2^32).
+    /// Slots in the space, 1..=2^32 (default 2^32). A virtual map rounds it
+    /// up to whole clusters; a device or a direct map has exactly this many:
+    /// the rest of its last cluster is never handed out, and offsets at or
+    /// above `slots` are -ERANGE (bad slots there too).
     pub slots: u64,
     /// log2 of the cluster entries per directory leaf, 1..=12 (default 7).
     pub dir_leaf_shift: u32,
@@ -411,7 +420,9 @@ impl From<MapStats> for vswap_map_stats {
 pub struct vswap_device_stats {
     /// Slots holding data.
     pub used: u64,
-    /// Slots that can ever be handed out (size less header and bad slots).
+    /// Slots that can ever be handed out: the device's `slots` less the
+    /// header slot and the bad slots (the unusable tail of the last cluster
+    /// is not counted).
     pub usable: u64,
     /// Clusters free (never used or back in the free FIFO).
     pub clusters_free: u64,
