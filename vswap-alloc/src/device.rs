@@ -136,9 +136,33 @@ impl<P: Provider> PhysDevice<P> {
 
     /// Free `len` slots from `off`, all in one cluster's reach or not: each
     /// must hold data, and if `owner` is given, slot `off + i` must belong to
-    /// `owner + i`. All or nothing: nothing is freed if any slot fails the check
-    /// (`NotAllocated`, or `WrongState` for another owner).
-    pub fn free(&self, off: u64, len: u64, owner: Option<u32>) -> Result<()> {
+    /// `owner + i`. Checked first, all or nothing: nothing is freed if any
+    /// slot fails the check (`NotAllocated`, or `WrongState` for another
+    /// owner). Returns how many slots this call freed; see
+    /// [`free_with`](Self::free_with) for frees that race each other.
+    pub fn free(&self, off: u64, len: u64, owner: Option<u32>) -> Result<u64> {
+        self.free_with(off, len, owner, |_| {})
+    }
+
+    /// [`free`](Self::free), calling `freed(offset)` for each slot this call
+    /// frees, in offset order.
+    ///
+    /// Each slot is freed by a compare-and-clear of the value the check
+    /// expects: with an `owner`, exactly `owner + i`, so when two frees of
+    /// the same slots race (a host's double free), each slot is freed by one
+    /// of them only, and a slot freed and handed to a new owner in between
+    /// is left alone. The return value and the `freed` calls say which
+    /// slots this call freed (all `len` unless such a race took some).
+    /// Without an `owner` there is nothing to compare with but the value
+    /// read just before: such a racing double free can free the slot's next
+    /// owner. Pass the owner.
+    pub fn free_with(
+        &self,
+        off: u64,
+        len: u64,
+        owner: Option<u32>,
+        mut freed: impl FnMut(u64),
+    ) -> Result<u64> {
         let end = off.checked_add(len).ok_or(Error::OutOfRange)?;
         if off == 0 || end > self.slots() {
             return Err(Error::OutOfRange);
@@ -166,28 +190,34 @@ impl<P: Provider> PhysDevice<P> {
             }
             at = stop;
         }
+        let mut total = 0;
         let mut at = off;
         while at < end {
             let pin = self.space.pin(at as u32)?;
             let base = u64::from(pin.base());
             let stop = end.min(base + pin.words().len() as u64);
-            let mut freed = 0;
+            let mut here = 0;
             for s in at..stop {
                 if let Some(w) = pin.words().get((s - base) as usize) {
-                    let v = w.get(Ordering::Acquire);
-                    if v != 0 && v != RESERVED && w.cas(v, 0).is_ok() {
-                        freed += 1;
+                    let expect = match owner {
+                        Some(o) => u64::from(o) + (s - off),
+                        None => w.get(Ordering::Acquire),
+                    };
+                    if expect != 0 && expect != RESERVED && w.cas(expect, 0).is_ok() {
+                        here += 1;
+                        freed(s);
                     }
                 }
             }
-            // SAFETY: `freed` counts the words of this cluster we turned
+            // SAFETY: `here` counts the words of this cluster we turned
             // from an owner to 0 by CAS: allocated slots (reserved ones and
             // free words excluded; nobody else can set a free word of a
             // device, whose pins are never handed out), each zeroed once.
-            unsafe { pin.release(freed) };
+            unsafe { pin.release(here) };
+            total += u64::from(here);
             at = stop;
         }
-        Ok(())
+        Ok(total)
     }
 
     /// The virtual slot whose data device slot `off` holds (`None`: free or

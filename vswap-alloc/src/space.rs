@@ -21,17 +21,19 @@
 //!
 //! # The lifetime word (`DirEntry::state`)
 //! ```text
-//!  63     48 47   44 43  42  41  40  39    37  36     35     34    33    32  31            0
-//! +---------+-------+-----+------------+--------+-------+------+-----+----+---------------+
-//! | rsvd    | order | rsvd| list (3b)  | rsvd   |DISCARD|CACHED|DYING|LIVE|     refs      |
-//! +---------+-------+-----+------------+--------+-------+------+-----+----+---------------+
+//!  63    48 47  44  43  42  40 39 38  37   36   35      34     33    32   31        0
+//! +--------+------+----+------+-----+-----+----+-------+------+-----+----+----------+
+//! | rsvd   | order|rsvd| list | rsvd|FRESH|rsvd|DISCARD|CACHED|DYING|LIVE|   refs   |
+//! +--------+------+----+------+-----+-----+----+-------+------+-----+----+----------+
 //! ```
 //! `refs` counts allocated slots (reserved ones included) + transient pins + 1
 //! while a per-CPU cache holds the cluster. `list` says which list holds a live
 //! cluster: none, nonfull[order], frag[order] or full. States and transitions:
 //! - `FREE` (0): not allocatable; in the free FIFO or never used (above `bump`).
-//!   Only `refill`, under the list lock, makes it `LIVE | CACHED` with refs =
-//!   1 + reserved slots.
+//!   Only `refill`, under the list lock, makes it `LIVE | CACHED | FRESH` with
+//!   refs = 1 + reserved slots. `FRESH` goes with the first allocation pin
+//!   (the same CAS) or when the cluster leaves the cache; while it is set the
+//!   cluster is not taken back from its cache as an emptied one.
 //! - `LIVE`: tables valid. A *pin* (`try_ref`) is a CAS that adds to `refs` only
 //!   while `LIVE && !DYING` (and, for allocation, only if the order matches).
 //!   Whoever holds a pin or owns an allocated slot may touch the tables.
@@ -140,6 +142,14 @@ const LIVE: u64 = 1 << 32;
 const DYING: u64 = 1 << 33;
 const CACHED: u64 = 1 << 34;
 const DISCARD: u64 = 1 << 35;
+/// Set with `LIVE | CACHED` when `refill` makes a cluster live for a CPU's
+/// cache, cleared by the first allocation pin (`try_ref` with an order) and
+/// when the cluster leaves the cache: a cluster that is empty only because
+/// nothing was claimed from it yet is not taken back (`reclaim_cached`).
+/// In the lifetime word, not in the per-CPU cursor: threads sharing a CPU
+/// number store the cursor without a lock, and one of them could clear
+/// another's mark for a different cluster.
+const FRESH: u64 = 1 << 37;
 const LIST_SHIFT: u32 = 40;
 const LIST_MASK: u64 = 0x7 << LIST_SHIFT;
 const ORDER_SHIFT: u32 = 44;
@@ -235,9 +245,17 @@ impl<W> DirEntry<W> {
                     return false;
                 }
             }
+            // An allocation pin is the cluster's first claim, or a later
+            // one: either way it is no longer fresh (no extra RMW: the same
+            // CAS).
+            let next = if order.is_some() {
+                (s + n) & !FRESH
+            } else {
+                s + n
+            };
             match self
                 .state
-                .compare_exchange_weak(s, s + n, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange_weak(s, next, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => return true,
                 Err(x) => s = x,
@@ -278,13 +296,9 @@ struct CpuOrder {
     /// `cluster index + 1` of the current cluster; 0 = none.
     cur: AtomicU32,
     /// Slot offset where the next scan starts (a hint, masked to the
-    /// cluster), with `FRESH` while the cluster was just made live for this
-    /// cache and nothing was claimed from it yet.
+    /// cluster).
     cursor: AtomicU32,
 }
-
-/// Flag of `CpuOrder::cursor`: see there (offsets are below 2^13).
-const FRESH: u32 = 1 << 31;
 
 #[repr(align(64))]
 struct PerCpu {
@@ -1067,16 +1081,15 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
                 };
                 #[cfg(test)]
                 self.scanned.fetch_add(1, Ordering::Relaxed);
-                // A fresh cluster (`FRESH` set with it, under the lock)
-                // whose first claim is yet to come is empty only for that
-                // moment: it was not emptied by frees.
-                if pc.cursor.load(Ordering::Relaxed) & FRESH != 0 {
-                    continue;
-                }
                 // An RMW, not a load: it orders this read after the scan's
                 // announcement against a racing free (see `room_made`).
                 let st = e.state.fetch_add(0, Ordering::AcqRel);
                 if st & (LIVE | DYING | CACHED) != LIVE | CACHED || refs(st) != 1 {
+                    continue;
+                }
+                // A fresh cluster whose first claim is yet to come is empty
+                // only for that moment: it was not emptied by frees.
+                if st & FRESH != 0 {
                     continue;
                 }
                 // The cache slot is written only under the list lock (held):
@@ -1254,7 +1267,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             .filter(|w| w.get(Ordering::Relaxed) != 0)
             .count() as u64;
         e.state.store(
-            LIVE | CACHED | (u64::from(order) << ORDER_SHIFT) | held,
+            LIVE | CACHED | FRESH | (u64::from(order) << ORDER_SHIFT) | held,
             Ordering::Release,
         );
         // A fresh cluster is room a full scan may not have seen (other CPUs
@@ -1263,7 +1276,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         self.room_made();
         self.live.fetch_add(1, Ordering::Relaxed);
         let old = pc.cur.swap(idx + 1, Ordering::AcqRel);
-        pc.cursor.store(FRESH, Ordering::Relaxed);
+        pc.cursor.store(0, Ordering::Relaxed);
         if old != 0 {
             self.drop_hold(&mut l, old - 1, &mut garbage);
         }
@@ -1414,7 +1427,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     /// A per-CPU cache lets go of cluster `idx`; file it by its fill.
     fn drop_hold(&self, l: &mut Lists, idx: u32, garbage: &mut Garbage<W>) {
         let Some(e) = self.entry(idx) else { return };
-        let (_, new) = e.update(|s| (s & !CACHED) - 1);
+        let (_, new) = e.update(|s| (s & !(CACHED | FRESH)) - 1);
         if refs(new) == 0 {
             self.teardown_locked(l, idx, e, garbage);
             return;
@@ -2538,5 +2551,59 @@ mod loom_tests {
         });
         let seen = *seen.lock().unwrap();
         assert_eq!(seen, [true, true], "both outcomes reached");
+    }
+
+    /// Two threads share CPU number 0 (allowed: only speed may suffer) on a
+    /// device with discard, two 2-slot clusters, nothing allocated yet but
+    /// cluster 0 (slot 1) cached by CPU 0. A and B allocate order 0 on CPU
+    /// 0: one claims slot 1, the other misses and makes cluster 1 live for
+    /// the cache (fresh). C needs a whole cluster on CPU 1, finds none and
+    /// looks for an emptied cached cluster to take back. Nothing is ever
+    /// freed here, so no cluster may go to the discard queue: a fresh
+    /// cluster must not be taken back before its first claim, whatever
+    /// order the sharing threads store their cursor in (the review's
+    /// interleaving: B's late cursor store cleared A's mark for cluster 1
+    /// when the mark lived in the cursor).
+    #[test]
+    fn a_fresh_cluster_on_a_shared_cpu_number_is_not_taken_back() {
+        let bound = std::env::var("LOOM_MAX_PREEMPTIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(bound);
+        b.check(move || {
+            let policy = Policy {
+                fixed: true,
+                discard: true,
+                rotational: false,
+            };
+            let s = Arc::new(
+                SlotSpace::<StdProvider>::with_policy(
+                    Geometry::tiny(1, 4, 2),
+                    policy,
+                    StdProvider::new(),
+                    u64::MAX,
+                    &[],
+                )
+                .unwrap(),
+            );
+            let (s1, s2) = (s.clone(), s.clone());
+            let ta = loom::thread::spawn(move || s1.alloc(0, 0, Ctx::NoSleep, 5));
+            let tc = loom::thread::spawn(move || s2.alloc(1, 1, Ctx::NoSleep, 7));
+            let b = s.alloc(0, 0, Ctx::NoSleep, 6);
+            let (a, c) = (ta.join().unwrap(), tc.join().unwrap());
+            for r in [a, b, c] {
+                assert!(
+                    matches!(r, Ok(_) | Err(Error::NoSpace)),
+                    "{a:?} {b:?} {c:?}"
+                );
+            }
+            assert_eq!(
+                s.take_discard(),
+                None,
+                "nothing was freed: {a:?} {b:?} {c:?}"
+            );
+        });
     }
 }

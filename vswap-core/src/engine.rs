@@ -174,6 +174,14 @@ impl<P: Provider, H: EngineHost> Host for Router<P, H> {
     /// log device's flush leave it): `NoDevice` for a device that is not
     /// there, `OutOfRange` for an offset beyond it, `NotAllocated` for a
     /// free (or reserved) device slot, `WrongState` for another slot's.
+    ///
+    /// The owner is a virtual slot number, with no generation (as page
+    /// tables carry none): in the short window where a freed slot's device
+    /// slot waits for a batch's release (`put_many`, `put_range` release at
+    /// the end of each cluster) and the virtual slot has already been
+    /// handed to a new owner, that new owner storing the stale location
+    /// passes this check, and the release then frees the device slot under
+    /// it. Only a host storing a location it was not given can get there.
     fn check_phys(&self, slot: u32, dev: u8, off: u64) -> Result<()> {
         let owner = match &self.log {
             Some((id, log)) if *id == dev => log.owner(off)?,
@@ -193,28 +201,21 @@ impl<P: Provider, H: EngineHost> Router<P, H> {
     /// the ones freed to the host (once each, in runs). Returns how many
     /// were freed.
     fn free_owned(&self, dev: u8, off: u64, len: u64, owner: u32) -> u64 {
-        // Runs of freed slots, reported as they end.
-        let mut run: Option<(u64, u64)> = None;
-        let mut freed = 0;
-        let mut report = |o: Option<u64>| match (&mut run, o) {
-            (Some((s, l)), Some(o)) if *s + *l == o => *l += 1,
-            (r, o) => {
-                if let Some((s, l)) = r.take() {
-                    self.host.released_phys(dev, s, l);
+        let mut runs = Runs::new(&self.host, dev);
+        let on_log = self.log.as_ref().is_some_and(|(id, _)| *id == dev);
+        if !on_log {
+            if let Ok(d) = self.devices.pin(dev) {
+                // One owner-checked free of the whole run (the usual case);
+                // it reports exactly the slots it freed (each by a
+                // compare-and-clear of its expected owner). An error means
+                // the check refused the run and nothing was freed: then slot
+                // by slot below.
+                if let Ok(n) = d.device().free_with(off, len, Some(owner), |o| runs.add(o)) {
+                    return n;
                 }
-                *r = o.map(|o| (o, 1));
             }
-        };
-        if self.log.as_ref().is_none_or(|(id, _)| *id != dev)
-            && self
-                .devices
-                .pin(dev)
-                .is_ok_and(|d| d.device().free(off, len, Some(owner)).is_ok())
-        {
-            // The whole run was still theirs (the usual case): one free.
-            self.host.released_phys(dev, off, len);
-            return len;
         }
+        let mut freed = 0;
         for i in 0..len {
             let (o, v) = (off.saturating_add(i), u64::from(owner) + i);
             let Ok(v) = u32::try_from(v) else { break };
@@ -228,17 +229,58 @@ impl<P: Provider, H: EngineHost> Router<P, H> {
                 _ => self
                     .devices
                     .pin(dev)
-                    .is_ok_and(|d| d.device().free(o, 1, Some(v)).is_ok()),
+                    .is_ok_and(|d| d.device().free_with(o, 1, Some(v), |_| {}) == Ok(1)),
             };
             if ok {
                 freed += 1;
-                report(Some(o));
+                runs.add(o);
             } else {
-                report(None);
+                runs.cut();
             }
         }
-        report(None);
         freed
+    }
+}
+
+/// Reports freed device slots of one device to the host in runs of
+/// consecutive offsets (each slot once); the last run when dropped.
+struct Runs<'h, H: EngineHost> {
+    host: &'h H,
+    dev: u8,
+    run: Option<(u64, u64)>,
+}
+
+impl<'h, H: EngineHost> Runs<'h, H> {
+    fn new(host: &'h H, dev: u8) -> Self {
+        Self {
+            host,
+            dev,
+            run: None,
+        }
+    }
+
+    /// Device slot `o` was freed.
+    fn add(&mut self, o: u64) {
+        match &mut self.run {
+            Some((s, l)) if *s + *l == o => *l += 1,
+            _ => {
+                self.cut();
+                self.run = Some((o, 1));
+            }
+        }
+    }
+
+    /// Report the run so far.
+    fn cut(&mut self) {
+        if let Some((s, l)) = self.run.take() {
+            self.host.released_phys(self.dev, s, l);
+        }
+    }
+}
+
+impl<H: EngineHost> Drop for Runs<'_, H> {
+    fn drop(&mut self) {
+        self.cut();
     }
 }
 
@@ -740,11 +782,11 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
                 return Err(Error::WrongState);
             }
         }
-        d.device().free(off, len, Some(owner))?;
-        drop(d);
-        if len > 0 {
-            self.host().released_phys(dev, off, len);
-        }
+        // Exactly the slots this call freed are reported (a racing free of
+        // the same reservation takes the others, and reports them itself).
+        let mut runs = Runs::new(self.host(), dev);
+        d.device()
+            .free_with(off, len, Some(owner), |o| runs.add(o))?;
         Ok(())
     }
 
@@ -759,7 +801,10 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     /// engine's (see [`EngineConfig`]), whether or not a device slot is
     /// needed; `OutOfRange`, `NotAllocated`; `WrongState` for any other
     /// backend; `Busy` if the slot is locked; `NoSpace` when every device is
-    /// full (or the charge is refused); `DiscardPending`.
+    /// full (or the charge is refused); `DiscardPending`; `NoMem` / `Again`
+    /// for a same-filled page whose value is kept in the map's per-cluster
+    /// table (neither inline form fits) when that table needs memory, which
+    /// is allocated without sleeping: retry, or write the page elsewhere.
     pub fn writeout(&self, slot: u32, page: &[u8], cpu: u32) -> Result<Backend> {
         self.check_page(page)?;
         self.check_cpu(cpu)?;

@@ -806,6 +806,10 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// state): its error is returned and nothing changes (an engine refuses
     /// a device slot that is not reserved for `slot`). The same holds for
     /// [`commit_unlock`](Self::commit_unlock) and the moves built on it.
+    /// A `Same` value that fits neither inline form is kept in a
+    /// per-cluster table made without sleeping: `NoMem` / `Again` if it
+    /// needs memory the provider does not give, and nothing changes (also
+    /// for `commit_unlock`, whose lock is then still held).
     pub fn store(&self, slot: u32, expected: Backend, new: Backend) -> Result<()> {
         self.replace(slot, expected, new, false)
     }

@@ -462,7 +462,7 @@ fn e1a_cached_claim_races_free_and_filing() {
             let d = dev.clone();
             let tb = thread::spawn(move || d.free(1, 1, Some(1)));
             let [a0, a1] = ta.join().unwrap();
-            assert_eq!(tb.join().unwrap(), Ok(()));
+            assert_eq!(tb.join().unwrap(), Ok(1));
             let (a0, a1) = (a0.unwrap(), a1.unwrap());
             assert_eq!(a0, 3, "the cached cluster's free slot");
             assert_eq!(dev.owner(a0), Ok(Some(10)));
@@ -518,7 +518,7 @@ fn e1b_full_cluster_to_nonfull_races_refills() {
             let d = dev.clone();
             let tc = thread::spawn(move || d.alloc(0, 0, 11, NS));
             let (a, c) = (ta.join().unwrap(), tc.join().unwrap());
-            assert_eq!(tb.join().unwrap(), Ok(()));
+            assert_eq!(tb.join().unwrap(), Ok(1));
             for r in [a, c] {
                 assert!(matches!(r, Ok(1) | Err(Error::NoSpace)), "{a:?} {c:?}");
             }
@@ -1085,6 +1085,58 @@ fn e5_alloc_races_discard() {
         got.extend(more);
         got.sort_unstable();
         assert_eq!(got, vec![2, 3, 5], "race {r:?}");
+        check_lists(&dev);
+        drain_device(&prov, dev);
+    });
+}
+
+/// Review of issue 12 item 5: an owner-checked device free is a
+/// compare-and-clear of the expected owner, not a check and then a clear of
+/// whatever the word holds. A device of 2-slot clusters (slots 1..=3)
+/// full with owners 10, 11, 12. A and B both free owner 10's
+/// slot (a host's double free, e.g. two racing `writeback_abort`s of one
+/// copied token) while C allocates a slot for owner 20: if C gets the freed
+/// slot, the loser of the double free must not free it from under C.
+#[test]
+fn e6_double_free_races_reallocation() {
+    let want = ["C reused the freed slot", "C found the device full"];
+    model("e6_double_free_races_reallocation", 2, &want, move |o| {
+        let prov = TestProvider::default();
+        let dev = Arc::new(device(&prov, 1, 4, 2, false));
+        let a = dev.alloc(0, 0, 10, S).unwrap();
+        dev.alloc(0, 0, 11, S).unwrap();
+        dev.alloc(0, 0, 12, S).unwrap();
+        let d = dev.clone();
+        let ta = thread::spawn(move || d.free(a, 1, Some(10)));
+        let d = dev.clone();
+        let tb = thread::spawn(move || d.free(a, 1, Some(10)));
+        let d = dev.clone();
+        let tc = thread::spawn(move || d.alloc(0, 0, 20, NS));
+        let (ra, rb, rc) = (ta.join().unwrap(), tb.join().unwrap(), tc.join().unwrap());
+        for r in [ra, rb] {
+            assert!(
+                matches!(r, Ok(0 | 1) | Err(Error::NotAllocated | Error::WrongState)),
+                "free {r:?}"
+            );
+        }
+        assert_eq!(
+            ra.unwrap_or(0) + rb.unwrap_or(0),
+            1,
+            "freed once: {ra:?} {rb:?}"
+        );
+        match rc {
+            Ok(x) => {
+                assert_eq!(x, a, "the only free slot");
+                assert_eq!(dev.owner(a), Ok(Some(20)), "C's slot kept");
+                o.saw(want[0]);
+            }
+            Err(Error::NoSpace) => {
+                assert_eq!(dev.owner(a), Ok(None));
+                o.saw(want[1]);
+            }
+            Err(e) => panic!("alloc {e:?}"),
+        }
+        assert_eq!(dev.stats().used as usize, owners(&dev).len());
         check_lists(&dev);
         drain_device(&prov, dev);
     });

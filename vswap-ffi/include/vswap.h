@@ -334,6 +334,11 @@ struct vswap_log_config {
  * defaults (2^32 virtual slots, deferred placement, no charging, no log
  * device, 4 KiB pages).
  *
+ * Layout change: `page_size` was added at the end of this struct (issue
+ * 12); C code built against an older vswap.h passes a shorter struct and
+ * must be rebuilt. Fill the struct with `vswap_engine_config_default` and
+ * then set fields, so that fields added later get their defaults.
+ *
  * CPU numbers: every engine call that takes a `cpu` accepts
  * `0..geometry.cpus` and returns -EINVAL for any other, before it changes
  * anything. A device (or direct map) with fewer CPUs than the engine is
@@ -1203,7 +1208,9 @@ int32_t vswap_store(struct vswap_engine *e,
  * Returns 0; -EINVAL; -ERANGE; -ENOENT; -EPERM if the lock is not held;
  * -EEXIST (still locked) if the backend is not `*expected`; -E2BIG; -ESTALE
  * if the slot died while locked (nothing committed, the slot is freed; the
- * caller releases `*new` itself); the device-slot codes of `vswap_store`.
+ * caller releases `*new` itself); the device-slot codes of `vswap_store`;
+ * -ENOMEM/-EAGAIN (still locked, nothing changed) if a same-filled value
+ * kept in the map's table needs memory (allocated without sleeping).
  */
 int32_t vswap_commit_unlock(struct vswap_engine *e,
                             uint32_t slot,

@@ -701,7 +701,9 @@ pub unsafe extern "C" fn vswap_store(
 /// Returns 0; -EINVAL; -ERANGE; -ENOENT; -EPERM if the lock is not held;
 /// -EEXIST (still locked) if the backend is not `*expected`; -E2BIG; -ESTALE
 /// if the slot died while locked (nothing committed, the slot is freed; the
-/// caller releases `*new` itself); the device-slot codes of `vswap_store`.
+/// caller releases `*new` itself); the device-slot codes of `vswap_store`;
+/// -ENOMEM/-EAGAIN (still locked, nothing changed) if a same-filled value
+/// kept in the map's table needs memory (allocated without sleeping).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_commit_unlock(
     e: *mut vswap_engine,

@@ -202,6 +202,11 @@ impl vswap_log_config {
 /// defaults (2^32 virtual slots, deferred placement, no charging, no log
 /// device, 4 KiB pages).
 ///
+/// Layout change: `page_size` was added at the end of this struct (issue
+/// 12); C code built against an older vswap.h passes a shorter struct and
+/// must be rebuilt. Fill the struct with `vswap_engine_config_default` and
+/// then set fields, so that fields added later get their defaults.
+///
 /// CPU numbers: every engine call that takes a `cpu` accepts
 /// `0..geometry.cpus` and returns -EINVAL for any other, before it changes
 /// anything. A device (or direct map) with fewer CPUs than the engine is
