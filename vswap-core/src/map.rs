@@ -832,23 +832,12 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             return self.replace_side(slot, (expected, exp), (new, nw), locked);
         }
         // A new device location is checked once, after the slot's state.
-        let mut check = match new {
-            Backend::Phys { dev, off } if exp != nw => Some((dev, off)),
-            _ => None,
-        };
+        let mut check = new_location(new, exp, nw);
         let (pin, off) = self.pin(slot)?;
         let word = word(&pin, off)?;
         let mut w = word.load(Ordering::Acquire);
         loop {
-            if !is_slot(w) || (!locked && !is_live(w)) {
-                return Err(Error::NotAllocated);
-            }
-            if !locked && w & LOCKED != 0 {
-                return Err(Error::Busy);
-            }
-            if locked && w & LOCKED == 0 {
-                return Err(Error::NotLocked);
-            }
+            replace_state(w, locked)?;
             if !is_live(w) {
                 // A zombie under our lock: free it (unlock) and report the
                 // lost move.
@@ -916,21 +905,12 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         let mut spares = Spares::default();
         let mut garbage = Garbage::default();
         let mut gone = None;
-        let mut check = match new {
-            Backend::Phys { dev, off } if exp != nw => Some((dev, off)),
-            _ => None,
-        };
+        let mut check = new_location(new, exp, nw);
         let r = loop {
             let mut side = self.side.lock();
             let w = word.load(Ordering::Acquire);
-            if !is_slot(w) || (!locked && !is_live(w)) {
-                break Err(Error::NotAllocated);
-            }
-            if !locked && w & LOCKED != 0 {
-                break Err(Error::Busy);
-            }
-            if locked && w & LOCKED == 0 {
-                break Err(Error::NotLocked);
+            if let Err(e) = replace_state(w, locked) {
+                break Err(e);
             }
             if !is_live(w) {
                 // A zombie under our lock: free it (unlock), report the loss.
@@ -1221,4 +1201,32 @@ struct Freed {
     /// The slot's memcg id at the free (read only for hosts that want
     /// [`Host::slot_freed`]).
     memcg: Option<u16>,
+}
+
+/// The state checks [`VswapMap::replace`] and `replace_side` share: the
+/// slot must be allocated (and live, unless the caller holds its lock),
+/// unlocked for a store, locked for a commit.
+#[inline]
+fn replace_state(w: u64, locked: bool) -> Result<()> {
+    if !is_slot(w) || (!locked && !is_live(w)) {
+        return Err(Error::NotAllocated);
+    }
+    if !locked && w & LOCKED != 0 {
+        return Err(Error::Busy);
+    }
+    if locked && w & LOCKED == 0 {
+        return Err(Error::NotLocked);
+    }
+    Ok(())
+}
+
+/// The device location a replace must have the host check
+/// ([`Host::check_phys`]): a new `Phys` backend that differs from the
+/// expected one (`exp`, `nw`: the two encoded).
+#[inline]
+fn new_location(new: Backend, exp: u64, nw: u64) -> Option<(u8, u64)> {
+    match new {
+        Backend::Phys { dev, off } if exp != nw => Some((dev, off)),
+        _ => None,
+    }
 }
