@@ -1,7 +1,10 @@
 //! `vswap-alloc`: the `no_std` cluster machinery of the vswap engine.
 //!
 //! - [`sync`]: the atomics/lock shim that loom can swap out;
-//! - [`Provider`]: the host's fallible memory source (no global allocator);
+//! - [`Provider`]: the host's fallible memory source (no global allocator)
+//!   and its deferred reclamation (RCU: read-side sections, grace periods);
+//! - [`epoch`] (`std`): the userspace default of that reclamation, keyed by
+//!   thread;
 //! - [`SlotSpace`]: a lock-free, per-CPU cluster allocator of 64-bit slot words,
 //!   naturally aligned for orders `0..=log2(cluster size)`, with clusters made on
 //!   demand and freed when empty behind a three-level directory;
@@ -30,6 +33,8 @@
 compile_error!("vswap needs 64-bit atomics (target_has_atomic = \"64\")");
 
 pub mod device;
+#[cfg(any(feature = "std", test))]
+pub mod epoch;
 mod error;
 mod ext;
 mod geometry;

@@ -9,6 +9,18 @@
 //! as the kernel does with `GFP_NOWAIT` followed by `GFP_KERNEL`.
 //!
 //! An allocation failure leaves all engine state unchanged.
+//!
+//! The provider also gives the engine *deferred reclamation*, the kernel's
+//! RCU: [`Provider::read_lock`] / [`Provider::read_unlock`] around every
+//! access to a slot table that the engine may free concurrently, and a
+//! pollable grace period ([`Provider::grace_start`],
+//! [`Provider::grace_done`]) before a retired table goes back through
+//! [`Provider::free`]. A kernel host maps them to `rcu_read_lock`,
+//! `rcu_read_unlock`, `start_poll_synchronize_rcu` and
+//! `poll_state_synchronize_rcu`; [`StdProvider`] uses the thread-keyed epoch
+//! scheme of [`epoch`](crate::epoch). Nothing the engine does inside a
+//! section sleeps or calls the provider's `alloc_zeroed` with
+//! [`Ctx::MaySleep`].
 
 use core::ptr::NonNull;
 
@@ -51,6 +63,13 @@ impl From<MemError> for Error {
 /// Implementations must return blocks that are valid for reads and writes of
 /// `size` bytes, aligned to `align`, zero-filled, and not handed out again until
 /// passed back to [`Provider::free`].
+///
+/// The reclamation methods must be a correct RCU: once
+/// [`grace_done(c)`](Provider::grace_done) has returned `true` on some
+/// thread, every read-side section (on any thread) that had begun when
+/// [`grace_start`](Provider::grace_start) returned `c` has ended, and
+/// everything done inside those sections happens before that return.
+/// Sections nest, are per thread, and never end early.
 pub unsafe trait Provider: Sync {
     /// Allocate a zero-filled block of `size` bytes aligned to `align`
     /// (`align` is a power of two no larger than `size` rounded up to one).
@@ -62,6 +81,28 @@ pub unsafe trait Provider: Sync {
     /// `ptr` came from [`Provider::alloc_zeroed`] on this provider with the same
     /// `size` and `align`, and is not used afterwards.
     unsafe fn free(&self, ptr: NonNull<u8>, size: usize, align: usize);
+
+    /// Enter a read-side section on this thread (`rcu_read_lock`; nests).
+    /// Must not sleep or take a lock the engine could be waiting on.
+    fn read_lock(&self);
+
+    /// Leave the innermost section this thread entered (`rcu_read_unlock`).
+    ///
+    /// # Safety
+    /// Pairs with one earlier [`read_lock`](Provider::read_lock) on the same
+    /// thread that no other call has paired with.
+    unsafe fn read_unlock(&self);
+
+    /// Start a grace period, or join one that has started and not yet
+    /// reached any section (`start_poll_synchronize_rcu`). The cookie names
+    /// it for [`grace_done`](Provider::grace_done). Called under the
+    /// engine's slow-path lock: must not sleep.
+    fn grace_start(&self) -> u64;
+
+    /// Whether the grace period named by `cookie` has ended
+    /// (`poll_state_synchronize_rcu`). Called under the engine's slow-path
+    /// lock: must not sleep.
+    fn grace_done(&self, cookie: u64) -> bool;
 }
 
 // SAFETY: forwarding to a provider that upholds the contract.
@@ -72,6 +113,21 @@ unsafe impl<P: Provider + ?Sized> Provider for &P {
     unsafe fn free(&self, ptr: NonNull<u8>, size: usize, align: usize) {
         // SAFETY: same contract, forwarded.
         unsafe { (**self).free(ptr, size, align) }
+    }
+    #[inline]
+    fn read_lock(&self) {
+        (**self).read_lock();
+    }
+    #[inline]
+    unsafe fn read_unlock(&self) {
+        // SAFETY: same contract, forwarded.
+        unsafe { (**self).read_unlock() }
+    }
+    fn grace_start(&self) -> u64 {
+        (**self).grace_start()
+    }
+    fn grace_done(&self, cookie: u64) -> bool {
+        (**self).grace_done(cookie)
     }
 }
 
@@ -86,7 +142,10 @@ mod std_provider {
     use super::{Ctx, MemError, Provider};
 
     /// A provider backed by the process allocator, with exact accounting and
-    /// fault injection, for userspace hosts and tests.
+    /// fault injection, for userspace hosts and tests. Its read-side sections
+    /// and grace periods are the process-wide thread-keyed epochs of
+    /// [`epoch`](crate::epoch) (under loom: one reader count per provider,
+    /// which loom can see).
     ///
     /// ```
     /// # #[cfg(feature = "std")] {
@@ -99,7 +158,7 @@ mod std_provider {
     /// assert_eq!(p.bytes_in_use(), 0);
     /// # }
     /// ```
-    #[derive(Debug, Default)]
+    #[derive(Debug)]
     pub struct StdProvider {
         bytes: AtomicU64,
         blocks: AtomicU64,
@@ -108,14 +167,23 @@ mod std_provider {
         /// Allocations left before injected failures start; negative = never fail.
         fail_budget: AtomicI64,
         again_on_nosleep: AtomicBool,
+        /// Loom builds: sections open (a grace period ends when none is).
+        #[cfg(vswap_loom)]
+        readers: crate::sync::AtomicU64,
     }
 
     impl StdProvider {
         /// A provider that never fails by itself.
         pub fn new() -> Self {
             Self {
+                bytes: AtomicU64::new(0),
+                blocks: AtomicU64::new(0),
+                peak: AtomicU64::new(0),
+                allocs: AtomicU64::new(0),
                 fail_budget: AtomicI64::new(-1),
-                ..Default::default()
+                again_on_nosleep: AtomicBool::new(false),
+                #[cfg(vswap_loom)]
+                readers: crate::sync::AtomicU64::new(0),
             }
         }
 
@@ -200,6 +268,55 @@ mod std_provider {
             unsafe { dealloc(ptr.as_ptr(), layout) };
             self.bytes.fetch_sub(size as u64, Ordering::Relaxed);
             self.blocks.fetch_sub(1, Ordering::Relaxed);
+        }
+
+        #[cfg(not(vswap_loom))]
+        #[inline]
+        fn read_lock(&self) {
+            crate::epoch::read_lock();
+        }
+        #[cfg(not(vswap_loom))]
+        #[inline]
+        unsafe fn read_unlock(&self) {
+            // SAFETY: the caller pairs it with its own `read_lock`.
+            unsafe { crate::epoch::read_unlock() };
+        }
+        #[cfg(not(vswap_loom))]
+        fn grace_start(&self) -> u64 {
+            crate::epoch::grace_start()
+        }
+        #[cfg(not(vswap_loom))]
+        fn grace_done(&self, cookie: u64) -> bool {
+            crate::epoch::grace_done(cookie)
+        }
+
+        // Under loom: a reader count (an RMW per section, which loom sees);
+        // a grace period has ended once no section is open, which covers
+        // every section open when it started.
+        // All three are RMWs on one word, so that loom (which treats SeqCst
+        // as AcqRel) sees the store-buffer pattern exactly: a grace check
+        // ordered before a reader's entry publishes the retirement to it.
+        #[cfg(vswap_loom)]
+        fn read_lock(&self) {
+            self.readers.fetch_add(1, crate::sync::Ordering::AcqRel);
+        }
+        #[cfg(vswap_loom)]
+        unsafe fn read_unlock(&self) {
+            self.readers.fetch_sub(1, crate::sync::Ordering::AcqRel);
+        }
+        #[cfg(vswap_loom)]
+        fn grace_start(&self) -> u64 {
+            0
+        }
+        #[cfg(vswap_loom)]
+        fn grace_done(&self, _cookie: u64) -> bool {
+            self.readers.fetch_add(0, crate::sync::Ordering::AcqRel) == 0
+        }
+    }
+
+    impl Default for StdProvider {
+        fn default() -> Self {
+            Self::new()
         }
     }
 }

@@ -153,7 +153,8 @@ impl Model {
         let n = 1u64 << order;
         (0..self.clusters).any(|c| match dev.space().cluster_state(c as u32) {
             ClusterState::Free => self.has_run(c, n),
-            ClusterState::Discard => false,
+            // Waiting for a grace period: not allocatable until it ends.
+            ClusterState::Discard | ClusterState::Retiring => false,
             ClusterState::Live { order: o, .. } => (o == order || order == 0) && self.has_run(c, n),
         }) || (!self.discard && self.empty_cached(dev))
     }
@@ -290,6 +291,10 @@ fn check(dev: &Dev<'_>, m: &mut Model, p: &StdProvider, bytes: u64) {
                 counts.discard += 1;
                 assert_eq!(used, 0, "discard cluster {c} holds data");
                 assert!(m.discard);
+            }
+            ClusterState::Retiring => {
+                counts.retiring += 1;
+                assert_eq!(used, 0, "retiring cluster {c} holds data");
             }
             ClusterState::Live {
                 order,

@@ -44,6 +44,8 @@ pub use map::{BatchError, CacheState, MAX_COUNT, MapConfig, MapStats, Put, Vswap
 pub use swapops::{Mode, Swap, SwapEntry, SwapOps, VIRTUAL_TYPE};
 #[cfg(feature = "std")]
 pub use vswap_alloc::StdProvider;
+#[cfg(feature = "std")]
+pub use vswap_alloc::epoch;
 pub use vswap_alloc::{
     Ctx, DeviceConfig, DeviceStats, Error, Flush, Flushed, GcPass, GcPolicy, Geometry, LogConfig,
     LogDevice, LogStats, MemError, PhysDevice, Provider, Result, SpaceMemory, Stream,

@@ -215,6 +215,17 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         self.space.discard_done(c)
     }
 
+    /// Give back the tables of torn-down clusters whose grace period (the
+    /// provider's [`grace_done`](Provider::grace_done)) has ended; returns
+    /// how many clusters. The map does this by itself whenever it tears a
+    /// cluster down or needs a new one, so a host calls it only to bring
+    /// memory down at once, after frees, before reading
+    /// [`stats`](Self::stats) (`memory.retiring_clusters` says how many still
+    /// wait). Never sleeps.
+    pub fn reclaim(&self) -> u32 {
+        self.space.poll_all()
+    }
+
     /// Buckets the side table's lookups have looked at so far (for the O(1)
     /// regression test).
     #[cfg(test)]
@@ -237,6 +248,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         self.space.geometry()
     }
 
+    #[inline(always)]
     fn pin(&self, slot: u32) -> Result<(Pin<'_, P>, usize)> {
         if slot == 0 {
             return Err(Error::OutOfRange);

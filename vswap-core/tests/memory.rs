@@ -54,6 +54,21 @@ fn per_slot(bytes: u64, slots: usize) -> f64 {
     bytes as f64 / slots as f64
 }
 
+/// Wait until every torn-down cluster's grace period has ended and its tables
+/// are back (other test threads' read-side sections delay it a little),
+/// failing after 10 s.
+fn settle(map: &Map<'_>) {
+    let t = std::time::Instant::now();
+    loop {
+        map.reclaim();
+        if map.stats().memory.retiring_clusters == 0 {
+            return;
+        }
+        assert!(t.elapsed().as_secs() < 10, "grace periods never ended");
+        std::thread::yield_now();
+    }
+}
+
 /// Free a random half, then the rest; check the footprint and the teardown.
 fn free_and_check(label: &str, p: &StdProvider, map: Map<'_>, mut slots: Vec<u32>) {
     shuffle(&mut slots);
@@ -71,6 +86,7 @@ fn free_and_check(label: &str, p: &StdProvider, map: Map<'_>, mut slots: Vec<u32
     for &s in &slots[half..] {
         assert_eq!(map.cache_clear(s, 0, Ctx::MaySleep), Ok(Put::Freed));
     }
+    settle(&map);
     let st = map.stats();
     assert_eq!(st.live_slots, 0);
     assert_eq!(p.bytes_in_use(), st.total_bytes());

@@ -586,6 +586,16 @@ fn stress(geo: Geometry, threads: u32, shared_cpu: bool, iters: u32) {
     let errors = track.errors.lock().unwrap().clone();
     assert!(errors.is_empty(), "host errors: {errors:?}");
     assert!(sh.owned.iter().all(|o| !o.load(Ordering::Relaxed)));
+    // Torn-down clusters' tables come back once their grace period ends
+    // (every worker has left its sections by now).
+    let t = std::time::Instant::now();
+    while {
+        sh.map.reclaim();
+        sh.map.stats().memory.retiring_clusters != 0
+    } {
+        assert!(t.elapsed().as_secs() < 10, "grace periods never ended");
+        std::thread::yield_now();
+    }
     let st = sh.map.stats();
     assert_eq!(st.live_slots, 0, "{st:?}");
     assert_eq!(st.side_bytes, 0);
@@ -683,6 +693,19 @@ unsafe impl Provider for Gate {
     unsafe fn free(&self, ptr: NonNull<u8>, size: usize, align: usize) {
         // SAFETY: forwarded with the caller's guarantees.
         unsafe { self.inner.free(ptr, size, align) }
+    }
+    fn read_lock(&self) {
+        self.inner.read_lock();
+    }
+    unsafe fn read_unlock(&self) {
+        // SAFETY: forwarded with the caller's pairing.
+        unsafe { self.inner.read_unlock() };
+    }
+    fn grace_start(&self) -> u64 {
+        self.inner.grace_start()
+    }
+    fn grace_done(&self, cookie: u64) -> bool {
+        self.inner.grace_done(cookie)
     }
 }
 

@@ -1658,6 +1658,31 @@ int32_t vswap_map_get_stats(struct vswap_map *m, struct vswap_map_stats *st);
 int32_t vswap_map_discard(struct vswap_map *m);
 
 /**
+ * Kernel mode only: enter an RCU read-side section (`rcu_read_lock()`).
+ * Sections nest; nothing the library does inside one sleeps.
+ */
+extern void vswap_host_rcu_read_lock(void);
+
+/**
+ * Kernel mode only: leave it (`rcu_read_unlock()`).
+ */
+extern void vswap_host_rcu_read_unlock(void);
+
+/**
+ * Kernel mode only: start a grace period, or join one not yet
+ * begun, and return its cookie (`start_poll_synchronize_rcu()`).
+ * Called with a spinlock held: must not sleep.
+ */
+extern uint64_t vswap_host_rcu_grace_start(void);
+
+/**
+ * Kernel mode only: whether the grace period named by `cookie` has
+ * ended (`poll_state_synchronize_rcu(cookie)`). Called with a
+ * spinlock held: must not sleep.
+ */
+extern bool vswap_host_rcu_grace_done(uint64_t cookie);
+
+/**
  * Link-time hook, provided by the host in kernel mode with the
  * `kernel-panic-handler` feature only (userspace builds never call
  * it): the library's panic handler reports a bug at `file:line`

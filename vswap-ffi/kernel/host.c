@@ -2,14 +2,17 @@
 /*
  * What a kernel provides to the vswap library: memory from the page
  * allocator (GFP_KERNEL or GFP_NOWAIT by the caller's sleep context), the
- * zswap and device-release callbacks, and the link-time hook vswap_host_bug
- * that the library's panic handler calls.
+ * zswap and device-release callbacks, the link-time hook vswap_host_bug
+ * that the library's panic handler calls, and the RCU hooks of the library's
+ * deferred reclamation (read-side sections around slot-table accesses, a
+ * polled grace period before a retired table is freed).
  */
 #include <linux/bug.h>
 #include <linux/gfp.h>
 #include <linux/kernel.h>
 #include <linux/mm.h>
 #include <linux/printk.h>
+#include <linux/rcupdate.h>
 #include <linux/sched.h>
 #include <linux/sched/task_stack.h>
 #include <linux/slab.h>
@@ -213,4 +216,31 @@ void vswap_host_bug(const char *file, size_t file_len, uint32_t line)
 {
 	pr_emerg("vswap: library bug at %.*s:%u\n", (int)file_len, file, line);
 	BUG();
+}
+
+/*
+ * The library's deferred reclamation, on the kernel's RCU: plain calls (no
+ * function pointers), no atomics on the read side. Grace periods are polled
+ * (the library frees a retired table at a later teardown or refill once
+ * poll_state_synchronize_rcu says so), so nothing here sleeps and no
+ * rcu_head lives in library memory.
+ */
+void vswap_host_rcu_read_lock(void)
+{
+	rcu_read_lock();
+}
+
+void vswap_host_rcu_read_unlock(void)
+{
+	rcu_read_unlock();
+}
+
+uint64_t vswap_host_rcu_grace_start(void)
+{
+	return start_poll_synchronize_rcu();
+}
+
+bool vswap_host_rcu_grace_done(uint64_t cookie)
+{
+	return poll_state_synchronize_rcu((unsigned long)cookie);
 }

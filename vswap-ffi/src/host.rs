@@ -165,6 +165,49 @@ unsafe impl Provider for HostOps {
         // SAFETY: same contract as `Provider::free`.
         unsafe { self.free_block(ptr, size, align) }
     }
+
+    #[cfg(feature = "std")]
+    #[inline]
+    fn read_lock(&self) {
+        vswap_core::epoch::read_lock();
+    }
+    #[cfg(feature = "std")]
+    #[inline]
+    unsafe fn read_unlock(&self) {
+        // SAFETY: the caller pairs it with its own `read_lock`.
+        unsafe { vswap_core::epoch::read_unlock() };
+    }
+    #[cfg(feature = "std")]
+    fn grace_start(&self) -> u64 {
+        vswap_core::epoch::grace_start()
+    }
+    #[cfg(feature = "std")]
+    fn grace_done(&self, cookie: u64) -> bool {
+        vswap_core::epoch::grace_done(cookie)
+    }
+
+    #[cfg(not(feature = "std"))]
+    #[inline]
+    fn read_lock(&self) {
+        // SAFETY: the host's hook, declared in vswap.h; takes no arguments.
+        unsafe { crate::rcu::vswap_host_rcu_read_lock() };
+    }
+    #[cfg(not(feature = "std"))]
+    #[inline]
+    unsafe fn read_unlock(&self) {
+        // SAFETY: as above; the caller pairs it with its own `read_lock`.
+        unsafe { crate::rcu::vswap_host_rcu_read_unlock() };
+    }
+    #[cfg(not(feature = "std"))]
+    fn grace_start(&self) -> u64 {
+        // SAFETY: as above.
+        unsafe { crate::rcu::vswap_host_rcu_grace_start() }
+    }
+    #[cfg(not(feature = "std"))]
+    fn grace_done(&self, cookie: u64) -> bool {
+        // SAFETY: as above.
+        unsafe { crate::rcu::vswap_host_rcu_grace_done(cookie) }
+    }
 }
 
 impl EngineHost for HostOps {

@@ -29,7 +29,11 @@
 //! - `--no-default-features` (kernel): `no_std`, no `alloc`; builds for
 //!   `x86_64-unknown-none`. With the `kernel-panic-handler` feature the crate
 //!   brings a `#[panic_handler]` that calls the link-time hook
-//!   `vswap_host_bug(file, file_len, line)`.
+//!   `vswap_host_bug(file, file_len, line)`. The host also provides the
+//!   RCU hooks `vswap_host_rcu_read_lock`, `vswap_host_rcu_read_unlock`,
+//!   `vswap_host_rcu_grace_start` and `vswap_host_rcu_grace_done` (the
+//!   library's deferred reclamation of slot tables; userspace builds use
+//!   their own thread-keyed epochs).
 #![no_std]
 #![allow(non_camel_case_types)]
 // Every entry point has the same contract (above): each pointer is NULL or
@@ -68,6 +72,30 @@ pub use host::{HostOps, vswap_host_ops};
 pub use log::*;
 pub use map::*;
 pub use types::*;
+
+/// Kernel mode's deferred reclamation: link-time hooks the host provides
+/// (direct calls, no function pointers), used by every handle for the
+/// read-side sections around slot-table accesses and for the grace periods
+/// that must pass before a retired table is freed. Userspace builds use the
+/// library's own thread-keyed epochs instead and never call them.
+#[cfg(not(feature = "std"))]
+pub(crate) mod rcu {
+    unsafe extern "C" {
+        /// Kernel mode only: enter an RCU read-side section (`rcu_read_lock()`).
+        /// Sections nest; nothing the library does inside one sleeps.
+        pub(crate) fn vswap_host_rcu_read_lock();
+        /// Kernel mode only: leave it (`rcu_read_unlock()`).
+        pub(crate) fn vswap_host_rcu_read_unlock();
+        /// Kernel mode only: start a grace period, or join one not yet
+        /// begun, and return its cookie (`start_poll_synchronize_rcu()`).
+        /// Called with a spinlock held: must not sleep.
+        pub(crate) fn vswap_host_rcu_grace_start() -> u64;
+        /// Kernel mode only: whether the grace period named by `cookie` has
+        /// ended (`poll_state_synchronize_rcu(cookie)`). Called with a
+        /// spinlock held: must not sleep.
+        pub(crate) fn vswap_host_rcu_grace_done(cookie: u64) -> bool;
+    }
+}
 
 #[cfg(all(feature = "kernel-panic-handler", not(feature = "std"), not(test)))]
 mod panic_handler {

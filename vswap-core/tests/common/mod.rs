@@ -23,6 +23,9 @@ use vswap_core::{Ctx, MemError, Provider};
 
 #[derive(Default)]
 struct ProvInner {
+    /// Read-side sections and grace periods: `StdProvider`'s loom build (a
+    /// reader count loom sees).
+    rcu: vswap_core::StdProvider,
     /// Blocks handed out: address -> (size, align).
     live: StdMutex<HashMap<usize, (usize, usize)>>,
     /// Freed blocks, poisoned, deallocated when the provider goes.
@@ -92,6 +95,20 @@ unsafe impl Provider for TestProvider {
         let layout = Layout::from_size_align(size.max(1), align.max(1)).unwrap();
         self.0.quarantine.lock().unwrap().push((addr, layout));
         self.0.bytes.fetch_sub(size as u64, StdOrdering::Relaxed);
+    }
+
+    fn read_lock(&self) {
+        self.0.rcu.read_lock();
+    }
+    unsafe fn read_unlock(&self) {
+        // SAFETY: forwarded with the caller's pairing.
+        unsafe { self.0.rcu.read_unlock() };
+    }
+    fn grace_start(&self) -> u64 {
+        self.0.rcu.grace_start()
+    }
+    fn grace_done(&self, cookie: u64) -> bool {
+        self.0.rcu.grace_done(cookie)
     }
 }
 

@@ -3,7 +3,7 @@
  * -nostdlib, no libc, only the compiler's freestanding headers (vswap.h needs
  * <stdbool.h>, <stddef.h>, <stdint.h>). It provides what a kernel would:
  * the host callbacks (here a bump arena stands in for the page allocator) and
- * the link-time hook vswap_host_bug. memcpy/memset/memmove/memcmp/bcmp come
+ * the link-time hooks vswap_host_bug and vswap_host_rcu_*. memcpy/memset/memmove/memcmp/bcmp come
  * with the kernel-mode archive (compiler_builtins, as weak symbols a kernel's
  * own definitions override), so this file needs none.
  *
@@ -73,6 +73,39 @@ void vswap_host_bug(const char *file, size_t file_len, uint32_t line)
 		__builtin_trap();
 }
 
+/*
+ * The kernel's RCU (rcu_read_lock, start_poll_synchronize_rcu,
+ * poll_state_synchronize_rcu). This example is single-threaded, so a grace
+ * period has ended whenever no section is open; the nesting depth also
+ * checks that the library pairs every lock with an unlock.
+ */
+static long rcu_depth;
+static unsigned long rcu_unbalanced;
+
+void vswap_host_rcu_read_lock(void)
+{
+	rcu_depth++;
+}
+
+void vswap_host_rcu_read_unlock(void)
+{
+	if (rcu_depth <= 0)
+		rcu_unbalanced++;
+	else
+		rcu_depth--;
+}
+
+uint64_t vswap_host_rcu_grace_start(void)
+{
+	return 0;
+}
+
+bool vswap_host_rcu_grace_done(uint64_t cookie)
+{
+	(void)cookie;
+	return rcu_depth == 0;
+}
+
 /* --------------------------------------------------------- the example */
 
 static unsigned char page[4096];
@@ -129,6 +162,8 @@ int vswap_example_run(void)
 	STEP(vswap_device_remove(e, 0) == 0);
 	vswap_engine_destroy(e);
 	STEP(bytes_live == 0);
+	/* every read-side section the library opened, it closed */
+	STEP(rcu_depth == 0 && rcu_unbalanced == 0);
 #undef STEP
 	return 0;
 }
