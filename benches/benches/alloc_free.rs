@@ -39,7 +39,7 @@ fn floor(c: &mut Criterion) {
     });
     // The per-operation pin every VswapMap call pays today (model: CAS +
     // fetch_sub), which the planned host guard removes.
-    g.bench_function("pin_model", |bn| bn.iter_custom(work::floor_pin));
+    g.bench_function("read_section", |bn| bn.iter_custom(work::floor_section));
     g.bench_function("fetch_or_cas_store_fetch_and", |bn| {
         bn.iter(|| {
             black_box(&b.0).fetch_or(1, Ordering::AcqRel);

@@ -511,19 +511,17 @@ pub fn floor_rmw(iters: u64) -> Duration {
     t.elapsed()
 }
 
-/// A model of today's per-operation pin: a CAS that takes a reference on a
-/// cluster's word and a `fetch_sub` that drops it (two locked RMWs), what
-/// every `VswapMap` call pays now and the planned host guard removes.
-pub fn floor_pin(iters: u64) -> Duration {
-    #[repr(align(64))]
-    struct Line(AtomicU64);
-    let a = Line(AtomicU64::new(0));
+/// One read-side section of the userspace default reclamation
+/// (`vswap_core::epoch`, what `StdProvider` gives every `Pin`): enter and
+/// leave, nothing inside. The kernel's section is `rcu_read_lock` /
+/// `rcu_read_unlock` (no atomics), modelled as 0 ns.
+pub fn floor_section(iters: u64) -> Duration {
     let t = Instant::now();
     for _ in 0..iters {
-        let w = black_box(&a.0);
-        let v = w.load(Ordering::Acquire);
-        let _ = w.compare_exchange(v, v + 1, Ordering::AcqRel, Ordering::Acquire);
-        w.fetch_sub(1, Ordering::AcqRel);
+        vswap_core::epoch::read_lock();
+        // SAFETY: pairs with the `read_lock` just above, on this thread.
+        unsafe { vswap_core::epoch::read_unlock() };
+        black_box(());
     }
     t.elapsed()
 }

@@ -316,11 +316,15 @@ mod thread {
     #[cold]
     #[inline(never)]
     fn register(l: &Local) -> &'static Record {
-        let fresh: &'static Record = Box::leak(Box::new(Record::new()));
+        let raw = Box::into_raw(Box::new(Record::new()));
+        // SAFETY: `raw` is a live, leaked box: valid for the process unless
+        // given back just below (only when the domain did not take it).
+        let fresh: &'static Record = unsafe { &*raw };
         let (r, used) = DOMAIN.acquire(fresh);
         if !used {
-            // SAFETY: `fresh` was leaked above and never published.
-            drop(unsafe { Box::from_raw(core::ptr::from_ref(fresh).cast_mut()) });
+            // SAFETY: `raw` came from `Box::into_raw` above and was never
+            // published; `fresh` is not used again.
+            drop(unsafe { Box::from_raw(raw) });
         }
         l.rec.set(Some(r));
         r

@@ -652,11 +652,12 @@ impl<P: Provider, W: SlotWord> Pin<'_, P, W> {
     }
 
     /// Run `f`, which may allocate with `ctx`, outside the read-side section
-    /// when `ctx` may sleep (nothing sleeps inside a section). Meanwhile the
-    /// space finishes no retired cluster (`SlotSpace::outside`), so every
-    /// table this pin has shown stays valid; the section is entered again
-    /// before returning.
-    fn outside<T>(&self, ctx: Ctx, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    /// when `ctx` is [`Ctx::MaySleep`] (nothing may sleep inside a section: a
+    /// kernel's `rcu_read_lock` forbids it); with [`Ctx::NoSleep`], `f` runs
+    /// inside. Meanwhile the space finishes no retired cluster, so every
+    /// table this pin has shown stays valid (safe to use from `f`); the
+    /// section is entered again before returning.
+    pub fn outside<T>(&self, ctx: Ctx, f: impl FnOnce() -> T) -> T {
         if ctx != Ctx::MaySleep {
             return f();
         }

@@ -52,10 +52,21 @@ impl<T> Mutex<T> {
         }
     }
 
-    /// Take the lock, spinning while another CPU holds it.
+    /// Take the lock, spinning while another CPU holds it. With the `std`
+    /// feature (userspace) it spins a short while and then yields the CPU
+    /// between attempts, so a waiter does not spin out its time slice
+    /// against a holder that was preempted. Without it (kernel mode, no OS
+    /// to yield to) it spins.
     #[inline]
     pub fn lock(&self) -> MutexGuard<'_, T> {
-        #[cfg(not(vswap_loom))]
+        #[cfg(all(not(vswap_loom), feature = "std"))]
+        {
+            if let Some(g) = self.inner.try_lock() {
+                return g;
+            }
+            self.lock_contended()
+        }
+        #[cfg(all(not(vswap_loom), not(feature = "std")))]
         {
             self.inner.lock()
         }
@@ -66,6 +77,28 @@ impl<T> Mutex<T> {
             match self.inner.lock() {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
+            }
+        }
+    }
+}
+
+#[cfg(all(not(vswap_loom), feature = "std"))]
+impl<T> Mutex<T> {
+    /// Spin for about a microsecond, then yield between attempts.
+    #[cold]
+    fn lock_contended(&self) -> MutexGuard<'_, T> {
+        extern crate std;
+        const SPINS: u32 = 128;
+        let mut n = 0u32;
+        loop {
+            if let Some(g) = self.inner.try_lock() {
+                return g;
+            }
+            if n < SPINS {
+                n += 1;
+                core::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
             }
         }
     }

@@ -96,7 +96,9 @@ impl Default for EngineConfig {
     }
 }
 
-/// What the engine asks of its host.
+/// What the engine asks of its host. `release_zswap`, `released_phys`,
+/// `charge` and `uncharge` may be called inside a read-side section of the
+/// provider's reclamation (a kernel's `rcu_read_lock`): they must not sleep.
 pub trait EngineHost: Sync {
     /// A zswap object is no longer referenced.
     fn release_zswap(&self, handle: u64);

@@ -1,9 +1,13 @@
 //! Host callbacks: what the engine asks of the host when a slot dies or moves.
 //!
 //! Callbacks are never called while the engine holds an internal lock, and must
-//! not re-enter the same map.
+//! not re-enter the same map. They may be called inside a read-side section of
+//! the provider's reclamation (a kernel's `rcu_read_lock`): they must not
+//! sleep.
 
-/// Receives resources the engine lets go of.
+/// Receives resources the engine lets go of. Its methods may be called inside
+/// a read-side section of the provider's reclamation (a kernel's
+/// `rcu_read_lock`), so they must not sleep.
 pub trait Host: Sync {
     /// A zswap object is no longer referenced; free it.
     fn release_zswap(&self, handle: u64);

@@ -423,7 +423,9 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                 if w & SIDE == 0 {
                     if let Some(need) = side.needs(c, &spares, false) {
                         drop(side);
-                        match self.side.make(provider, need, ctx, &mut spares) {
+                        // Allocating may sleep: outside the pin's section.
+                        match pin.outside(ctx, || self.side.make(provider, need, ctx, &mut spares))
+                        {
                             Ok(()) => continue,
                             Err(e) => break Err(e),
                         }

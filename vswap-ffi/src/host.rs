@@ -18,7 +18,10 @@ use crate::util::Code;
 /// Every callback gets `ctx` as its first argument. Callbacks are never called
 /// while the library holds an internal lock, but may be called from any thread
 /// that calls into the library (concurrently when several do), and must not
-/// call back into the same handle.
+/// call back into the same handle. Every callback but `alloc` with
+/// `may_sleep` and `discard` may be called inside a read-side section of the
+/// library's reclamation (kernel mode: with `rcu_read_lock` held, through the
+/// `vswap_host_rcu_*` hooks): those must not sleep.
 ///
 /// `alloc` and `free` are required; the rest may be NULL.
 #[repr(C)]

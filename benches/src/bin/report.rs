@@ -131,10 +131,10 @@ fn speed() -> Vec<Row> {
     r.set("vswap", time(work::floor_rmw_two_threads));
     rows.push(r);
     let mut r = Row::new(
-        "floor: pin model (CAS + fetch_sub)",
-        "the per-operation pin every VswapMap call pays today (modelled)",
+        "floor: read-side section (userspace epoch)",
+        "enter + leave one section of the default reclamation (what every map call's Pin pays in userspace)",
     );
-    r.set("vswap", time(work::floor_pin));
+    r.set("vswap", time(work::floor_section));
     rows.push(r);
     for order in [0u32, 4] {
         let mut r = Row::new(format!("order{order}_one_cpu"), "alloc + free, one CPU");
@@ -617,17 +617,17 @@ fn main() {
     );
     let _ = writeln!(
         w,
-        "**What the vswap figures include.** Issue 13's host-provided guard (an RCU-like \
-         read-side section replacing the per-operation pin) does not exist yet: every \
-         `VswapMap` call in these figures pays today's per-operation pin instead (a \
-         reference taken and dropped on the slot's cluster, two locked RMWs; the \
-         \"pin model\" floor row times a CAS + `fetch_sub` pair as its model). That is \
-         what a userspace host pays today; the planned userspace default guard is \
-         thread-keyed and was not measured. Kernel cost model: the kernel's guard is \
-         `rcu_read_lock`, free of atomics, modelled as 0 ns; the targets table shows, \
-         where the number of pins per operation is known from the code, the figure less \
-         that many pin-model costs, as an estimate of the kernel-side figure (an \
-         estimate: the real pin is not exactly the model).\n"
+        "**What the vswap figures include.** Every `VswapMap` call that touches a slot \
+         table runs inside one read-side section of the host's reclamation (issue 13 item \
+         1; it replaced the per-operation pin, a reference taken and dropped on the \
+         cluster: two locked RMWs). These figures pay the userspace default \
+         (`vswap_core::epoch`, through `StdProvider`): a thread-local access and two plain \
+         stores per section, with a compiler fence where the `membarrier` system call is \
+         available (it is here), timed alone in the \"read-side section\" floor row. \
+         Kernel cost model: the kernel's section is `rcu_read_lock`, free of atomics, \
+         modelled as 0 ns; the targets table shows, where the number of sections per \
+         operation is known from the code, the figure less that many section costs, as \
+         an estimate of the kernel-side figure.\n"
     );
     let _ = writeln!(
         w,
@@ -688,21 +688,21 @@ fn main() {
     let v16 = memget("core + cache + memcg", "vswap", "uniform");
     let v18 = memget("core + cache + memcg", "vswap", "per slot");
     let v5m = memget("core + cache + memcg", "v5", "");
-    let pin = get("floor: pin model (CAS + fetch_sub)", "vswap");
+    let pin = get("floor: read-side section (userspace epoch)", "vswap");
     let inf = |ns: f64| ns / floor;
-    // `ns` less `k` pin models, when the run allows the estimate: the model
-    // is two RMWs, so a pin model above 3 F (or an estimate below 0) says
-    // the run was too noisy to subtract.
-    let plausible = pin <= 3.0 * floor;
+    // `ns` less `k` sections, when the run allows the estimate: a section
+    // has no RMW, so one above 1 F (or an estimate below 0) says the run was
+    // too noisy to subtract.
+    let plausible = pin <= floor;
     let less_pins = |ns: f64, k: f64| Some(ns - k * pin).filter(|e| plausible && *e > 0.0);
     let no_estimate = format!(
-        "no estimate: the pin model measured {:.2} F, not the ~2 F of its two RMWs, or more \
-         than the figure (a noisy run)",
+        "no estimate: the read-side section measured {:.2} F, more than one RMW it does not \
+         do, or more than the figure (a noisy run)",
         pin / floor
     );
-    // Map calls of vswap's cycle that each take today's pin (from the code:
+    // Map calls of vswap's cycle that each take one section (from the code:
     // dup, store, cache_clear; lookup, lock, cache_add, put, unlock;
-    // cache_clear). The allocation's own cluster handling is not counted.
+    // cache_clear). The allocation takes none.
     const CYCLE_PINS: f64 = 9.0;
     let _ = writeln!(w, "## End-to-end swap cycle (issue 13)\n");
     let _ = writeln!(
@@ -722,12 +722,12 @@ fn main() {
          folio's own lock is paid alike by every design and left out; the swap table and v5 \
          claim the slot for swap-in with a `SWAP_HAS_CACHE`-style flag under the cluster lock, \
          cleared with the cache reference (their unlock touches no slot state); vswap takes \
-         and drops its lock bit. \"less pins\": vswap's figure less {CYCLE_PINS:.0} pin-model \
-         costs (its map calls that pin), the kernel-side estimate.\n"
+         and drops its lock bit. \"less sections\": vswap's figure less {CYCLE_PINS:.0} \
+         read-side section costs (its map calls that take one), the kernel-side estimate.\n"
     );
     let _ = writeln!(
         w,
-        "| page | vswap | vswap less pins (estimate) | swap_table | v5 | vswap / swap_table | \
+        "| page | vswap | vswap less sections (estimate) | swap_table | v5 | vswap / swap_table | \
          vswap / v5 | device slot spent (vswap / swap_table / v5) |"
     );
     let _ = writeln!(w, "|---|---|---|---|---|---|---|---|");
@@ -793,14 +793,14 @@ fn main() {
             || no_estimate.clone(),
             |e| {
                 format!(
-                    "less the pins {:.2} F (kernel estimate, guard = `rcu_read_lock`, no atomics)",
+                    "less the sections {:.2} F (kernel estimate, section = `rcu_read_lock`, no \
+                     atomics)",
                     inf(e)
                 )
             },
         );
         format!(
-            "today's pin: {k:.0} per operation x {:.2} F (pin-model row) = {:.2} F of the {:.2} F; \
-             {est}",
+            "{k:.0} read-side section(s) x {:.2} F (floor row) = {:.2} F of the {:.2} F; {est}",
             inf(pin),
             k * inf(pin),
             inf(ns),
@@ -811,7 +811,7 @@ fn main() {
             || no_estimate.clone(),
             |e| {
                 format!(
-                    "less the pins {e:.1} ns, {:.2}x the swap table (kernel estimate)",
+                    "less the sections {e:.1} ns, {:.2}x the swap table (kernel estimate)",
                     e / st
                 )
             },
@@ -821,7 +821,7 @@ fn main() {
     let _ = writeln!(
         w,
         "F = one locked RMW measured in this run (the floor row: {floor:.2} ns). Medians of one \
-         run; vswap figures include today's per-operation pin (see above). A target with two \
+         run; vswap figures include the userspace read-side section (see above). A target with two \
          conditions is met only if both are.\n"
     );
     let _ = writeln!(w, "| operation | target | measured | | why (missed rows) |");
@@ -851,7 +851,10 @@ fn main() {
             in_r(v, get("lookup", "swap_table"), 1.0, "the swap table"),
         ],
         format!(
-            "{}; the swap table's read is one load ({:.2} F)",
+            "no RMW; {}; the rest is the directory walk (top, middle and leaf pages, then the \
+             record's lifetime word and table pointer) before the slot word: item 5 (a lookup \
+             in at most two dependent loads) is not done; the swap table's read is one load \
+             ({:.2} F)",
             pins(1.0, v),
             inf(get("lookup", "swap_table"))
         ),
@@ -866,8 +869,11 @@ fn main() {
             in_r(v, get("order0_one_cpu", "v5"), 0.8, "v5"),
         ],
         format!(
-            "the free alone measures {:.2} F (order0_free_only/same_cpu: a pinned `cache_clear`, \
-             pin model {:.2} F), so the allocation is about {:.2} F",
+            "4 locked RMWs from the code: the allocation's CAS adding the slot's reference to \
+             its cluster, the claim, the free's word CAS and its `fetch_sub` of the reference \
+             (item 2, occupancy off the fast path, would leave 2: not done); the free alone \
+             measures {:.2} F (order0_free_only/same_cpu: a `cache_clear` in one section of \
+             {:.2} F), so the allocation is about {:.2} F",
             inf(fo),
             inf(pin),
             inf(v - fo)
@@ -878,10 +884,15 @@ fn main() {
         "dup+put",
         "<= 2.5 F, and <= 0.9x v5",
         vec![in_f(v, 2.5), in_r(v, get("dup_put", "v5"), 0.9, "v5")],
-        pins(2.0, v),
+        format!("2 locked RMWs (one word CAS each); {}", pins(2.0, v)),
     );
     let v = get("writeout (per transition)", "vswap");
-    t13("store", "<= 1.5 F", vec![in_f(v, 1.5)], pins(1.0, v));
+    t13(
+        "store",
+        "<= 1.5 F",
+        vec![in_f(v, 1.5)],
+        format!("1 locked RMW (the word CAS); {}", pins(1.0, v)),
+    );
     let v = get("order0_other_cpu_free", "vswap");
     t13(
         "alloc on CPU 0, free on CPU 1",
@@ -970,7 +981,7 @@ fn main() {
         let rest = if cycle_ns > sum {
             format!(
                 "the other {:.0} ns are lock, cache add with the cache word, unlock and the \
-                 reclaim's cache clear storing the shadow (4 more pinned calls; the swap table \
+                 reclaim's cache clear storing the shadow (4 more map calls; the swap table \
                  keeps folio and shadow in its one word)",
                 cycle_ns - sum
             )
@@ -999,7 +1010,7 @@ fn main() {
                 ),
             )],
             format!(
-                "today's pins: {CYCLE_PINS:.0} pinned map calls x {:.2} F = {:.1} F; {}{}",
+                "read-side sections: {CYCLE_PINS:.0} map calls x {:.2} F = {:.1} F; {}{}",
                 inf(pin),
                 CYCLE_PINS * inf(pin),
                 vs_st(t[0], t[1]),
@@ -1015,7 +1026,7 @@ fn main() {
         format!(
             "vswap pays the virtual slot and the device slot (`alloc_phys` + the router's free): \
              the device cycle is {:.0} ns above vswap's zero-page cycle (the device pair alone: \
-             {:.0} ns); today's pins: {CYCLE_PINS:.0} x {:.2} F = {:.1} F; {}{}",
+             {:.0} ns); read-side sections: {CYCLE_PINS:.0} x {:.2} F = {:.1} F; {}{}",
             t[0] - cyc_of(PageClass::Zero)[0],
             get("device order0 alloc+free", "vswap"),
             inf(pin),
@@ -1059,9 +1070,13 @@ fn main() {
     );
     let _ = writeln!(
         w,
-        "\nThe reclamation's own memory: today's per-operation pin is a count in each \
-         cluster's directory entry, so it is inside the map bytes above; the planned guard \
-         (and its retired-table lists) does not exist yet and is not counted.\n"
+        "\nThe reclamation's own memory: a retired cluster's grace-period cookie and its \
+         retire-FIFO link live in the cluster's directory record (inside the map bytes \
+         above; tables waiting for a grace period stay counted until they go back); the \
+         userspace epoch keeps one 64-byte record per thread that ever entered a section \
+         ({} records in this process: {} B), reused after a thread exits.\n",
+        vswap_core::epoch::records(),
+        64 * vswap_core::epoch::records()
     );
     let _ = writeln!(w, "## Older targets (issue #6, DESIGN.md section 7)\n");
     let _ = writeln!(w, "| target | measured | |");
@@ -1143,19 +1158,20 @@ fn main() {
     let _ = writeln!(
         w,
         "\nWhy the speed targets are missed here: a locked read-modify-write costs {floor:.1} ns \
-         on this machine. vswap's order-0 pair is five of them (allocation: take the slot's \
-         reference on its cluster, claim the word; free: pin, CAS, and one unpin that also \
-         drops the slot's reference), {:.0} ns of floor; the pin keeps a lookup \
-         or put of a free slot memory-safe while its cluster goes back to the provider, \
-         without RCU from the host (the v5 baseline never frees a cluster struct, standing in \
-         for the kernel's RCU). Every lock-free free \
+         on this machine. vswap's order-0 pair is four of them (allocation: take the slot's \
+         reference on its cluster, claim the word; free: the word CAS and the `fetch_sub` \
+         that drops the slot's reference), {:.0} ns of floor, plus two read-side sections \
+         and the directory walk; lookups of free slots stay memory-safe through the host's \
+         reclamation (the v5 baseline never frees a cluster struct, standing in for the \
+         kernel's RCU). Taking the occupancy count off the fast path (issue 13 item 2) would \
+         leave two RMWs per pair: not done. Every lock-free free \
          of a slot is at least one (the CAS that takes the word), so the batch free cannot \
          go below {floor:.1} ns per slot without a lock amortised over many slots; the \
          physical-backed free adds the device slot's CAS. The v5 baseline's pair is two \
          uncontended spinlock acquisitions, and its batch free takes one lock per 512 slots \
          and then writes plain memory: without contention a per-cluster spinlock beats \
          per-slot atomics.",
-        5.0 * floor
+        4.0 * floor
     );
     let wins: Vec<&str> = rows
         .iter()
