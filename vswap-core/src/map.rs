@@ -829,7 +829,6 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         let mut err = None;
         for (i, word) in words.iter().enumerate() {
             let off = base + i;
-            let cache = table.and_then(|t| t.get(off));
             let mut w = word.load(Ordering::Acquire);
             let mut shadow_stored = false;
             let r = loop {
@@ -842,7 +841,9 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                 // As in `cache_clear`: a slot that outlives the clear gets
                 // the shadow before its flag goes (checked on every try).
                 if !shadow_stored && (count_field(w) != 0 || w & LOCKED != 0) {
-                    if let Some(c) = cache {
+                    // (A table made since the check is looked up again.)
+                    let t = table.or_else(|| pin.cache_table());
+                    if let Some(c) = t.and_then(|t| t.get(off)) {
                         c.store(shadow, Ordering::Release);
                     }
                     shadow_stored = true;
