@@ -1060,7 +1060,8 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// returns `NotLocked` / `NotAllocated`.
     ///
     /// Cost: one pin, one CAS per slot, one release: `2^order + 2` locked
-    /// RMWs (18 for order 4; 48 before the ranged rework).
+    /// RMWs (18 for order 4; 50 before the ranged rework: a pinned check,
+    /// then a pinned unlock per slot).
     pub fn unlock_range(&self, start: u32, order: u32) -> Result<u32> {
         let (pin, base, n) = self.pin_range(start, order)?;
         let words = range_words(&pin, base, n)?;
