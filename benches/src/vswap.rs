@@ -48,9 +48,22 @@ impl<H: Host> SwapSlots for Vswap<H> {
 
     #[inline]
     fn cache_clear(&self, h: u64, n: u32, _cpu: u32) {
-        // vswap has no ranged cache clear: one call per slot.
+        // A whole allocation (2^order slots, naturally aligned) leaves the
+        // swap cache with one ranged call, as the kernel's mTHP swap-in
+        // frees the folio's slots; anything else slot by slot.
+        let start = h as u32;
+        if n.is_power_of_two() && start % n == 0 {
+            let order = n.trailing_zeros();
+            if self
+                .map
+                .cache_clear_range(start, order, 0, Ctx::NoSleep)
+                .is_ok()
+            {
+                return;
+            }
+        }
         for i in 0..n {
-            let _ = self.map.cache_clear(h as u32 + i, 0, Ctx::NoSleep);
+            let _ = self.map.cache_clear(start + i, 0, Ctx::NoSleep);
         }
     }
 

@@ -574,11 +574,33 @@ fuzz_target!(|data: &[u8]| {
                         }
                         _ => {
                             let mut f = 0;
-                            match a % 4 {
+                            match a % 6 {
                                 0 => check(
                                     "map_put_range",
                                     vswap_map_put_range(direct, ds, small % 3, &mut f),
                                 ),
+                                4 => check(
+                                    "map_cache_clear_range",
+                                    vswap_map_cache_clear_range(
+                                        direct,
+                                        ds,
+                                        small % 3,
+                                        u64::from(a >> 8),
+                                        sleep,
+                                        &mut f,
+                                    ),
+                                ),
+                                5 => {
+                                    let mut si = vswap_swapin::default();
+                                    let rc = check(
+                                        "map_swapin_check",
+                                        vswap_map_swapin_check(direct, ds, small % 3, &mut si),
+                                    );
+                                    if rc == 0 {
+                                        assert!(si.kind <= VSWAP_SWAPIN_IN_CACHE, "{si:?}");
+                                    }
+                                    rc
+                                }
                                 1 => {
                                     let mut d = 0;
                                     check(

@@ -2,6 +2,10 @@
 //! `vswap-core/tests/model.rs` (the same model the proptest suite uses):
 //! every result, every host release (in order), every slot's state,
 //! `stats()` and the provider's bytes are checked as the sequence runs.
+//! The operations include the ranged (mTHP) calls: `put_range`,
+//! `lock_range` / `unlock_range`, `cache_clear_range` and
+//! `swapin_range_check` (`Op::CacheClearRange`, `Op::SwapinCheck`, and the
+//! folio sequences of `Op::RangeSeq`).
 //!
 //! Input: 3 header bytes (cluster shift 2..=4, slots 40..=320, CPUs 2..=4),
 //! then 18 bytes per operation (`make_op(t, k, a, b, c)`).

@@ -40,7 +40,7 @@ pub use engine::{
     PAGE_SIZE, Placement, Router, Stopped, SwapinRange, VirtMove, Writeback,
 };
 pub use host::{Host, MapOnly, NoHost};
-pub use map::{BatchError, CacheState, MAX_COUNT, MapConfig, MapStats, Put, VswapMap};
+pub use map::{BatchError, CacheState, MAX_COUNT, MapConfig, MapStats, Put, SwapinCheck, VswapMap};
 pub use swapops::{Mode, Swap, SwapEntry, SwapOps, VIRTUAL_TYPE};
 #[cfg(feature = "std")]
 pub use vswap_alloc::StdProvider;

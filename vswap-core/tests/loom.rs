@@ -709,7 +709,11 @@ fn range_fixture(count3: u32) -> (Fixture, u32) {
 }
 
 /// `put_range` against `lock(3)` + `unlock(3)`: the range put is all or
-/// nothing: both slots freed, or (`Busy`) both untouched.
+/// nothing against its check: `Busy` (both untouched) if slot 3 was locked
+/// when checked; otherwise both counts are dropped, and slot 3, if its
+/// count went while the other thread held its lock, is freed by that
+/// thread's unlock (`Ok(1)`, unlock `Freed`) instead of by the put
+/// (`Ok(2)`).
 #[test]
 fn m7a_put_range_races_lock() {
     model("m7a_put_range_races_lock", 4, || {
@@ -719,20 +723,18 @@ fn m7a_put_range_races_lock() {
         let m = fx.map.clone();
         let tl = thread::spawn(move || {
             let r = m.lock(3);
-            if r.is_ok() {
-                assert_eq!(m.unlock(3), Ok(Put::Live));
-            }
-            r
+            let u = r.map(|()| m.unlock(3));
+            (r, u)
         });
-        let (pr, l) = (tr.join().unwrap(), tl.join().unwrap());
-        match pr {
-            Ok(2) => {
-                assert!(matches!(l, Ok(()) | Err(Error::Busy | Error::NotAllocated)));
+        let (pr, (l, u)) = (tr.join().unwrap(), tl.join().unwrap());
+        match (pr, l, u) {
+            (Ok(2), Ok(()), Ok(Ok(Put::Live))) | (Ok(2), Err(Error::NotAllocated), _) => {
                 assert!(gone(&fx.map, 2) && gone(&fx.map, 3));
-                assert_eq!(fx.host.zswap(), vec![2, 3]);
             }
-            Err(Error::Busy) => {
-                assert_eq!(l, Ok(()));
+            (Ok(1), Ok(()), Ok(Ok(Put::Freed))) => {
+                assert!(gone(&fx.map, 2) && gone(&fx.map, 3));
+            }
+            (Err(Error::Busy), Ok(()), Ok(Ok(Put::Live))) => {
                 for s in [2, 3] {
                     let e = fx.map.lookup(s).unwrap();
                     assert_eq!((e.count, e.cached, e.locked), (1, false, false));
@@ -740,7 +742,7 @@ fn m7a_put_range_races_lock() {
                 assert!(fx.host.zswap().is_empty());
                 assert_eq!(fx.map.put_range(2, 1), Ok(2));
             }
-            other => panic!("put_range not all-or-nothing: {other:?} (lock {l:?})"),
+            other => panic!("put_range not all-or-nothing: {other:?}"),
         }
         assert_eq!(fx.host.zswap(), vec![2, 3]);
         fx.finish();
@@ -836,6 +838,108 @@ fn m7d_lock_range_races_lock() {
             assert_eq!((e.count, e.locked), (1, false));
         }
         assert_eq!(fx.map.put_range(2, 1), Ok(2));
+        fx.finish();
+    });
+}
+
+/// `cache_clear_range` (one pin, one CAS per slot) against `put(3)`: the
+/// folio of slots 2 (count 0) and 3 (count 1, the other thread's) leaves
+/// the cache with a shadow. Slot 2 is freed by the clear; slot 3 by
+/// whichever drops its last reference second: `(Ok(2), Live)` or
+/// `(Ok(1), Freed)`, each backend released once. A slot 3 the clear left
+/// alive carries the shadow; once uncached it never shows the folio's
+/// cookie.
+#[test]
+fn m7e_cache_clear_range_races_put() {
+    model("m7e_cache_clear_range_races_put", 4, || {
+        let fx = fixture(2, 4, 1, None);
+        let s = fx.map.alloc(1, 0, Ctx::MaySleep).unwrap();
+        assert_eq!(s, 2);
+        for x in [2, 3] {
+            fx.map.cache_store(x, 0xc0, Ctx::MaySleep).unwrap();
+            fx.map
+                .store(x, Backend::None, Backend::Zswap(u64::from(x)))
+                .unwrap();
+        }
+        fx.map.dup(3, 1, Ctx::MaySleep).unwrap();
+        let m = fx.map.clone();
+        let tc = thread::spawn(move || m.cache_clear_range(s, 1, 0x5ad, Ctx::MaySleep));
+        let m = fx.map.clone();
+        let tp = thread::spawn(move || {
+            let r = m.put(3, 1);
+            // Still alive after our put: the clear has not run on slot 3
+            // yet, or left its shadow there.
+            let c = m.cache_get(3);
+            (r, c)
+        });
+        let (cr, (p, c)) = (tc.join().unwrap(), tp.join().unwrap());
+        match (cr, p) {
+            (Ok(2), Ok(Put::Live)) => {}
+            (Ok(1), Ok(Put::Freed)) => {
+                assert_eq!(c, Err(Error::NotAllocated));
+            }
+            other => panic!("inconsistent outcome {other:?}"),
+        }
+        if let Ok(c) = c {
+            // The shadow goes in before the flag (as for `cache_clear`): a
+            // reader in between sees it still cached; an uncached slot 3
+            // never shows the folio's cookie.
+            assert!(c.word == 0x5ad || c.word == 0xc0 && c.cached, "{c:?}");
+        }
+        assert!(gone(&fx.map, 2) && gone(&fx.map, 3));
+        assert_eq!(fx.host.zswap(), vec![2, 3]);
+        fx.finish();
+    });
+}
+
+/// `lock_range` against `lock(3)` + the last `put(2)`: when the range lock
+/// fails on slot 3 it undoes its lock of slot 2, and if slot 2 died under
+/// that lock the undo frees it; otherwise the put or the range's unlock
+/// does. Slot 2 is freed exactly once whatever the order; slot 3 is left
+/// unlocked with its count.
+#[test]
+fn m7f_lock_range_undo_frees_dead_slot() {
+    model("m7f_lock_range_undo_frees_dead_slot", 3, || {
+        let (fx, s) = range_fixture(1);
+        let m = fx.map.clone();
+        let tr = thread::spawn(move || {
+            let r = m.lock_range(s, 1);
+            let u = r.map(|()| m.unlock_range(s, 1));
+            (r, u)
+        });
+        let m = fx.map.clone();
+        let tl = thread::spawn(move || {
+            let l = m.lock(3);
+            let p = m.put(2, 1);
+            let u = l.map(|()| m.unlock(3));
+            (l, p, u)
+        });
+        let ((rr, ru), (l, p, lu)) = (tr.join().unwrap(), tl.join().unwrap());
+        assert!(rr.is_ok() || l.is_ok(), "range {rr:?}, lock {l:?}");
+        // NotAllocated: the put freed slot 2 before the range was locked.
+        assert!(
+            matches!(rr, Ok(()) | Err(Error::Busy | Error::NotAllocated)),
+            "{rr:?}"
+        );
+        if rr == Err(Error::NotAllocated) {
+            assert_eq!(p, Ok(Put::Freed));
+        }
+        assert!(matches!(l, Ok(()) | Err(Error::Busy)), "{l:?}");
+        // The put always finds slot 2 live (nobody else drops its count).
+        assert!(matches!(p, Ok(Put::Live | Put::Freed)), "{p:?}");
+        if let Ok(u) = ru {
+            // Freed by the range's unlock iff the put landed under its lock.
+            assert_eq!(u, Ok(u32::from(p == Ok(Put::Live))));
+        }
+        if let Ok(u) = lu {
+            assert_eq!(u, Ok(Put::Live));
+        }
+        assert!(gone(&fx.map, 2));
+        let e = fx.map.lookup(3).unwrap();
+        assert_eq!((e.count, e.locked), (1, false));
+        assert_eq!(fx.host.zswap(), vec![2]);
+        assert_eq!(fx.map.put(3, 1), Ok(Put::Freed));
+        assert_eq!(fx.host.zswap(), vec![2, 3]);
         fx.finish();
     });
 }

@@ -19,7 +19,8 @@ use proptest::test_runner::{Config, FailurePersistence};
 use vswap_alloc::StdProvider;
 use vswap_core::word::fits_payload;
 use vswap_core::{
-    Backend, BatchError, CacheState, Ctx, Entry, Error, Geometry, Host, MapConfig, Put, VswapMap,
+    Backend, BatchError, CacheState, Ctx, Entry, Error, Geometry, Host, MapConfig, Put,
+    SwapinCheck, VswapMap,
 };
 
 // ---------------------------------------------------------------------------
@@ -404,15 +405,16 @@ impl Model {
                 Some(_) => {}
             }
         }
-        let mut freed = 0;
+        let mut freed = Vec::new();
         for i in 0..n {
             self.s.get_mut(&(start + i)).unwrap().locked = false;
-            // Each slot is unlocked (and released) on its own.
-            if self.settle_put(start + i) == Put::Freed {
-                freed += 1;
+            if let Some(b) = self.maybe_free(start + i) {
+                freed.push(b);
             }
         }
-        Ok(freed)
+        // One releaser for the range: device runs are coalesced.
+        self.release(&freed);
+        Ok(freed.len() as u32)
     }
 
     fn cache_add(&mut self, slot: u32, cookie: u64) -> R<()> {
@@ -443,6 +445,69 @@ impl Model {
         }
         e.cached = false;
         Ok(self.settle_put(slot))
+    }
+
+    /// Every slot checked first (live, then cached, slot by slot); then each
+    /// slot cleared as by `cache_clear`, the freed ones released together.
+    fn cache_clear_range(&mut self, start: u32, order: u32, shadow: u64) -> R<u32> {
+        let n = self.range(start, order)?;
+        for i in 0..n {
+            match self.s.get(&(start + i)) {
+                Some(e) if e.live() => {
+                    if !e.cached {
+                        return Err(Error::WrongState);
+                    }
+                }
+                _ => return Err(Error::NotAllocated),
+            }
+        }
+        let mut freed = Vec::new();
+        for i in 0..n {
+            let e = self.s.get_mut(&(start + i)).unwrap();
+            if e.count != 0 || e.locked {
+                e.word = shadow;
+            }
+            e.cached = false;
+            if let Some(b) = self.maybe_free(start + i) {
+                freed.push(b);
+            }
+        }
+        self.release(&freed);
+        Ok(freed.len() as u32)
+    }
+
+    /// The mTHP swap-in check: every slot live, else `NotAllocated`; then
+    /// `InCache` if any is cached or locked; `Zero` if all are zero pages
+    /// (`Zero` or `Same(0)`); `Contiguous` on one device; else `Mixed`.
+    fn swapin_check(&self, start: u32, order: u32) -> R<SwapinCheck> {
+        let n = self.range(start, order)?;
+        let mut es = Vec::new();
+        for i in 0..n {
+            match self.s.get(&(start + i)) {
+                Some(e) if e.live() => es.push(e),
+                _ => return Err(Error::NotAllocated),
+            }
+        }
+        if es.iter().any(|e| e.cached || e.locked) {
+            return Ok(SwapinCheck::InCache);
+        }
+        let zero = |b: Backend| matches!(b, Backend::Zero | Backend::Same(0));
+        if es.iter().all(|e| zero(e.backend)) {
+            return Ok(SwapinCheck::Zero);
+        }
+        if let Backend::Phys { dev, off } = es[0].backend {
+            let seq = es.iter().enumerate().all(|(i, e)| {
+                e.backend
+                    == Backend::Phys {
+                        dev,
+                        off: off + i as u64,
+                    }
+            });
+            if seq {
+                return Ok(SwapinCheck::Contiguous { dev, off });
+            }
+        }
+        Ok(SwapinCheck::Mixed)
     }
 
     fn cache_get(&self, slot: u32) -> R<CacheState> {
@@ -695,6 +760,17 @@ pub(crate) enum Op {
         s: Sel,
         v: u64,
     },
+    CacheClearRange {
+        s: Sel,
+        order: u32,
+        align: bool,
+        v: u64,
+    },
+    SwapinCheck {
+        s: Sel,
+        order: u32,
+        align: bool,
+    },
     CacheStore {
         s: Sel,
         v: u64,
@@ -832,8 +908,14 @@ pub(crate) fn make_op(t: u8, k: u8, a: u32, b: u32, c: u64) -> Op {
             s,
             v: c % 4 * 0x1234_5678,
         },
-        41..=45 => Op::CacheClear {
+        41..=43 => Op::CacheClear {
             s,
+            v: c % 3 * 0xabcd,
+        },
+        44..=45 => Op::CacheClearRange {
+            s,
+            order,
+            align,
             v: c % 3 * 0xabcd,
         },
         46..=47 => Op::CacheStore { s, v: c % 3 * 0x77 },
@@ -860,7 +942,8 @@ pub(crate) fn make_op(t: u8, k: u8, a: u32, b: u32, c: u64) -> Op {
             from: bsel(k2, BGen(9, c >> 3)),
             to: g,
         },
-        72..=73 => Op::Lookup { s },
+        72 => Op::Lookup { s },
+        73 => Op::SwapinCheck { s, order, align },
         74..=76 => Op::SetMemcg {
             s,
             order,
@@ -1092,6 +1175,22 @@ impl Run<'_> {
                     slot
                 );
             }
+            Op::CacheClearRange { s, order, align, v } => {
+                let slot = self.resolve_range(s, order, align);
+                same!(
+                    self.map.cache_clear_range(slot, order, v, ctx),
+                    self.m.cache_clear_range(slot, order, v),
+                    slot
+                );
+            }
+            Op::SwapinCheck { s, order, align } => {
+                let slot = self.resolve_range(s, order, align);
+                same!(
+                    self.map.swapin_range_check(slot, order),
+                    self.m.swapin_check(slot, order),
+                    slot
+                );
+            }
             Op::CacheStore { s, v } => {
                 let slot = self.resolve(s);
                 same!(
@@ -1259,11 +1358,26 @@ impl Run<'_> {
                             new: BGen(11, 0),
                         });
                     }
-                    if kind % 2 == 0 && self.m.s.get(&(start + i)).is_some_and(|e| e.cached) {
+                    if kind % 4 == 0 && self.m.s.get(&(start + i)).is_some_and(|e| e.cached) {
                         self.exec(Op::CacheClear { s: x, v: 0 });
                     }
                 }
                 let x = Sel::Exact(start);
+                if matches!(kind % 4, 1 | 2) {
+                    // The folio leaves the cache in one call (WrongState,
+                    // nothing changed, if a slot of it is not cached).
+                    self.exec(Op::CacheClearRange {
+                        s: x,
+                        order,
+                        align: true,
+                        v: u64::from(kind),
+                    });
+                }
+                self.exec(Op::SwapinCheck {
+                    s: x,
+                    order,
+                    align: true,
+                });
                 match kind % 4 {
                     0 | 1 => self.exec(Op::PutRange {
                         s: x,

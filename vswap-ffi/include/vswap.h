@@ -246,6 +246,13 @@
 #define VSWAP_SWAPIN_CONTIGUOUS 2
 
 /**
+ * Swap-in check (`vswap_map_swapin_check` only): a slot of the range is in
+ * the swap cache or locked (a folio, swap-in or move is under way): use the
+ * swap cache, or swap in page by page.
+ */
+#define VSWAP_SWAPIN_IN_CACHE 3
+
+/**
  * Swapoff of the virtual layer: move the slot to direct slot `to`.
  */
 #define VSWAP_VIRT_TO_DIRECT 0
@@ -1595,6 +1602,48 @@ int32_t vswap_map_cache_store(struct vswap_map *m, uint32_t slot, uint64_t value
  * As `vswap_cache_clear` (no charging).
  */
 int32_t vswap_map_cache_clear(struct vswap_map *m, uint32_t slot, uint64_t shadow, bool may_sleep);
+
+/**
+ * Clear the cache flag of every slot of the naturally aligned range
+ * `start .. start + 2^order` (a large folio left the swap cache), leaving
+ * `shadow` (0: none) in the cache word of each slot that outlives the
+ * clear; slots with count 0 are freed. Writes how many were freed to
+ * `*freed`. One pin and one CAS per slot (`2^order + 2` locked RMWs).
+ *
+ * All or nothing: every slot is checked first, and on an error nothing
+ * changed (and `*freed` is not written). Returns 0; -EINVAL for a NULL
+ * pointer, an order above the cluster's or a misaligned start; -ERANGE for
+ * a range that holds slot 0 or does not lie wholly inside the map; -ENOENT
+ * if a slot of it is not live; -EEXIST if a slot of it is not cached;
+ * -ENOMEM / -EAGAIN if a non-zero `shadow` needs the cluster's cache word
+ * table and the host gives no memory. (A slot whose cache state another
+ * thread changes between the check and the clear, which the caller must
+ * prevent, is skipped; the others are cleared and its -EEXIST / -ENOENT is
+ * returned.)
+ */
+int32_t vswap_map_cache_clear_range(struct vswap_map *m,
+                                    uint32_t start,
+                                    uint32_t order,
+                                    uint64_t shadow,
+                                    bool may_sleep,
+                                    uint32_t *freed);
+
+/**
+ * mTHP swap-in check under one pin (read-only): can the naturally aligned
+ * range `start .. start + 2^order` be swapped in as one large folio?
+ * Writes the answer to `*res`: `VSWAP_SWAPIN_IN_CACHE` if a slot is in the
+ * swap cache or locked; `VSWAP_SWAPIN_UNIFORM` with `VSWAP_BACKEND_ZERO` if
+ * every slot is a zero page; `VSWAP_SWAPIN_CONTIGUOUS` if every slot is on
+ * device `dev` at `off + i`; else `VSWAP_SWAPIN_NO`.
+ *
+ * Returns 0; -EINVAL for a NULL pointer, a bad order or a misaligned
+ * start; -ERANGE as `vswap_map_cache_clear_range`; -ENOENT if a slot of
+ * the range is not live.
+ */
+int32_t vswap_map_swapin_check(struct vswap_map *m,
+                               uint32_t start,
+                               uint32_t order,
+                               struct vswap_swapin *res);
 
 /**
  * As `vswap_cache_get`.

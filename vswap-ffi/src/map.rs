@@ -257,6 +257,62 @@ pub unsafe extern "C" fn vswap_map_cache_clear(
     })
 }
 
+/// Clear the cache flag of every slot of the naturally aligned range
+/// `start .. start + 2^order` (a large folio left the swap cache), leaving
+/// `shadow` (0: none) in the cache word of each slot that outlives the
+/// clear; slots with count 0 are freed. Writes how many were freed to
+/// `*freed`. One pin and one CAS per slot (`2^order + 2` locked RMWs).
+///
+/// All or nothing: every slot is checked first, and on an error nothing
+/// changed (and `*freed` is not written). Returns 0; -EINVAL for a NULL
+/// pointer, an order above the cluster's or a misaligned start; -ERANGE for
+/// a range that holds slot 0 or does not lie wholly inside the map; -ENOENT
+/// if a slot of it is not live; -EEXIST if a slot of it is not cached;
+/// -ENOMEM / -EAGAIN if a non-zero `shadow` needs the cluster's cache word
+/// table and the host gives no memory. (A slot whose cache state another
+/// thread changes between the check and the clear, which the caller must
+/// prevent, is skipped; the others are cleared and its -EEXIST / -ENOENT is
+/// returned.)
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vswap_map_cache_clear_range(
+    m: *mut vswap_map,
+    start: u32,
+    order: u32,
+    shadow: u64,
+    may_sleep: bool,
+    freed: *mut u32,
+) -> i32 {
+    guard(|| {
+        // SAFETY: NULL or a live handle (the caller's contract).
+        let m = unsafe { map(m) }?;
+        slots::cache_clear_range(&m.map, start, order, shadow, may_sleep, freed)
+    })
+}
+
+/// mTHP swap-in check under one pin (read-only): can the naturally aligned
+/// range `start .. start + 2^order` be swapped in as one large folio?
+/// Writes the answer to `*res`: `VSWAP_SWAPIN_IN_CACHE` if a slot is in the
+/// swap cache or locked; `VSWAP_SWAPIN_UNIFORM` with `VSWAP_BACKEND_ZERO` if
+/// every slot is a zero page; `VSWAP_SWAPIN_CONTIGUOUS` if every slot is on
+/// device `dev` at `off + i`; else `VSWAP_SWAPIN_NO`.
+///
+/// Returns 0; -EINVAL for a NULL pointer, a bad order or a misaligned
+/// start; -ERANGE as `vswap_map_cache_clear_range`; -ENOENT if a slot of
+/// the range is not live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vswap_map_swapin_check(
+    m: *mut vswap_map,
+    start: u32,
+    order: u32,
+    res: *mut vswap_swapin,
+) -> i32 {
+    guard(|| {
+        // SAFETY: NULL or a live handle (the caller's contract).
+        let m = unsafe { map(m) }?;
+        slots::swapin_check(&m.map, start, order, res)
+    })
+}
+
 /// As `vswap_cache_get`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_map_cache_get(

@@ -4,10 +4,14 @@
 
 use core::ptr::NonNull;
 
-use vswap_core::{Error, Host, Put, VswapMap};
+use vswap_core::{Error, Host, Put, SwapinCheck, VswapMap};
 
 use crate::host::HostOps;
-use crate::types::{vswap_backend, vswap_cache_state, vswap_entry, vswap_map_stats};
+use crate::types::{
+    VSWAP_BACKEND_PHYS, VSWAP_BACKEND_ZERO, VSWAP_SWAPIN_CONTIGUOUS, VSWAP_SWAPIN_IN_CACHE,
+    VSWAP_SWAPIN_UNIFORM, vswap_backend, vswap_cache_state, vswap_entry, vswap_map_stats,
+    vswap_swapin,
+};
 use crate::util::{Code, R, ctx, out, put_code, read, write};
 
 pub(crate) type Map<H> = VswapMap<HostOps, H>;
@@ -87,6 +91,51 @@ pub(crate) fn put_range<H: Host>(m: &Map<H>, start: u32, order: u32, freed: *mut
     let n = m.put_range(start, order)?;
     // SAFETY: checked by `out`; writable by the caller's contract.
     unsafe { write(freed, n) };
+    Ok(0)
+}
+
+pub(crate) fn cache_clear_range<H: Host>(
+    m: &Map<H>,
+    start: u32,
+    order: u32,
+    shadow: u64,
+    may_sleep: bool,
+    freed: *mut u32,
+) -> R {
+    let freed = out(freed)?;
+    let n = m.cache_clear_range(start, order, shadow, ctx(may_sleep))?;
+    // SAFETY: checked by `out`; writable by the caller's contract.
+    unsafe { write(freed, n) };
+    Ok(0)
+}
+
+pub(crate) fn swapin_check<H: Host>(
+    m: &Map<H>,
+    start: u32,
+    order: u32,
+    res: *mut vswap_swapin,
+) -> R {
+    let res = out(res)?;
+    let r = match m.swapin_range_check(start, order)? {
+        SwapinCheck::Zero => vswap_swapin {
+            kind: VSWAP_SWAPIN_UNIFORM,
+            backend_kind: VSWAP_BACKEND_ZERO,
+            ..Default::default()
+        },
+        SwapinCheck::Contiguous { dev, off } => vswap_swapin {
+            kind: VSWAP_SWAPIN_CONTIGUOUS,
+            backend_kind: VSWAP_BACKEND_PHYS,
+            dev: u32::from(dev),
+            off,
+        },
+        SwapinCheck::InCache => vswap_swapin {
+            kind: VSWAP_SWAPIN_IN_CACHE,
+            ..Default::default()
+        },
+        SwapinCheck::Mixed => vswap_swapin::default(),
+    };
+    // SAFETY: checked by `out`; writable by the caller's contract.
+    unsafe { write(res, r) };
     Ok(0)
 }
 

@@ -525,6 +525,10 @@ pub const VSWAP_SWAPIN_NO: u32 = 0;
 pub const VSWAP_SWAPIN_UNIFORM: u32 = 1;
 /// Swap-in check: every slot is on device `dev` at `off + i`: one read.
 pub const VSWAP_SWAPIN_CONTIGUOUS: u32 = 2;
+/// Swap-in check (`vswap_map_swapin_check` only): a slot of the range is in
+/// the swap cache or locked (a folio, swap-in or move is under way): use the
+/// swap cache, or swap in page by page.
+pub const VSWAP_SWAPIN_IN_CACHE: u32 = 3;
 
 /// What an mTHP swap-in may do with a range (`vswap_swapin_check`).
 #[repr(C)]

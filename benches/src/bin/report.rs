@@ -656,7 +656,7 @@ fn main() {
         "\nThe floor row is one `lock xadd` on this machine (DESIGN.md section 7's reference \
          machine: 2.2 ns); n/a: the peer has no naturally aligned multi-slot allocation \
          (order 4) or no physical device. Order 4: vswap drops the swap-cache reference of \
-         the 16 slots with 16 `cache_clear` calls (its API has no ranged cache clear); v5 \
+         the 16 slots with one `cache_clear_range` call (one pin, one CAS per slot); v5 \
          and the swap table clear all 16 under one cluster lock. The swap table is its own \
          device: its device rows allocate and free its own slots (no reverse map, no \
          virtual owner), and its physical-backed batch free is that device-side free.\n"
@@ -914,8 +914,9 @@ fn main() {
         "<= 1.5x v5",
         vec![in_r(v, get("order4_one_cpu", "v5"), 1.5, "v5")],
         format!(
-            "the free is 16 single-slot `cache_clear` calls (the API has no ranged cache clear), \
-             each pinned: 16 x the single free ({:.1} ns) = {:.0} ns of the {v:.0} ns",
+            "the free is one `cache_clear_range` call (one pin, 16 slot CASes, one release: \
+             18 locked RMWs, where 16 single-slot frees of {:.1} ns each would be {:.0} ns) \
+             of the {v:.0} ns",
             fo,
             16.0 * fo
         ),

@@ -532,6 +532,94 @@ static void test_virtual_map(void)
 	EXPECT(atomic_load(&H.bytes), 0);
 }
 
+/* The ranged calls of a standalone map: an order-2 folio's swap-in check
+ * and its ranged cache clear (one shadow, frees the slots with count 0,
+ * coalesced device run), and their bad-input codes with nothing changed. */
+static void test_map_ranged_calls(void)
+{
+	setup();
+	struct vswap_geometry g;
+	OK(vswap_geometry_default(&g));
+	g.slots = 1 << 12;
+	g.cpus = 1;
+	struct vswap_map *m = NULL;
+	OK(vswap_map_create(&g, &OPS, &m));
+	uint32_t s = 0, freed = 99;
+	struct vswap_swapin si;
+	OK(vswap_map_alloc(m, 2, 0, true, &s));
+	CHECK(s % 4 == 0);
+	/* Fresh: cached, so the swap-in check says "in the cache". */
+	OK(vswap_map_swapin_check(m, s, 2, &si));
+	EXPECT(si.kind, VSWAP_SWAPIN_IN_CACHE);
+	struct vswap_backend none = {VSWAP_BACKEND_NONE, 0, 0};
+	for (uint32_t i = 0; i < 4; i++) {
+		struct vswap_backend p = {VSWAP_BACKEND_PHYS, 1, 40 + i};
+		OK(vswap_map_store(m, s + i, &none, &p));
+	}
+	/* Slots 2 and 3 keep a page-table reference. */
+	OK(vswap_map_dup(m, s + 2, 1, true));
+	OK(vswap_map_dup(m, s + 3, 1, true));
+	/* Bad input: nothing changes, *freed not written. */
+	EXPECT(vswap_map_cache_clear_range(NULL, s, 2, 0, true, &freed), -VSWAP_EINVAL);
+	EXPECT(vswap_map_cache_clear_range(m, s, 2, 0, true, NULL), -VSWAP_EINVAL);
+	EXPECT(vswap_map_cache_clear_range(m, s + 1, 2, 0, true, &freed), -VSWAP_EINVAL);
+	EXPECT(vswap_map_cache_clear_range(m, s, 30, 0, true, &freed), -VSWAP_EINVAL);
+	EXPECT(vswap_map_cache_clear_range(m, 0, 2, 0, true, &freed), -VSWAP_ERANGE);
+	EXPECT(vswap_map_cache_clear_range(m, 1u << 12, 0, 0, true, &freed), -VSWAP_ERANGE);
+	EXPECT(vswap_map_cache_clear_range(m, s + 4, 2, 0, true, &freed), -VSWAP_ENOENT);
+	EXPECT(vswap_map_swapin_check(NULL, s, 2, &si), -VSWAP_EINVAL);
+	EXPECT(vswap_map_swapin_check(m, s, 2, NULL), -VSWAP_EINVAL);
+	EXPECT(vswap_map_swapin_check(m, s + 2, 2, &si), -VSWAP_EINVAL);
+	EXPECT(vswap_map_swapin_check(m, 1u << 12, 0, &si), -VSWAP_ERANGE);
+	EXPECT(vswap_map_swapin_check(m, s + 4, 2, &si), -VSWAP_ENOENT);
+	EXPECT(freed, 99);
+	/* One slot not cached: -EEXIST, the others keep their flag. */
+	EXPECT(vswap_map_cache_clear(m, s + 3, 0, true), VSWAP_LIVE);
+	EXPECT(vswap_map_cache_clear_range(m, s, 2, 0x5ad, true, &freed), -VSWAP_EEXIST);
+	EXPECT(freed, 99);
+	struct vswap_cache_state cs;
+	for (uint32_t i = 0; i < 3; i++) {
+		OK(vswap_map_cache_get(m, s + i, &cs));
+		CHECK(cs.cached);
+	}
+	EXPECT(atomic_load(&H.phys_released), 0);
+	/* The cached half: both freed (count 0), one run of two device slots. */
+	OK(vswap_map_cache_clear_range(m, s, 1, 0x5ad, true, &freed));
+	EXPECT(freed, 2);
+	EXPECT(atomic_load(&H.phys_released), 2);
+	EXPECT(atomic_load(&H.phys_runs), 1);
+	OK(vswap_map_cache_clear_range(m, s + 2, 0, 0x5ad, true, &freed));
+	EXPECT(freed, 0); /* count 1: it outlives, with the shadow */
+	OK(vswap_map_cache_get(m, s + 2, &cs));
+	CHECK(!cs.cached && cs.word == 0x5ad);
+	/* Slots 2 and 3: uncached, contiguous on device 1. */
+	OK(vswap_map_swapin_check(m, s + 2, 1, &si));
+	EXPECT(si.kind, VSWAP_SWAPIN_CONTIGUOUS);
+	EXPECT(si.backend_kind, VSWAP_BACKEND_PHYS);
+	EXPECT(si.dev, 1);
+	EXPECT(si.off, 42);
+	OK(vswap_map_lock(m, s + 3));
+	OK(vswap_map_swapin_check(m, s + 2, 1, &si));
+	EXPECT(si.kind, VSWAP_SWAPIN_IN_CACHE);
+	EXPECT(vswap_map_unlock(m, s + 3), VSWAP_LIVE);
+	/* Zero pages: one zeroed folio. */
+	struct vswap_backend zero = {VSWAP_BACKEND_ZERO, 0, 0};
+	struct vswap_backend p2 = {VSWAP_BACKEND_PHYS, 1, 42};
+	struct vswap_backend p3 = {VSWAP_BACKEND_PHYS, 1, 43};
+	OK(vswap_map_store(m, s + 2, &p2, &zero));
+	OK(vswap_map_swapin_check(m, s + 2, 1, &si));
+	EXPECT(si.kind, VSWAP_SWAPIN_NO); /* zero and device mixed */
+	OK(vswap_map_store(m, s + 3, &p3, &zero));
+	OK(vswap_map_swapin_check(m, s + 2, 1, &si));
+	EXPECT(si.kind, VSWAP_SWAPIN_UNIFORM);
+	EXPECT(si.backend_kind, VSWAP_BACKEND_ZERO);
+	OK(vswap_map_put_range(m, s + 2, 1, &freed));
+	EXPECT(freed, 2);
+	EXPECT(atomic_load(&H.phys_released), 4);
+	vswap_map_destroy(m);
+	EXPECT(atomic_load(&H.bytes), 0);
+}
+
 static int live_calls;
 static void on_live(void *arg, uint32_t owner, uint64_t off)
 {
@@ -1028,6 +1116,7 @@ int main(void)
 	RUN(test_swapoff_device);
 	RUN(test_swapoff_virtual_and_direct_map);
 	RUN(test_virtual_map);
+	RUN(test_map_ranged_calls);
 	RUN(test_log_device);
 	RUN(test_charging);
 	RUN(test_device_discard);
