@@ -44,11 +44,13 @@
 //! [`cache_clear_range`](VswapMap::cache_clear_range),
 //! [`lock_range`](VswapMap::lock_range), [`unlock_range`](VswapMap::unlock_range)
 //! and [`swapin_range_check`](VswapMap::swapin_range_check) pin the cluster
-//! once, check every slot with plain loads, then commit with one CAS per slot
-//! (the check decides all or nothing: a failure there changes nothing;
-//! `lock_range` instead locks slot by slot and undoes its own locks), and
-//! give the pin back once, together with the references of the slots they
-//! freed: `2^order + 2` locked RMWs where per-slot calls cost three per slot.
+//! once (one read-side section, no RMW), check every slot with plain loads,
+//! then commit with one CAS per slot (the check decides all or nothing: a
+//! failure there changes nothing; `lock_range` instead locks slot by slot and
+//! undoes its own locks), and give the pin back once, together with the
+//! references of the slots they freed (one `fetch_sub` when any was): at most
+//! `2^order + 1` locked RMWs, where per-slot calls cost one or two per slot
+//! and a section each.
 //! What the caller owns over the range (its references, its cache state, its
 //! locks) cannot change between the check and the commit; other threads'
 //! counts and locks may, and each slot's CAS then acts as the per-slot call
@@ -532,10 +534,11 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// others are put, and the call then returns `CountUnderflow` /
     /// `NotAllocated`.
     ///
-    /// Cost: one pin (1 locked RMW), one CAS per slot (`2^order`), one
-    /// release of the pin with the freed slots' references (1): `2^order + 2`
-    /// locked RMWs, 18 for order 4 (66 before the ranged rework: a lock per
-    /// slot, each pinned, then the commit). A slot whose count is in the side
+    /// Cost: one pin (a read-side section, no RMW), one CAS per slot
+    /// (`2^order`), and the freed slots' references dropped with the pin (1
+    /// when any was freed): at most `2^order + 1` locked RMWs, 17 for order
+    /// 4 (66 before the ranged rework and the reclamation: a lock per slot,
+    /// each pinned, then the commit). A slot whose count is in the side
     /// table takes the side lock instead.
     pub fn put_range(&self, start: u32, order: u32) -> Result<u32> {
         let (pin, base, n) = self.pin_range(start, order)?;
@@ -814,11 +817,12 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// `cache_clear`, a slot that a racing `dup` keeps alive gets the shadow
     /// and a slot that dies under a lock or hold is freed by its unlock.
     ///
-    /// Cost: one pin (1 locked RMW), one CAS per slot (`2^order`; a free
-    /// adds a plain store of 0), one release of the pin with the freed
-    /// slots' references (1): `2^order + 2`, so an order-4 swap-in frees
-    /// its 16 slots with 16 slot RMWs and 18 in all (48 with 16
-    /// `cache_clear` calls). A slot attached to the side table takes the
+    /// Cost: one pin (a read-side section, no RMW), one CAS per slot
+    /// (`2^order`; a free adds a plain store of 0), and the freed slots'
+    /// references dropped with the pin (1): `2^order + 1`, so an order-4
+    /// swap-in frees its 16 slots with 16 slot RMWs and 17 in all (48 with
+    /// 16 pinned `cache_clear` calls before the reclamation, 32 without
+    /// pins). A slot attached to the side table takes the
     /// side lock when freed.
     pub fn cache_clear_range(&self, start: u32, order: u32, shadow: u64, ctx: Ctx) -> Result<u32> {
         let (pin, base, n) = self.pin_range(start, order)?;
@@ -908,8 +912,8 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// on every slot; a backend moves only under the slot's lock, which the
     /// swap-in then takes with [`lock_range`](Self::lock_range)).
     ///
-    /// Cost: one pin and its release (2 locked RMWs) and `2^order` loads,
-    /// whatever the order (a per-slot lookup costs 2 RMWs per slot).
+    /// Cost: one read-side section and `2^order` loads: no locked RMW,
+    /// whatever the order (16 per-slot lookups would take 16 sections).
     pub fn swapin_range_check(&self, start: u32, order: u32) -> Result<SwapinCheck> {
         let (pin, base, n) = self.pin_range(start, order)?;
         let words = range_words(&pin, base, n)?;
@@ -1022,8 +1026,8 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// its lock is freed then, as by [`unlock`](Self::unlock)) and the error
     /// is returned.
     ///
-    /// Cost: one pin, one CAS per slot, one release: `2^order + 2` locked
-    /// RMWs (18 for order 4; 48 before the ranged rework). A failure at the
+    /// Cost: one read-side section and one CAS per slot: `2^order` locked
+    /// RMWs (16 for order 4; 48 before the ranged rework). A failure at the
     /// `i`-th slot adds `i` CASes to undo.
     pub fn lock_range(&self, start: u32, order: u32) -> Result<()> {
         let (pin, base, n) = self.pin_range(start, order)?;
@@ -1073,9 +1077,10 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// prevent), that slot is skipped, the others are unlocked, and the call
     /// returns `NotLocked` / `NotAllocated`.
     ///
-    /// Cost: one pin, one CAS per slot, one release: `2^order + 2` locked
-    /// RMWs (18 for order 4; 50 before the ranged rework: a pinned check,
-    /// then a pinned unlock per slot).
+    /// Cost: one read-side section, one CAS per slot, and one `fetch_sub`
+    /// if any slot was freed: at most `2^order + 1` locked RMWs (17 for
+    /// order 4; 50 before the ranged rework: a pinned check, then a pinned
+    /// unlock per slot).
     pub fn unlock_range(&self, start: u32, order: u32) -> Result<u32> {
         let (pin, base, n) = self.pin_range(start, order)?;
         let words = range_words(&pin, base, n)?;

@@ -421,6 +421,19 @@ fn cache_clear_range_nomem_changes_nothing() {
             // SAFETY: `p` came from `self.0` (the caller's contract).
             unsafe { self.0.free(p, size, align) }
         }
+        fn read_lock(&self) {
+            self.0.read_lock();
+        }
+        unsafe fn read_unlock(&self) {
+            // SAFETY: forwarded with the caller's pairing.
+            unsafe { self.0.read_unlock() };
+        }
+        fn grace_start(&self) -> u64 {
+            self.0.grace_start()
+        }
+        fn grace_done(&self, cookie: u64) -> bool {
+            self.0.grace_done(cookie)
+        }
     }
     let sp = StdProvider::new();
     let p = Fail(&sp, AtomicBool::new(false));

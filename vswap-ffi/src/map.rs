@@ -261,7 +261,7 @@ pub unsafe extern "C" fn vswap_map_cache_clear(
 /// `start .. start + 2^order` (a large folio left the swap cache), leaving
 /// `shadow` (0: none) in the cache word of each slot that outlives the
 /// clear; slots with count 0 are freed. Writes how many were freed to
-/// `*freed`. One pin and one CAS per slot (`2^order + 2` locked RMWs).
+/// `*freed`. One read-side section and one CAS per slot (at most `2^order + 1` locked RMWs).
 ///
 /// All or nothing: every slot is checked first, and on an error nothing
 /// changed (and `*freed` is not written). Returns 0; -EINVAL for a NULL

@@ -914,9 +914,11 @@ fn main() {
         "<= 1.5x v5",
         vec![in_r(v, get("order4_one_cpu", "v5"), 1.5, "v5")],
         format!(
-            "the free is one `cache_clear_range` call (one pin, 16 slot CASes, one release: \
-             18 locked RMWs, where 16 single-slot frees of {:.1} ns each would be {:.0} ns) \
-             of the {v:.0} ns",
+            "the free is one `cache_clear_range` call (one read-side section, 16 slot CASes \
+             and one `fetch_sub` of the references: 17 locked RMWs, where 16 single-slot \
+             frees of {:.1} ns each would be {:.0} ns) of the {v:.0} ns; the allocation is \
+             17 more (the CAS adding 16 references, 16 claims), against v5's two lock \
+             acquisitions",
             fo,
             16.0 * fo
         ),
