@@ -118,7 +118,18 @@ pub fn model<F>(name: &str, bound: usize, f: F)
 where
     F: Fn() + Sync + Send + 'static,
 {
-    model_with(name, bound, None, f);
+    // Every pin is a read-side section: two RMWs on the provider's reader
+    // count, each a loom branch; the final checks of a model walk the map
+    // through many pins, past loom's default of 1,000 branches.
+    model_with(
+        name,
+        bound,
+        Some(Limits {
+            max_branches: 5_000,
+            stack_size: None,
+        }),
+        f,
+    );
 }
 
 /// Larger limits than loom's defaults, for models whose setup and final checks
