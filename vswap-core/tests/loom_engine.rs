@@ -219,6 +219,9 @@ fn check_lists(dev: &impl DevView) {
         match dev.state(c) {
             ClusterState::Free => tally.free += 1,
             ClusterState::Discard => tally.discard += 1,
+            // A device cluster waits for a grace period only if it had
+            // optional tables (a direct map's cache or memcg table).
+            ClusterState::Retiring => tally.retiring += 1,
             ClusterState::Live {
                 cached,
                 nonfull,
