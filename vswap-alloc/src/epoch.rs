@@ -179,21 +179,37 @@ impl Domain {
     /// Whether every section that had begun when [`start`](Self::start)
     /// returned `cookie` has ended.
     pub(crate) fn done(&self, cookie: u64) -> bool {
-        heavy_fence();
-        if self.anonymous.load(Ordering::SeqCst) != 0 {
+        // A record seen holding an older epoch answers "no" without the
+        // heavy fence (a system call that interrupts every running thread).
+        if self.blocked(cookie) {
             return false;
         }
+        if !heavy_fence() {
+            return false;
+        }
+        // The records first, then the anonymous count: a thread whose locals
+        // are destroyed with a section open counts it as anonymous *before*
+        // its record's Release store of 0, so a walk that reads that 0 (with
+        // Acquire) then sees the count.
+        if self.blocked(cookie) {
+            return false;
+        }
+        self.anonymous.load(Ordering::SeqCst) == 0
+    }
+
+    /// Whether some record holds a section begun before `cookie`'s epoch.
+    fn blocked(&self, cookie: u64) -> bool {
         let mut p = self.head.load(Ordering::Acquire);
         while !p.is_null() {
             // SAFETY: as in `acquire`: records are never freed.
             let r = unsafe { &*p };
             let a = r.active.load(Ordering::Acquire);
             if a != 0 && a < cookie {
-                return false;
+                return true;
             }
             p = r.next.load(Ordering::Acquire);
         }
-        true
+        false
     }
 
     /// Records in the registry.
@@ -244,25 +260,17 @@ fn light_fence() {
     fence(Ordering::SeqCst);
 }
 
-fn heavy_fence() {
-    #[cfg(all(target_os = "linux", not(miri), not(vswap_loom), feature = "std"))]
-    if membarrier::usable() && membarrier::heavy() {
-        return;
-    }
-    // Registered but the call failed (it cannot, once registered): readers
-    // only use compiler fences then, so there is no safe fallback but to
-    // report "not done" forever; `usable()` already said yes, so the call is
-    // supported and this path is not taken in practice.
+/// The writer's side of the fence pairing; `false` if it could not be
+/// issued (membarrier registered, readers on compiler fences, and the call
+/// failed: it cannot once registered), and then no grace period may end.
+#[must_use]
+fn heavy_fence() -> bool {
     #[cfg(all(target_os = "linux", not(miri), not(vswap_loom), feature = "std"))]
     if membarrier::usable() {
-        loop {
-            if membarrier::heavy() {
-                return;
-            }
-            core::hint::spin_loop();
-        }
+        return membarrier::heavy();
     }
     fence(Ordering::SeqCst);
+    true
 }
 
 #[cfg(all(feature = "std", not(vswap_loom)))]

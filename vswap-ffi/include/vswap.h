@@ -1722,8 +1722,10 @@ extern void vswap_host_rcu_read_unlock(void);
 
 /**
  * Kernel mode only: start a grace period, or join one not yet
- * begun, and return its cookie (`start_poll_synchronize_rcu()`).
- * Called with a spinlock held: must not sleep.
+ * begun, and return its cookie (`start_poll_synchronize_rcu()`;
+ * `get_state_synchronize_rcu()` when interrupts are off, which
+ * `start_poll_synchronize_rcu` does not allow). Called with a
+ * spinlock held, possibly with interrupts off: must not sleep.
  */
 extern uint64_t vswap_host_rcu_grace_start(void);
 

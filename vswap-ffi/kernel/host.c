@@ -11,6 +11,7 @@
 #include <linux/gfp.h>
 #include <linux/kernel.h>
 #include <linux/mm.h>
+#include <linux/irqflags.h>
 #include <linux/printk.h>
 #include <linux/rcupdate.h>
 #include <linux/sched.h>
@@ -237,6 +238,14 @@ void vswap_host_rcu_read_unlock(void)
 
 uint64_t vswap_host_rcu_grace_start(void)
 {
+	/*
+	 * start_poll_synchronize_rcu() wants interrupts on; a host may free a
+	 * slot (and so tear a cluster down) with them off, e.g. under
+	 * xa_lock_irq. Then take the cookie without starting a grace period:
+	 * the next one that the system runs anyway ends it.
+	 */
+	if (irqs_disabled())
+		return get_state_synchronize_rcu();
 	return start_poll_synchronize_rcu();
 }
 

@@ -87,8 +87,10 @@ pub(crate) mod rcu {
         /// Kernel mode only: leave it (`rcu_read_unlock()`).
         pub(crate) fn vswap_host_rcu_read_unlock();
         /// Kernel mode only: start a grace period, or join one not yet
-        /// begun, and return its cookie (`start_poll_synchronize_rcu()`).
-        /// Called with a spinlock held: must not sleep.
+        /// begun, and return its cookie (`start_poll_synchronize_rcu()`;
+        /// `get_state_synchronize_rcu()` when interrupts are off, which
+        /// `start_poll_synchronize_rcu` does not allow). Called with a
+        /// spinlock held, possibly with interrupts off: must not sleep.
         pub(crate) fn vswap_host_rcu_grace_start() -> u64;
         /// Kernel mode only: whether the grace period named by `cookie` has
         /// ended (`poll_state_synchronize_rcu(cookie)`). Called with a
