@@ -76,13 +76,18 @@
 //!   claimed again in a live cluster. Clusters with optional tables are not
 //!   reused this way: those could carry the last incarnation's memcg ids.
 //! - Nothing sleeps inside a section. A pin that must allocate with
-//!   [`Ctx::MaySleep`] (a cache or memcg table) leaves its section for the
-//!   allocation and enters again; meanwhile the space's `outside` count
-//!   holds every retirement back. It is raised while still inside, and a
-//!   poller reads it after seeing a grace period end: a grace period that
-//!   covered the pin's section therefore sees the count, and one that began
-//!   after the pin left covers no table the pin had shown (those were still
-//!   published when the pin left, and the count is still up).
+//!   [`Ctx::MaySleep`] (a cache or memcg table, a side-table block)
+//!   leaves its section for the allocation ([`Pin::outside`]) and enters
+//!   again; first, still inside, it takes a reference on the cluster
+//!   (`try_ref`, which fails once the cluster is `DYING`: then the call
+//!   fails with `NotAllocated` and nothing leaves the section), so the
+//!   cluster is not torn down while the pin is out, and it drops the
+//!   reference only after entering again: a teardown that this causes
+//!   starts a grace period that waits for the new section. (A space-wide
+//!   count of pins outside, the first design, was not enough: once the pin
+//!   was back in a section begun after the retirement's grace period
+//!   started, and the count down, a poll freed the tables the pin still
+//!   showed. Found by review.)
 //! - Dropping the space needs `&mut`: no section can still read it, and every
 //!   table (retired or not) goes back at once.
 //!
@@ -264,6 +269,10 @@ pub struct DirEntry<W> {
     ext: AtomicPtr<ClusterExt>,
     /// (`RETIRING`, under the list lock) the host's grace-period cookie.
     cookie: AtomicU64,
+    /// (Fixed spaces, `RETIRING`, under the list lock) the optional tables
+    /// taken off the cluster at its teardown, freed when the grace period
+    /// ends (the slot table stays).
+    retired_ext: AtomicPtr<ClusterExt>,
 }
 
 // SAFETY: all-zero is the FREE state with null pointers and no links.
@@ -275,6 +284,7 @@ unsafe impl<W> ZeroInit for DirEntry<W> {
             links: AtomicU64::new(0),
             ext: AtomicPtr::zeroed(),
             cookie: AtomicU64::new(0),
+            retired_ext: AtomicPtr::zeroed(),
         }
     }
 }
@@ -527,10 +537,6 @@ pub struct SlotSpace<P: Provider, W: SlotWord = AtomicU64> {
     /// `ROOM_X + order`) and the generation of frees (bits `ROOM_GEN..`):
     /// see "Full spaces" in the module docs.
     room: AtomicU64,
-    /// Pins that left their read-side section to allocate with
-    /// [`Ctx::MaySleep`]: while any is out, no retired cluster is finished
-    /// (see "Reclamation" in the module docs).
-    outside: AtomicU64,
     /// Clusters visited by full scans and fallbacks (tests count the work
     /// of a failing allocation).
     #[cfg(test)]
@@ -566,7 +572,40 @@ unsafe impl<P: Provider, W: SlotWord> Sync for SlotSpace<P, W> {}
 /// until the pin is dropped or released, even if the cluster is torn down
 /// meanwhile (its words then read 0: every slot was free). Taking and
 /// dropping one costs no atomic read-modify-write.
+///
+/// A pin belongs to the thread that took it (a section is per thread): it
+/// is neither `Send` nor `Sync`.
+///
+/// ```compile_fail
+/// # use core::ptr::NonNull;
+/// # use vswap_alloc::{Ctx, MemError, Provider, SlotSpace};
+/// # struct NoMem;
+/// # unsafe impl Provider for NoMem {
+/// #     fn alloc_zeroed(&self, _: usize, _: usize, _: Ctx) -> Result<NonNull<u8>, MemError> {
+/// #         Err(MemError::NoMem)
+/// #     }
+/// #     unsafe fn free(&self, _: NonNull<u8>, _: usize, _: usize) {}
+/// #     fn read_lock(&self) {}
+/// #     unsafe fn read_unlock(&self) {}
+/// #     fn grace_start(&self) -> u64 { 0 }
+/// #     fn grace_done(&self, _: u64) -> bool { false }
+/// # }
+/// fn on_another_thread<T: Send>(_: T) {}
+/// fn f(s: &SlotSpace<NoMem>) {
+///     // would end the wrong thread's section:
+///     on_another_thread(s.pin(1).unwrap());
+/// }
+/// ```
+///
+/// A pin kept for long (or leaked with `mem::forget`) holds back every
+/// grace period of the provider (with `StdProvider`, process-wide): freed
+/// clusters' tables then stay allocated. Keep pins short, and never sleep
+/// while holding one.
 pub struct Pin<'a, P: Provider, W: SlotWord = AtomicU64> {
+    /// A section belongs to the thread that entered it: a pin is neither
+    /// `Send` nor `Sync` (dropped on another thread it would end that
+    /// thread's section).
+    _thread: core::marker::PhantomData<*const ()>,
     space: &'a SlotSpace<P, W>,
     entry: &'a DirEntry<W>,
     idx: u32,
@@ -614,7 +653,7 @@ impl<P: Provider, W: SlotWord> Pin<'_, P, W> {
                 .mem_cache
                 .fetch_add(added as u64, Ordering::Relaxed);
             Ok(t)
-        })
+        })?
     }
     /// The memcg id of slot `off` of this cluster, if set.
     pub fn memcg(&self, off: usize) -> Option<u16> {
@@ -641,7 +680,7 @@ impl<P: Provider, W: SlotWord> Pin<'_, P, W> {
                 self.outside(ctx, || {
                     let e = self.ext_or_create(ctx)?;
                     e.memcg_set(&self.space.provider, off, self.words.len(), id, ctx)
-                })?
+                })??
             }
             r => r?,
         };
@@ -654,24 +693,47 @@ impl<P: Provider, W: SlotWord> Pin<'_, P, W> {
     /// Run `f`, which may allocate with `ctx`, outside the read-side section
     /// when `ctx` is [`Ctx::MaySleep`] (nothing may sleep inside a section: a
     /// kernel's `rcu_read_lock` forbids it); with [`Ctx::NoSleep`], `f` runs
-    /// inside. Meanwhile the space finishes no retired cluster, so every
-    /// table this pin has shown stays valid (safe to use from `f`); the
-    /// section is entered again before returning.
-    pub fn outside<T>(&self, ctx: Ctx, f: impl FnOnce() -> T) -> T {
+    /// inside. Meanwhile the pin holds a reference on the cluster, so it is
+    /// not torn down and every table this pin has shown stays valid (safe to
+    /// use from `f`), also after the section is entered again: the
+    /// reference is dropped inside the new section. Two locked RMWs (the
+    /// reference taken and dropped), only with `MaySleep`.
+    ///
+    /// # Errors
+    /// [`Error::NotAllocated`] (and `f` is not called) if the cluster is no
+    /// longer live (its last slot was freed since the pin was taken), or
+    /// [`Error::Again`] if it holds so many references that one more would
+    /// not fit.
+    ///
+    /// The pin leaves only its own section: a caller that is inside another
+    /// one (nested pins, or its own `read_lock`) must pass
+    /// [`Ctx::NoSleep`].
+    pub fn outside<T>(&self, ctx: Ctx, f: impl FnOnce() -> T) -> Result<T> {
         if ctx != Ctx::MaySleep {
-            return f();
+            return Ok(f());
         }
-        // Counted while still inside the section: a grace period that ends
-        // after this thread leaves is seen to end after the count (see
-        // "Reclamation").
-        self.space.outside.fetch_add(1, Ordering::SeqCst);
+        // Inside the section the table this pin shows cannot have been
+        // replaced (a cluster gets a new table only after a grace period
+        // that waits for this section), so a reference taken now holds the
+        // incarnation whose table the pin shows (a reuse before the grace
+        // period keeps the same table).
+        if !self.entry.try_ref(1, None) {
+            let s = self.entry.state.load(Ordering::Acquire);
+            return Err(if s & (LIVE | DYING) == LIVE {
+                Error::Again
+            } else {
+                Error::NotAllocated
+            });
+        }
         // SAFETY: pairs with this pin's own `read_lock`, taken again below
         // before the pin is used or dropped.
         unsafe { self.space.provider.read_unlock() };
         let r = f();
         self.space.provider.read_lock();
-        self.space.outside.fetch_sub(1, Ordering::SeqCst);
-        r
+        // Inside the new section: a teardown this unref causes retires the
+        // tables with a grace period that waits for this pin.
+        self.space.unref(self.idx, self.entry, 1, false);
+        Ok(r)
     }
 
     fn ext(&self) -> Option<&ClusterExt> {
@@ -836,7 +898,6 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             mem_memcg: AtomicU64::new(0),
             live: AtomicU64::new(0),
             room: AtomicU64::new(0),
-            outside: AtomicU64::new(0),
             #[cfg(test)]
             scanned: AtomicU64::new(0),
         };
@@ -1069,6 +1130,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         // outlives the pin.
         let words = unsafe { core::slice::from_raw_parts(p.cast_const(), self.csize()) };
         Some(Pin {
+            _thread: core::marker::PhantomData,
             space: self,
             entry,
             idx,
@@ -1706,9 +1768,17 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     /// optional tables has nothing to free and goes back at once. Finishes
     /// the retired clusters whose grace period has ended.
     fn retire(&self, l: &mut Lists, idx: u32, e: &DirEntry<W>, garbage: &mut Garbage<W>) {
-        if self.policy.fixed && e.ext.load(Ordering::Acquire).is_null() {
-            self.finish(l, idx, e, garbage);
-            return;
+        // A fixed space frees only the optional tables: swapped out here (a
+        // late pin from before `DYING` may still install a record; one that
+        // comes after this swap stays with the free cluster, which its next
+        // incarnation keeps, and is retired with it). None: nothing waits.
+        if self.policy.fixed {
+            let ext = e.ext.swap(ptr::null_mut(), Ordering::AcqRel);
+            if ext.is_null() {
+                self.finish(l, idx, e, garbage);
+                return;
+            }
+            e.retired_ext.store(ext, Ordering::Relaxed);
         }
         e.cookie
             .store(self.provider.grace_start(), Ordering::Relaxed);
@@ -1723,11 +1793,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         while !garbage.full() && l.retire.head != 0 {
             let idx = l.retire.head - 1;
             let Some(e) = self.entry(idx) else { break };
-            // The count of pins outside their section is read after the
-            // grace period is seen to end (see "Reclamation").
-            if !self.provider.grace_done(e.cookie.load(Ordering::Relaxed))
-                || self.outside.load(Ordering::SeqCst) != 0
-            {
+            if !self.provider.grace_done(e.cookie.load(Ordering::Relaxed)) {
                 break;
             }
             if self.fifo_pop(&mut l.retire).is_none() {
@@ -1758,11 +1824,16 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     /// a fixed space keeps its slot table) and its index to the free FIFO
     /// or the discard queue.
     fn finish(&self, l: &mut Lists, idx: u32, e: &DirEntry<W>, garbage: &mut Garbage<W>) {
-        let ext = NonNull::new(e.ext.swap(ptr::null_mut(), Ordering::AcqRel));
-        let words = if self.policy.fixed {
-            None
+        let (words, ext) = if self.policy.fixed {
+            (
+                None,
+                NonNull::new(e.retired_ext.swap(ptr::null_mut(), Ordering::Relaxed)),
+            )
         } else {
-            NonNull::new(e.words.swap(ptr::null_mut(), Ordering::AcqRel))
+            (
+                NonNull::new(e.words.swap(ptr::null_mut(), Ordering::AcqRel)),
+                NonNull::new(e.ext.swap(ptr::null_mut(), Ordering::AcqRel)),
+            )
         };
         garbage.push(words, ext);
         if self.policy.fixed && self.policy.discard {
@@ -1822,7 +1893,22 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         }
     }
 
-    /// Visit every live cluster, pinned.
+    /// Call `f(c)` for the index of every cluster that was live when looked
+    /// at, outside every read-side section (`f` may sleep, and pin what it
+    /// needs itself); clusters that go live or die meanwhile may or may not
+    /// be seen. Skips absent directory pages whole.
+    pub fn for_each_cluster_index(&self, mut f: impl FnMut(u32)) {
+        let bump = self.lists.lock().bump;
+        self.each_entry(bump, |idx, e| {
+            if e.state.load(Ordering::Acquire) & (LIVE | DYING) == LIVE {
+                f(idx);
+            }
+            true
+        });
+    }
+
+    /// Visit every live cluster, pinned (`f` runs inside the pin's
+    /// read-side section: it must not sleep).
     pub fn for_each_cluster(&self, mut f: impl FnMut(&Pin<'_, P, W>)) {
         let bump = self.lists.lock().bump;
         self.each_entry(bump, |idx, _| {
@@ -1977,7 +2063,11 @@ impl<P: Provider, W: SlotWord> Drop for SlotSpace<P, W> {
                 // SAFETY: `&mut self`: nobody else can reach the table.
                 unsafe { free_table(provider, w, n) };
             }
-            if let Some(x) = NonNull::new(e.ext.swap(ptr::null_mut(), Ordering::AcqRel)) {
+            let exts = [
+                e.ext.swap(ptr::null_mut(), Ordering::AcqRel),
+                e.retired_ext.swap(ptr::null_mut(), Ordering::AcqRel),
+            ];
+            for x in exts.into_iter().filter_map(NonNull::new) {
                 // SAFETY: as above.
                 unsafe {
                     x.as_ref().free_tables(provider, n);
@@ -2038,7 +2128,7 @@ mod tests {
         }
     }
 
-    fn free(s: &SlotSpace<&StdProvider>, slot: u32, n: u32) {
+    fn free<Q: Provider>(s: &SlotSpace<Q>, slot: u32, n: u32) {
         let pin = s.pin(slot).unwrap();
         let off = (slot - pin.base()) as usize;
         for w in &pin.words()[off..off + n as usize] {
@@ -2200,6 +2290,104 @@ mod tests {
             }
         });
         assert!(s.memory().live_clusters <= 3, "{:?}", s.memory());
+    }
+
+    /// A provider that never reuses memory: freed blocks are poisoned and
+    /// their addresses kept, so a test can ask whether a table it still
+    /// sees went back. Its sections and grace periods are the std epochs.
+    #[derive(Default)]
+    struct Quarantine {
+        inner: StdProvider,
+        freed: std::sync::Mutex<HashSet<usize>>,
+    }
+
+    // SAFETY: blocks come from `StdProvider` and are never handed out again
+    // (freed ones are kept, poisoned, and leaked).
+    unsafe impl Provider for Quarantine {
+        fn alloc_zeroed(
+            &self,
+            size: usize,
+            align: usize,
+            ctx: Ctx,
+        ) -> core::result::Result<NonNull<u8>, crate::MemError> {
+            self.inner.alloc_zeroed(size, align, ctx)
+        }
+        unsafe fn free(&self, ptr: NonNull<u8>, size: usize, _align: usize) {
+            // SAFETY: the caller gives back a block of `size` bytes it no
+            // longer uses; it is poisoned and never reused.
+            unsafe { ptr::write_bytes(ptr.as_ptr(), 0xa5, size) };
+            self.freed.lock().unwrap().insert(ptr.as_ptr() as usize);
+        }
+        fn read_lock(&self) {
+            self.inner.read_lock();
+        }
+        unsafe fn read_unlock(&self) {
+            // SAFETY: forwarded with the caller's pairing.
+            unsafe { self.inner.read_unlock() };
+        }
+        fn grace_start(&self) -> u64 {
+            self.inner.grace_start()
+        }
+        fn grace_done(&self, c: u64) -> bool {
+            self.inner.grace_done(c)
+        }
+    }
+
+    /// Review of issue 13 item 1, finding M1: a pin that left its section
+    /// to allocate (`Pin::outside` with `MaySleep`) came back in a *new*
+    /// section, which a cluster retired during the first one does not wait
+    /// for, and the next poll freed the table the pin still showed. Now the
+    /// pin takes a reference before leaving, and fails with `NotAllocated`
+    /// (leaving nothing) when the cluster is already dead.
+    #[test]
+    fn a_pin_that_leaves_its_section_keeps_its_tables() {
+        let p = Quarantine::default();
+        let s = SlotSpace::new(Geometry::tiny(2, 64, 2), &p, u64::MAX).unwrap();
+        let _ = s.alloc(0, 0, Ctx::MaySleep, INIT).unwrap();
+        let a = s.alloc(0, 1, Ctx::MaySleep, INIT).unwrap();
+        assert_eq!(a >> 2, 1);
+        let freed = |t: usize| p.freed.lock().unwrap().contains(&t);
+        // Live cluster: `outside` holds it; the table survives the trip.
+        let pin = s.pin(a).unwrap();
+        let table = pin.words().as_ptr() as usize;
+        let got = pin.outside(Ctx::MaySleep, || {
+            // Meanwhile the last slot goes and every cache lets go: the
+            // reference keeps the cluster live.
+            free(&s, a, 1);
+            s.trim();
+            s.cluster_state(1)
+        });
+        assert!(matches!(got, Ok(ClusterState::Live { .. })), "{got:?}");
+        // Now the cache lets it go and it dies, inside the pin's new
+        // section: its grace period waits for the pin.
+        assert_eq!(s.trim(), 1);
+        assert_eq!(s.cluster_state(1), ClusterState::Retiring);
+        assert_eq!(
+            pin.outside(Ctx::MaySleep, || ()),
+            Err(Error::NotAllocated),
+            "a dead cluster: nothing leaves the section"
+        );
+        for _ in 0..100 {
+            s.poll_all();
+            std::thread::yield_now();
+        }
+        assert!(!freed(table), "the table went back while the pin shows it");
+        assert_eq!(pin.words()[(a & 3) as usize].load(Ordering::Relaxed), 0);
+        drop(pin);
+        settle_q(&s);
+        assert!(freed(table));
+    }
+
+    fn settle_q(s: &SlotSpace<&Quarantine>) {
+        let t = std::time::Instant::now();
+        loop {
+            s.poll_all();
+            if s.memory().retiring_clusters == 0 {
+                return;
+            }
+            assert!(t.elapsed().as_secs() < 10, "grace periods never ended");
+            std::thread::yield_now();
+        }
     }
 
     /// Issue 12 item 1: `Pin::release` is `unsafe` (a safe `release(2)` let

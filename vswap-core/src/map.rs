@@ -480,8 +480,10 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
                     if let Some(need) = side.needs(c, &spares, false) {
                         drop(side);
                         // Allocating may sleep: outside the pin's section.
-                        match pin.outside(ctx, || self.side.make(provider, need, ctx, &mut spares))
-                        {
+                        let made = pin
+                            .outside(ctx, || self.side.make(provider, need, ctx, &mut spares))
+                            .and_then(|r| r);
+                        match made {
                             Ok(()) => continue,
                             Err(e) => break Err(e),
                         }
@@ -1408,13 +1410,37 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
 
     /// Call `f(slot)` for every allocated slot (live or zombie), cluster by
     /// cluster; slots allocated or freed meanwhile may or may not be seen.
+    /// `f` runs outside every read-side section (it may sleep: swapoff's I/O
+    /// runs in it): the slots are read 64 at a time under a pin that is
+    /// dropped before `f` is called.
     pub fn for_each_slot(&self, mut f: impl FnMut(u32)) {
-        self.space.for_each_cluster(|pin| {
-            let base = pin.base();
-            for (i, w) in pin.words().iter().enumerate() {
-                if is_slot(w.load(Ordering::Relaxed)) {
-                    f(base + i as u32);
+        let csize = self.geometry().cluster_slots();
+        let shift = self.geometry().cluster_shift;
+        self.space.for_each_cluster_index(|c| {
+            let base = c << shift;
+            let mut at = 0u32;
+            while at < csize {
+                let mut bits = 0u64;
+                {
+                    let Ok(pin) = self.space.pin(base + at) else {
+                        return;
+                    };
+                    let words = pin.words();
+                    for i in at..(at + 64).min(csize) {
+                        if words
+                            .get(i as usize)
+                            .is_some_and(|w| is_slot(w.load(Ordering::Relaxed)))
+                        {
+                            bits |= 1 << (i - at);
+                        }
+                    }
                 }
+                while bits != 0 {
+                    let i = bits.trailing_zeros();
+                    bits &= bits - 1;
+                    f(base + at + i);
+                }
+                at += 64;
             }
         });
     }
