@@ -4,8 +4,8 @@
 //! and grace periods.
 //!
 //! # Protocol
-//! One process-wide [`Domain`]: a global epoch `E` (starts at 1, only grows)
-//! and a registry of per-thread [`Record`]s (one cache line each, never
+//! One process-wide domain: a global epoch `E` (starts at 1, only grows)
+//! and a registry of per-thread records (one cache line each, never
 //! freed; a record of a thread that exited is reused by the next thread).
 //! A record's `active` word is 0 while its thread is outside every section,
 //! otherwise the epoch its outermost section began in.

@@ -3,7 +3,7 @@
 //! - [`sync`]: the atomics/lock shim that loom can swap out;
 //! - [`Provider`]: the host's fallible memory source (no global allocator)
 //!   and its deferred reclamation (RCU: read-side sections, grace periods);
-//! - [`epoch`] (`std`): the userspace default of that reclamation, keyed by
+//! - `epoch` (feature `std`): the userspace default of that reclamation, keyed by
 //!   thread;
 //! - [`SlotSpace`]: a lock-free, per-CPU cluster allocator of 64-bit slot words,
 //!   naturally aligned for orders `0..=log2(cluster size)`, with clusters made on

@@ -18,7 +18,7 @@
 //! [`Provider::free`]. A kernel host maps them to `rcu_read_lock`,
 //! `rcu_read_unlock`, `start_poll_synchronize_rcu` and
 //! `poll_state_synchronize_rcu`; [`StdProvider`] uses the thread-keyed epoch
-//! scheme of [`epoch`](crate::epoch). Nothing the engine does inside a
+//! scheme of `epoch` (feature `std`). Nothing the engine does inside a
 //! section sleeps or calls the provider's `alloc_zeroed` with
 //! [`Ctx::MaySleep`].
 
@@ -144,7 +144,7 @@ mod std_provider {
     /// A provider backed by the process allocator, with exact accounting and
     /// fault injection, for userspace hosts and tests. Its read-side sections
     /// and grace periods are the process-wide thread-keyed epochs of
-    /// [`epoch`](crate::epoch) (under loom: one reader count per provider,
+    /// `epoch` (feature `std`) (under loom: one reader count per provider,
     /// which loom can see).
     ///
     /// ```

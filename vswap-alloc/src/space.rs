@@ -1141,6 +1141,11 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     /// Allocate `2^order` naturally aligned slots on `cpu`, writing `init`
     /// (non-zero) into each slot word. Returns the first slot.
     ///
+    /// [`Error::NoSpace`] can be transient while emptied clusters that had
+    /// optional tables (cache or memcg) wait for the host's grace period
+    /// (`memory().retiring_clusters`); clusters without them are taken back
+    /// at once.
+    ///
     /// ```
     /// # #[cfg(feature = "std")] {
     /// use vswap_alloc::{Ctx, Geometry, SlotSpace, StdProvider};

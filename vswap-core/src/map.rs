@@ -263,7 +263,10 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// cluster down or needs a new one, so a host calls it only to bring
     /// memory down at once, after frees, before reading
     /// [`stats`](Self::stats) (`memory.retiring_clusters` says how many still
-    /// wait). Never sleeps.
+    /// wait). Never sleeps. A map that goes idle after frees keeps the
+    /// retired tables until its next teardown or refill: a host that wants
+    /// that memory back calls this now and then (a kernel: from a timer or
+    /// a shrinker).
     pub fn reclaim(&self) -> u32 {
         self.space.poll_all()
     }
