@@ -2297,13 +2297,30 @@ mod tests {
         assert!(s.memory().live_clusters <= 3, "{:?}", s.memory());
     }
 
-    /// A provider that never reuses memory: freed blocks are poisoned and
-    /// their addresses kept, so a test can ask whether a table it still
-    /// sees went back. Its sections and grace periods are the std epochs.
+    /// A provider that never reuses memory while it lives: freed blocks are
+    /// poisoned and kept (given back when it is dropped), so a test can ask
+    /// whether a table it still sees went back. Its sections and grace
+    /// periods are the std epochs.
     #[derive(Default)]
     struct Quarantine {
         inner: StdProvider,
         freed: std::sync::Mutex<HashSet<usize>>,
+        kept: std::sync::Mutex<Vec<Kept>>,
+    }
+
+    /// A freed block kept until the provider goes: pointer, size, align.
+    struct Kept(NonNull<u8>, usize, usize);
+    // SAFETY: a plain block of memory that nobody else references.
+    unsafe impl Send for Kept {}
+
+    impl Drop for Quarantine {
+        fn drop(&mut self) {
+            for Kept(p, size, align) in self.kept.get_mut().unwrap().drain(..) {
+                // SAFETY: each block came from `inner` with this layout and
+                // was given back to us exactly once.
+                unsafe { self.inner.free(p, size, align) };
+            }
+        }
     }
 
     // SAFETY: blocks come from `StdProvider` and are never handed out again
@@ -2317,11 +2334,12 @@ mod tests {
         ) -> core::result::Result<NonNull<u8>, crate::MemError> {
             self.inner.alloc_zeroed(size, align, ctx)
         }
-        unsafe fn free(&self, ptr: NonNull<u8>, size: usize, _align: usize) {
+        unsafe fn free(&self, ptr: NonNull<u8>, size: usize, align: usize) {
             // SAFETY: the caller gives back a block of `size` bytes it no
-            // longer uses; it is poisoned and never reused.
+            // longer uses; it is poisoned and not reused while we live.
             unsafe { ptr::write_bytes(ptr.as_ptr(), 0xa5, size) };
             self.freed.lock().unwrap().insert(ptr.as_ptr() as usize);
+            self.kept.lock().unwrap().push(Kept(ptr, size, align));
         }
         fn read_lock(&self) {
             self.inner.read_lock();
