@@ -48,11 +48,12 @@ impl<H: Host> SwapSlots for Vswap<H> {
 
     #[inline]
     fn cache_clear(&self, h: u64, n: u32, _cpu: u32) {
-        // A whole allocation (2^order slots, naturally aligned) leaves the
-        // swap cache with one ranged call, as the kernel's mTHP swap-in
-        // frees the folio's slots; anything else slot by slot.
+        // A whole large allocation (2^order slots, order > 0, naturally
+        // aligned) leaves the swap cache with one ranged call, as the
+        // kernel's mTHP swap-in frees the folio's slots; a single slot (and
+        // anything else) with the single-slot call.
         let start = h as u32;
-        if n.is_power_of_two() && start % n == 0 {
+        if n > 1 && n.is_power_of_two() && start % n == 0 {
             let order = n.trailing_zeros();
             if self
                 .map
