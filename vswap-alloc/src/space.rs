@@ -2121,7 +2121,7 @@ mod tests {
     /// Wait until every torn-down cluster's grace period has ended and its
     /// tables are back (other test threads' read-side sections delay it a
     /// little), failing after 10 s.
-    fn settle<W: SlotWord>(s: &SlotSpace<&StdProvider, W>) {
+    fn settle<Q: Provider, W: SlotWord>(s: &SlotSpace<Q, W>) {
         let t = std::time::Instant::now();
         loop {
             s.poll_all();
@@ -2397,20 +2397,8 @@ mod tests {
         assert!(!freed(table), "the table went back while the pin shows it");
         assert_eq!(pin.words()[(a & 3) as usize].load(Ordering::Relaxed), 0);
         drop(pin);
-        settle_q(&s);
+        settle(&s);
         assert!(freed(table));
-    }
-
-    fn settle_q(s: &SlotSpace<&Quarantine>) {
-        let t = std::time::Instant::now();
-        loop {
-            s.poll_all();
-            if s.memory().retiring_clusters == 0 {
-                return;
-            }
-            assert!(t.elapsed().as_secs() < 10, "grace periods never ended");
-            std::thread::yield_now();
-        }
     }
 
     /// Issue 12 item 1: `Pin::release` is `unsafe` (a safe `release(2)` let
