@@ -1,0 +1,195 @@
+//! The lists of live clusters (nonfull, frag, full) and the FIFOs of
+//! dead ones (free, discard, retire), all under the list lock; clusters are
+//! linked through their directory records (`DirEntry::links`), never through
+//! their tables. See "Per-CPU caches and lists" in `percpu` for when a
+//! cluster moves between them.
+
+use super::*;
+use super::{dir::*, lifetime::*};
+
+/// A FIFO of cluster indices linked through `DirEntry::links` (next only).
+#[derive(Clone, Copy, Default)]
+pub(super) struct Fifo {
+    pub(super) head: u32,
+    pub(super) tail: u32,
+    pub(super) len: u32,
+}
+
+/// State under the list lock. Heads hold `index + 1`; 0 = empty.
+pub(super) struct Lists {
+    pub(super) nonfull: [u32; MAX_ORDERS],
+    pub(super) frag: [u32; MAX_ORDERS],
+    /// Tails of the `frag` lists: fragmented clusters queue at the tail, so
+    /// allocations that fall back to them try each in turn.
+    pub(super) frag_tail: [u32; MAX_ORDERS],
+    pub(super) full: u32,
+    pub(super) free: Fifo,
+    pub(super) discard: Fifo,
+    /// Torn-down clusters waiting for a grace period, oldest first.
+    pub(super) retire: Fifo,
+    /// Clusters taken from `discard` by the host and not yet done.
+    pub(super) discarding: u32,
+    /// Clusters below `bump` have been used at least once.
+    pub(super) bump: u32,
+    pub(super) counts: [u32; 4],
+}
+
+impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
+    /// Pop the head of a `nonfull` or `frag` list of `order`, turning it into a
+    /// cached cluster with one more reference.
+    pub(super) fn pop_listed(&self, l: &mut Lists, list: List, order: u32) -> Option<u32> {
+        let head = *self.head(l, list, order)?;
+        let idx = head.checked_sub(1)?;
+        let e = self.entry(idx)?;
+        self.unlink(l, idx, e);
+        // Listed clusters are LIVE (teardown needs the lock we hold).
+        e.update(|s| with_list(s, List::None) | CACHED);
+        e.state.fetch_add(1, Ordering::AcqRel);
+        Some(idx)
+    }
+
+    pub(super) fn head<'l>(&self, l: &'l mut Lists, list: List, order: u32) -> Option<&'l mut u32> {
+        match list {
+            List::Nonfull => l.nonfull.get_mut(order as usize),
+            List::Frag => l.frag.get_mut(order as usize),
+            List::Full => Some(&mut l.full),
+            List::None => None,
+        }
+    }
+
+    /// Link a live, uncached, unlisted cluster at the head of `list` (at the
+    /// tail of a `frag` list).
+    pub(super) fn link(&self, l: &mut Lists, idx: u32, e: &DirEntry<W>, list: List) {
+        let (_, s) = e.update(|s| with_list(s, list));
+        let o = order_of(s) as usize;
+        if list == List::Frag {
+            let (Some(&tail), Some(&head)) = (l.frag_tail.get(o), l.frag.get(o)) else {
+                return;
+            };
+            match tail.checked_sub(1).and_then(|t| self.entry(t)) {
+                Some(t) => t.set_links(t.prev(), idx + 1),
+                None if head == 0 => {
+                    if let Some(h) = l.frag.get_mut(o) {
+                        *h = idx + 1;
+                    }
+                }
+                None => return,
+            }
+            e.set_links(tail, 0);
+            if let Some(t) = l.frag_tail.get_mut(o) {
+                *t = idx + 1;
+            }
+            if let Some(c) = l.counts.get_mut(list as usize) {
+                *c += 1;
+            }
+            return;
+        }
+        let Some(head) = self.head(l, list, order_of(s)) else {
+            return;
+        };
+        let old = *head;
+        *head = idx + 1;
+        e.set_links(0, old);
+        if let Some(h) = old.checked_sub(1).and_then(|h| self.entry(h)) {
+            h.set_links(idx + 1, h.next());
+        }
+        if let Some(c) = l.counts.get_mut(list as usize) {
+            *c += 1;
+        }
+    }
+
+    /// Take a listed cluster off its list (the list field becomes none).
+    pub(super) fn unlink(&self, l: &mut Lists, idx: u32, e: &DirEntry<W>) {
+        let s = e.state.load(Ordering::Acquire);
+        let list = list_of(s);
+        if list == List::None {
+            return;
+        }
+        let (prev, next) = (e.prev(), e.next());
+        if prev == 0 {
+            if let Some(h) = self.head(l, list, order_of(s)) {
+                if *h == idx + 1 {
+                    *h = next;
+                }
+            }
+        } else if let Some(p) = self.entry(prev - 1) {
+            p.set_links(p.prev(), next);
+        }
+        if let Some(nx) = next.checked_sub(1).and_then(|n| self.entry(n)) {
+            nx.set_links(prev, nx.next());
+        }
+        if list == List::Frag {
+            if let Some(t) = l.frag_tail.get_mut(order_of(s) as usize) {
+                if *t == idx + 1 {
+                    *t = prev;
+                }
+            }
+        }
+        e.set_links(0, 0);
+        e.update(|s| with_list(s, List::None));
+        if let Some(c) = l.counts.get_mut(list as usize) {
+            *c -= 1;
+        }
+    }
+
+    pub(super) fn fifo_pop(&self, f: &mut Fifo) -> Option<u32> {
+        let idx = f.head.checked_sub(1)?;
+        let e = self.entry(idx)?;
+        f.head = e.next();
+        if f.head == 0 {
+            f.tail = 0;
+        }
+        f.len -= 1;
+        e.set_links(0, 0);
+        Some(idx)
+    }
+
+    pub(super) fn fifo_push(&self, f: &mut Fifo, idx: u32) {
+        let Some(e) = self.entry(idx) else { return };
+        e.set_links(0, 0);
+        match f.tail.checked_sub(1).and_then(|t| self.entry(t)) {
+            Some(t) => t.set_links(0, idx + 1),
+            None => f.head = idx + 1,
+        }
+        f.tail = idx + 1;
+        f.len += 1;
+    }
+
+    /// Give an index back to the front of the free FIFO (a refill that failed).
+    pub(super) fn fifo_push_front(&self, l: &mut Lists, idx: u32) {
+        let Some(e) = self.entry(idx) else { return };
+        e.set_links(0, l.free.head);
+        if l.free.head == 0 {
+            l.free.tail = idx + 1;
+        }
+        l.free.head = idx + 1;
+        l.free.len += 1;
+    }
+
+    /// A per-CPU cache lets go of cluster `idx`; file it by its fill.
+    pub(super) fn drop_hold(&self, l: &mut Lists, idx: u32, garbage: &mut Garbage<W>) {
+        let Some(e) = self.entry(idx) else { return };
+        let (_, new) = e.update(|s| (s & !(CACHED | FRESH)) - 1);
+        if refs(new) == 0 {
+            self.teardown_locked(l, idx, e, garbage);
+            return;
+        }
+        let full = self
+            .words_of(e)
+            .iter()
+            .all(|w| w.get(Ordering::Relaxed) != 0);
+        self.link(l, idx, e, if full { List::Full } else { List::Frag });
+    }
+
+    /// The first free into a full, fragmented or unlisted cluster moves it to
+    /// `nonfull[order]`.
+    pub(super) fn move_nonfull(&self, idx: u32, e: &DirEntry<W>) {
+        let mut l = self.lists.lock();
+        let s = e.state.load(Ordering::Acquire);
+        if s & (LIVE | DYING | CACHED) != LIVE || refs(s) == 0 || list_of(s) == List::Nonfull {
+            return;
+        }
+        self.unlink(&mut l, idx, e);
+        self.link(&mut l, idx, e, List::Nonfull);
+    }
+}

@@ -1,0 +1,193 @@
+//! loom model of a free racing a failing allocation's full scan (see "Full
+//! spaces" in the module docs). Run with
+//! `CARGO_TARGET_DIR=target/loom RUSTFLAGS="--cfg vswap_loom" cargo test -p vswap-alloc --features std --lib --release space::loom_tests`
+//! (`LOOM_MAX_PREEMPTIONS` overrides the bound of 3).
+
+extern crate std;
+use std::sync::{Arc as StdArc, Mutex as StdMutex};
+
+use loom::sync::Arc;
+
+use super::*;
+use crate::StdProvider;
+
+/// A full space of two 2-slot clusters (slots 1, 2, 3 taken by CPU 0).
+/// One thread frees slot 2 (lock-free: its cluster is CPU 0's cached
+/// one) while CPU 1 allocates, finds nothing listed or free and scans.
+/// Either the scan finds slot 2, or the allocation fails and the order
+/// is not left marked exhausted: the next allocation gets slot 2.
+#[test]
+fn a_free_racing_a_full_scan_is_never_lost() {
+    let bound = std::env::var("LOOM_MAX_PREEMPTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    for fixed in [false, true] {
+        let seen = StdArc::new(StdMutex::new([false; 2]));
+        let seen2 = seen.clone();
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(bound);
+        b.check(move || {
+            let policy = Policy {
+                fixed,
+                ..Policy::default()
+            };
+            let s = Arc::new(
+                SlotSpace::<StdProvider, AtomicU64>::with_policy(
+                    Geometry::tiny(1, 4, 2),
+                    policy,
+                    StdProvider::new(),
+                    u64::MAX,
+                    &[],
+                )
+                .unwrap(),
+            );
+            for want in 1..4 {
+                assert_eq!(s.alloc(0, 0, Ctx::MaySleep, 5), Ok(want));
+            }
+            let s1 = s.clone();
+            let t = loom::thread::spawn(move || {
+                let pin = s1.pin(2).unwrap();
+                assert_eq!(pin.words()[0].swap(0, Ordering::AcqRel), 5);
+                // SAFETY: slot 2 was allocated and we zeroed its word.
+                unsafe { pin.release(1) };
+            });
+            let a = s.alloc(0, 1, Ctx::MaySleep, 5);
+            t.join().unwrap();
+            let mut seen = seen2.lock().unwrap();
+            match a {
+                Ok(x) => {
+                    assert_eq!(x, 2);
+                    seen[0] = true;
+                }
+                Err(e) => {
+                    assert_eq!(e, Error::NoSpace);
+                    assert_eq!(s.alloc(0, 1, Ctx::MaySleep, 5), Ok(2), "room lost");
+                    seen[1] = true;
+                }
+            }
+        });
+        let seen = *seen.lock().unwrap();
+        assert_eq!(seen, [true, true], "fixed {fixed}: both outcomes reached");
+    }
+}
+
+/// CPU 1 needs a whole cluster (order 1) and takes back the empty
+/// cluster CPU 0 caches, while CPU 0 allocates from that cluster: no
+/// slot goes out twice, every slot holds its allocator's value, the
+/// cluster is not torn down while CPU 0 claims in it, and everything
+/// comes back at the end.
+#[test]
+fn taking_back_a_cached_cluster_races_its_cpu() {
+    let bound = std::env::var("LOOM_MAX_PREEMPTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seen = StdArc::new(StdMutex::new([false; 2]));
+    let seen2 = seen.clone();
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(bound);
+    b.check(move || {
+        let s = Arc::new(
+            SlotSpace::new(Geometry::tiny(1, 4, 2), StdProvider::new(), u64::MAX).unwrap(),
+        );
+        // Slot 1 in cluster 0; cluster 1 cached by CPU 0, emptied.
+        assert_eq!(s.alloc(0, 0, Ctx::MaySleep, 5), Ok(1));
+        assert_eq!(s.alloc(0, 0, Ctx::MaySleep, 5), Ok(2));
+        let free = |s: &SlotSpace<StdProvider>, slot: u32, n: u32| {
+            let pin = s.pin(slot).unwrap();
+            let off = (slot - pin.base()) as usize;
+            for w in &pin.words()[off..off + n as usize] {
+                assert_ne!(w.swap(0, Ordering::AcqRel), 0);
+            }
+            // SAFETY: the words were allocated (checked) and we zeroed them.
+            unsafe { pin.release(n) };
+        };
+        free(&s, 2, 1);
+        let s1 = s.clone();
+        let t = loom::thread::spawn(move || s1.alloc(1, 1, Ctx::MaySleep, 6));
+        let a = s.alloc(0, 0, Ctx::MaySleep, 5);
+        let b = t.join().unwrap();
+        let mut seen = seen2.lock().unwrap();
+        match (a, b) {
+            (Ok(a), Err(Error::NoSpace)) => {
+                assert!(a == 2 || a == 3, "{a}");
+                seen[0] = true;
+            }
+            (Err(Error::NoSpace), Ok(2)) => seen[1] = true,
+            r => panic!("{r:?}"),
+        }
+        if let Ok(2) = b {
+            let pin = s.pin(2).unwrap();
+            assert_eq!(pin.words()[0].load(Ordering::Acquire), 6);
+            assert_eq!(pin.words()[1].load(Ordering::Acquire), 6);
+            drop(pin);
+            free(&s, 2, 2);
+        }
+        if let Ok(a) = a {
+            let pin = s.pin(a).unwrap();
+            assert_eq!(pin.words()[(a & 1) as usize].load(Ordering::Acquire), 5);
+            drop(pin);
+            free(&s, a, 1);
+        }
+        free(&s, 1, 1);
+        s.trim();
+        assert_eq!(s.memory().live_clusters, 1, "only cluster 0 (slot 0)");
+    });
+    let seen = *seen.lock().unwrap();
+    assert_eq!(seen, [true, true], "both outcomes reached");
+}
+
+/// Two threads share CPU number 0 (allowed: only speed may suffer) on a
+/// device with discard, two 2-slot clusters, nothing allocated yet but
+/// cluster 0 (slot 1) cached by CPU 0. A and B allocate order 0 on CPU
+/// 0: one claims slot 1, the other misses and makes cluster 1 live for
+/// the cache (fresh). C needs a whole cluster on CPU 1, finds none and
+/// looks for an emptied cached cluster to take back. Nothing is ever
+/// freed here, so no cluster may go to the discard queue: a fresh
+/// cluster must not be taken back before its first claim, whatever
+/// order the sharing threads store their cursor in (the review's
+/// interleaving: B's late cursor store cleared A's mark for cluster 1
+/// when the mark lived in the cursor).
+#[test]
+fn a_fresh_cluster_on_a_shared_cpu_number_is_not_taken_back() {
+    let bound = std::env::var("LOOM_MAX_PREEMPTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(bound);
+    b.check(move || {
+        let policy = Policy {
+            fixed: true,
+            discard: true,
+            rotational: false,
+        };
+        let s = Arc::new(
+            SlotSpace::<StdProvider>::with_policy(
+                Geometry::tiny(1, 4, 2),
+                policy,
+                StdProvider::new(),
+                u64::MAX,
+                &[],
+            )
+            .unwrap(),
+        );
+        let (s1, s2) = (s.clone(), s.clone());
+        let ta = loom::thread::spawn(move || s1.alloc(0, 0, Ctx::NoSleep, 5));
+        let tc = loom::thread::spawn(move || s2.alloc(1, 1, Ctx::NoSleep, 7));
+        let b = s.alloc(0, 0, Ctx::NoSleep, 6);
+        let (a, c) = (ta.join().unwrap(), tc.join().unwrap());
+        for r in [a, b, c] {
+            assert!(
+                matches!(r, Ok(_) | Err(Error::NoSpace)),
+                "{a:?} {b:?} {c:?}"
+            );
+        }
+        assert_eq!(
+            s.take_discard(),
+            None,
+            "nothing was freed: {a:?} {b:?} {c:?}"
+        );
+    });
+}

@@ -1,0 +1,514 @@
+//! Allocation: per-CPU caches, refills under the list lock, the last-resort
+//! scan and the take-back of empty cached clusters.
+//!
+//! # Per-CPU caches and lists
+//! Each CPU number has, per order, the index of its current cluster (holding one
+//! reference and the `CACHED` flag) and a cursor hint. Allocation loads the
+//! index, pins the cluster for the slots it wants, and claims words from the
+//! cursor on: no lock. When the cluster has no room the CPU *refills* under the
+//! list lock: the kernel's order of preference, `nonfull[order]`, then a free
+//! cluster (tables made with the lock dropped), then `frag[order]`. The cluster
+//! it lets go of is filed as `full` or `frag[order]` by counting its words. The
+//! first free into a `full`, `frag` or unlisted cluster moves it to
+//! `nonfull[order]`; frees into a cached or nonfull cluster take no lock. CPUs
+//! that share a number only slow each other down: the cache slot is read
+//! without a lock and written only under the list lock.
+//!
+//! When nothing is listed or free, allocation scans every live cluster of its
+//! order (on a device an order-0 allocation takes a slot from a cluster of
+//! any order) and then takes back one cluster that a per-CPU cache holds and
+//! that frees emptied (of any CPU number and order: its tables go, or on a
+//! device it goes to the free FIFO or the discard queue; at most one per
+//! allocation; a cluster just made live for a cache is not taken before its
+//! first claim) and retries, before failing with [`Error::NoSpace`], or
+//! [`Error::DiscardPending`] when emptied clusters are waiting for the
+//! host's discard (or the cluster taken back went to the discard queue). A
+//! rotational device has one cursor: every CPU number uses CPU 0's cache, so
+//! slots go out in device order.
+
+use super::*;
+use super::{dir::*, lifetime::*, lists::*};
+
+/// One CPU's cache for one order.
+pub(super) struct CpuOrder {
+    /// `cluster index + 1` of the current cluster; 0 = none.
+    pub(super) cur: AtomicU32,
+    /// Slot offset where the next scan starts (a hint, masked to the
+    /// cluster).
+    pub(super) cursor: AtomicU32,
+}
+
+#[repr(align(64))]
+pub(super) struct PerCpu {
+    pub(super) orders: [CpuOrder; MAX_ORDERS],
+}
+
+// SAFETY: all-zero is "no cluster cached" with zero cursors.
+unsafe impl ZeroInit for PerCpu {
+    fn zeroed() -> Self {
+        Self {
+            orders: core::array::from_fn(|_| CpuOrder {
+                cur: AtomicU32::new(0),
+                cursor: AtomicU32::new(0),
+            }),
+        }
+    }
+}
+
+/// The fallbacks one allocation has been through.
+#[derive(Default)]
+pub(super) struct Fallback {
+    /// Fragmented clusters it may still try (each at most once).
+    pub(super) frag_budget: Option<u32>,
+    /// `SlotSpace::room` as its announcement left it, once announced.
+    pub(super) scan: Option<u64>,
+    /// Whether it took back an empty cached cluster already.
+    pub(super) reclaimed: bool,
+}
+
+impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
+    pub(super) fn percpu(&self, cpu: u32) -> Option<&PerCpu> {
+        if cpu >= self.geo.cpus {
+            return None;
+        }
+        let cpu = if self.policy.rotational { 0 } else { cpu };
+        // SAFETY: `cpu < cpus`, the array has `cpus` initialised entries.
+        Some(unsafe { &*self.percpu.as_ptr().add(cpu as usize) })
+    }
+
+    /// Allocate `2^order` naturally aligned slots on `cpu`, writing `init`
+    /// (non-zero) into each slot word. Returns the first slot.
+    ///
+    /// [`Error::NoSpace`] can be transient while emptied clusters that had
+    /// optional tables (cache or memcg) wait for the host's grace period
+    /// (`memory().retiring_clusters`); clusters without them are taken back
+    /// at once.
+    ///
+    /// ```
+    /// # #[cfg(feature = "std")] {
+    /// use vswap_alloc::{Ctx, Geometry, SlotSpace, StdProvider};
+    /// let s = SlotSpace::new(Geometry::default(), StdProvider::new(), u64::MAX).unwrap();
+    /// let a = s.alloc(0, 0, Ctx::MaySleep, 1).unwrap();
+    /// assert_ne!(a, 0); // slot 0 is reserved
+    /// let b = s.alloc(4, 1, Ctx::MaySleep, 1).unwrap();
+    /// assert_eq!(b % 16, 0);
+    /// # }
+    /// ```
+    #[inline]
+    pub fn alloc(&self, order: u32, cpu: u32, ctx: Ctx, init: u64) -> Result<u32> {
+        self.alloc_with(order, cpu, ctx, init, 0)
+    }
+
+    /// As [`alloc`](Self::alloc), writing `init + i * step` into the `i`-th slot
+    /// of the run (a reverse map stores consecutive owners this way).
+    pub fn alloc_with(&self, order: u32, cpu: u32, ctx: Ctx, init: u64, step: u64) -> Result<u32> {
+        if order > self.geo.cluster_shift {
+            return Err(Error::BadOrder);
+        }
+        let n = 1u64 << order;
+        if init == 0 {
+            return Err(Error::BadConfig);
+        }
+        let last = step.checked_mul(n - 1).and_then(|d| init.checked_add(d));
+        if last.is_none_or(|v| W::BITS < 64 && v >> W::BITS != 0) {
+            return Err(Error::PayloadTooWide);
+        }
+        let pc = self.percpu(cpu).ok_or(Error::BadCpu)?;
+        let pc = pc.orders.get(order as usize).ok_or(Error::BadOrder)?;
+        let mut fb = Fallback::default();
+        loop {
+            let cur = pc.cur.load(Ordering::Acquire);
+            if cur != 0 {
+                let idx = cur - 1;
+                if let Some(e) = self.entry(idx) {
+                    if e.try_ref(n, Some(order)) {
+                        let hint = pc.cursor.load(Ordering::Relaxed) as usize;
+                        match claim(self.words_of(e), hint, n as usize, init, step) {
+                            Ok(at) => {
+                                pc.cursor.store((at + n as usize) as u32, Ordering::Relaxed);
+                                return Ok((idx << self.geo.cluster_shift) | at as u32);
+                            }
+                            // No room for this order: give the references back.
+                            Err(miss) => self.missed(idx, e, n, miss),
+                        }
+                    }
+                }
+            }
+            match self.refill(pc, order, cur, ctx, &mut fb) {
+                Ok(()) => {}
+                Err(err @ (Error::NoSpace | Error::DiscardPending)) => {
+                    // Nothing listed or free: the full scan, unless the last
+                    // one failed and no word was freed since (O(1) then).
+                    let Some(seen) = fb.scan else {
+                        return Err(err);
+                    };
+                    if let Some(slot) = self.steal(order, init, step) {
+                        return Ok(slot);
+                    }
+                    // Empty clusters the per-CPU caches hold: take one back
+                    // (once per call: another CPU may take it first, and a
+                    // retry without bound could chase it forever).
+                    if !fb.reclaimed {
+                        fb.reclaimed = true;
+                        match self.reclaim_cached() {
+                            Some(false) => continue, // now in the free FIFO
+                            Some(true) => return Err(Error::DiscardPending),
+                            None => {}
+                        }
+                    }
+                    self.end_scan(order, seen);
+                    return Err(err);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A claim of `n` slots in cluster `idx` failed: give back the
+    /// references of the words it did not keep; if it rolled words back to
+    /// 0, that is room made.
+    pub(super) fn missed(&self, idx: u32, e: &DirEntry<W>, n: u64, miss: Miss) {
+        self.unref(idx, e, n - miss.kept, false);
+        if miss.undone {
+            self.room_made();
+        }
+    }
+
+    /// Take back one empty cluster a per-CPU cache holds (only its hold is
+    /// left, and the cache has allocated from it since it was installed):
+    /// it leaves the cache and dies (virtual: tables freed; fixed:
+    /// to the free FIFO or, with discard, the discard queue). Returns
+    /// whether it went to the discard queue, or `None` if no cache held an
+    /// empty cluster. Under the list lock; O(CPUs * orders).
+    pub(super) fn reclaim_cached(&self) -> Option<bool> {
+        let mut garbage = Garbage::default();
+        let mut l = self.lists.lock();
+        let cpus = if self.policy.rotational {
+            1
+        } else {
+            self.geo.cpus
+        };
+        let mut got = None;
+        'all: for cpu in 0..cpus {
+            let Some(pcpu) = self.percpu(cpu) else { break };
+            let orders = self.geo.cluster_shift as usize + 1;
+            for pc in pcpu.orders.iter().take(orders) {
+                let cur = pc.cur.load(Ordering::Acquire);
+                let Some(e) = cur.checked_sub(1).and_then(|i| self.entry(i)) else {
+                    continue;
+                };
+                #[cfg(test)]
+                self.scanned.fetch_add(1, Ordering::Relaxed);
+                // An RMW, not a load: it orders this read after the scan's
+                // announcement against a racing free (see `room_made`).
+                let st = e.state.fetch_add(0, Ordering::AcqRel);
+                if st & (LIVE | DYING | CACHED) != LIVE | CACHED || refs(st) != 1 {
+                    continue;
+                }
+                // A fresh cluster whose first claim is yet to come is empty
+                // only for that moment: it was not emptied by frees.
+                if st & FRESH != 0 {
+                    continue;
+                }
+                // The cache slot is written only under the list lock (held):
+                // empty it, then drop its hold as a refill replacing it would.
+                pc.cur.store(0, Ordering::Release);
+                self.drop_hold(&mut l, cur - 1, &mut garbage);
+                got = Some(e.state.load(Ordering::Acquire) == DISCARD);
+                break 'all;
+            }
+        }
+        drop(l);
+        self.collect(garbage);
+        got
+    }
+
+    /// Take back every empty cluster the per-CPU caches hold (each CPU
+    /// number keeps at most one cluster per order cached, empty or not, to
+    /// allocate from without the list lock). Returns how many. An
+    /// allocation that finds no other room does this by itself, one cluster
+    /// at a time; a host calls it to bring the memory a space holds after
+    /// everything was freed down to its directory, per-CPU array and
+    /// clusters holding reserved slots. O(CPUs * orders) under the list lock.
+    pub fn trim(&self) -> u32 {
+        let mut n = 0;
+        while self.reclaim_cached().is_some() {
+            n += 1;
+        }
+        self.poll_all();
+        n
+    }
+
+    /// Last resort: every live cluster of `order` (on a device, an order-0
+    /// allocation takes a slot from a cluster of any order, as the kernel's
+    /// does; the virtual space keeps one order per cluster).
+    pub(super) fn steal(&self, order: u32, init: u64, step: u64) -> Option<u32> {
+        let n = 1u64 << order;
+        let bump = self.lists.lock().bump;
+        let want = if order == 0 && self.policy.fixed {
+            None
+        } else {
+            Some(order)
+        };
+        let mut found = None;
+        self.each_entry(bump, |idx, e| {
+            #[cfg(test)]
+            self.scanned.fetch_add(1, Ordering::Relaxed);
+            if !e.try_ref(n, want) {
+                return true;
+            }
+            match claim(self.words_of(e), 0, n as usize, init, step) {
+                Ok(at) => {
+                    found = Some((idx << self.geo.cluster_shift) | at as u32);
+                    false
+                }
+                Err(miss) => {
+                    self.missed(idx, e, n, miss);
+                    true
+                }
+            }
+        });
+        found
+    }
+
+    /// Give the CPU a cluster with room for `order`, replacing `seen`.
+    pub(super) fn refill(
+        &self,
+        pc: &CpuOrder,
+        order: u32,
+        seen: u32,
+        ctx: Ctx,
+        fb: &mut Fallback,
+    ) -> Result<()> {
+        let mut garbage = Garbage::default();
+        let mut l = self.lists.lock();
+        if pc.cur.load(Ordering::Relaxed) != seen {
+            return Ok(()); // another thread on this CPU number refilled
+        }
+        if let Some(idx) = self.pop_listed(&mut l, List::Nonfull, order) {
+            self.install_cache(&mut l, pc, idx, &mut garbage);
+            drop(l);
+            self.collect(garbage);
+            return Ok(());
+        }
+        // Retired clusters whose grace period ended become free first (their
+        // tables freed with the lock dropped).
+        if l.retire.head != 0 {
+            let mut done = Garbage::default();
+            self.poll_retired(&mut l, &mut done);
+            if done.n > 0 {
+                drop(l);
+                self.collect(done);
+                l = self.lists.lock();
+                if pc.cur.load(Ordering::Relaxed) != seen {
+                    return Ok(());
+                }
+            }
+        }
+        // A retired cluster still in its grace period serves first, with the
+        // table it has: no provider call, no new index (see "Reclamation" in `lifetime`:
+        // reusing an all-zero table is what reusing a freed slot in a live
+        // cluster already is). Otherwise a free cluster: take an index whose
+        // directory pages exist (made with the lock dropped), then make its
+        // slot table without the lock.
+        let reused = self.reuse_retired(&mut l);
+        let idx = if reused.is_some() {
+            reused
+        } else {
+            loop {
+                if let Some(idx) = self.fifo_pop(&mut l.free) {
+                    break Some(idx);
+                }
+                if u64::from(l.bump) >= self.clusters {
+                    break None;
+                }
+                let peek = l.bump;
+                if self.entry(peek).is_some() {
+                    l.bump += 1;
+                    break Some(peek);
+                }
+                drop(l);
+                self.entry_or_create(peek, ctx)?;
+                l = self.lists.lock();
+                if pc.cur.load(Ordering::Relaxed) != seen {
+                    return Ok(());
+                }
+            }
+        };
+        let Some(idx) = idx else {
+            let err = if l.discard.len + l.discarding > 0 {
+                Error::DiscardPending
+            } else {
+                Error::NoSpace
+            };
+            // Nothing listed or free, and the last full scan for this order
+            // found nothing with no free since: no fallback can succeed.
+            if fb.scan.is_none() && self.exhausted(order) {
+                return Err(err);
+            }
+            if fb.scan.is_none() {
+                fb.scan = Some(self.begin_scan(order));
+            }
+            // The kernel's last resort before stealing: fragmented clusters,
+            // each tried once per allocation (a failed one is filed as
+            // fragmented again, so an unbounded loop would spin on it).
+            let budget = fb
+                .frag_budget
+                .get_or_insert(l.counts.get(List::Frag as usize).copied().unwrap_or(0));
+            let popped = if *budget > 0 {
+                self.pop_listed(&mut l, List::Frag, order)
+            } else {
+                None
+            };
+            if let Some(idx) = popped {
+                #[cfg(test)]
+                self.scanned.fetch_add(1, Ordering::Relaxed);
+                *budget -= 1;
+                self.install_cache(&mut l, pc, idx, &mut garbage);
+                drop(l);
+                self.collect(garbage);
+                return Ok(());
+            }
+            return Err(err);
+        };
+        let e = self.entry(idx).ok_or(Error::NoMem)?;
+        if e.words.load(Ordering::Acquire).is_null() {
+            drop(l);
+            let made = self.make_words(e, ctx);
+            l = self.lists.lock();
+            if let Err(err) = made {
+                self.fifo_push_front(&mut l, idx);
+                return Err(err);
+            }
+            if pc.cur.load(Ordering::Relaxed) != seen {
+                // Lost to another refill on this CPU number: give it back
+                // (never published: no grace period to wait for).
+                self.finish(&mut l, idx, e, &mut garbage);
+                drop(l);
+                self.collect(garbage);
+                return Ok(());
+            }
+        }
+        let words = self.words_of(e);
+        if !self.policy.fixed {
+            // Slot 0 (a zero swap entry means "none") and slot 2^32 - 1 (the
+            // device reverse map's reserved marker) are never handed out.
+            if idx == 0 {
+                if let Some(w) = words.first() {
+                    w.put(self.reserved, Ordering::Relaxed);
+                }
+            }
+            if (u64::from(idx) + 1) << self.geo.cluster_shift > u64::from(u32::MAX) {
+                if let Some(w) = words.get((u32::MAX - (idx << self.geo.cluster_shift)) as usize) {
+                    w.put(self.reserved, Ordering::Relaxed);
+                }
+            }
+        }
+        // The cache's hold, plus slots that are never handed out.
+        let held = 1 + words
+            .iter()
+            .filter(|w| w.get(Ordering::Relaxed) != 0)
+            .count() as u64;
+        e.state.store(
+            LIVE | CACHED | FRESH | (u64::from(order) << ORDER_SHIFT) | held,
+            Ordering::Release,
+        );
+        // A fresh cluster is room a full scan may not have seen (other CPUs
+        // and, on a device, order 0 reach it only by stealing). Under the
+        // list lock, as every announcement is.
+        self.room_made();
+        self.live.fetch_add(1, Ordering::Relaxed);
+        let old = pc.cur.swap(idx + 1, Ordering::AcqRel);
+        pc.cursor.store(0, Ordering::Relaxed);
+        if old != 0 {
+            self.drop_hold(&mut l, old - 1, &mut garbage);
+        }
+        drop(l);
+        self.collect(garbage);
+        Ok(())
+    }
+
+    pub(super) fn install_cache(
+        &self,
+        l: &mut Lists,
+        pc: &CpuOrder,
+        idx: u32,
+        garbage: &mut Garbage<W>,
+    ) {
+        let old = pc.cur.swap(idx + 1, Ordering::AcqRel);
+        pc.cursor.store(0, Ordering::Relaxed);
+        if old != 0 && old != idx + 1 {
+            self.drop_hold(l, old - 1, garbage);
+        }
+    }
+}
+
+/// A failed claim.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Miss {
+    /// Words it had to keep allocated (whose references the caller keeps).
+    pub(super) kept: u64,
+    /// Whether it set words it had claimed back to 0.
+    pub(super) undone: bool,
+}
+
+/// Claim `n` naturally aligned free words, scanning from `hint`; word `i` of
+/// the run gets `init + i * step`. Returns the offset of the run, or what a
+/// failed claim left behind.
+#[inline]
+pub(super) fn claim<W: SlotWord>(
+    words: &[W],
+    hint: usize,
+    n: usize,
+    init: u64,
+    step: u64,
+) -> core::result::Result<usize, Miss> {
+    // `len` and `n` are powers of two: masks, not divisions.
+    let len = words.len();
+    let mut miss = Miss::default();
+    if len == 0 {
+        return Err(miss);
+    }
+    let sh = n.trailing_zeros();
+    let groups = len >> sh;
+    let first = (hint & (len - 1)) >> sh;
+    for g in 0..groups {
+        let at = ((first + g) & (groups - 1)) << sh;
+        let Some(group) = words.get(at..at + n) else {
+            break;
+        };
+        if group.iter().any(|w| w.get(Ordering::Relaxed) != 0) {
+            continue;
+        }
+        let mut got = 0;
+        let mut v = init;
+        for w in group {
+            if w.cas(0, v).is_err() {
+                break;
+            }
+            got += 1;
+            v += step;
+        }
+        if got == n {
+            return Ok(at);
+        }
+        // Roll back what we took. A word somebody changed after we claimed it
+        // (only a caller acting on a slot it does not own can) stays allocated
+        // and keeps its reference, so the accounting stays exact.
+        let mut kept = 0;
+        let mut v = init;
+        for w in group.iter().take(got) {
+            if w.cas(v, 0).is_err() {
+                kept += 1;
+            } else {
+                miss.undone = true;
+            }
+            v += step;
+        }
+        if kept > 0 {
+            miss.kept = kept; // kept < n: the refs cover them
+            return Err(miss);
+        }
+    }
+    Err(miss)
+}
