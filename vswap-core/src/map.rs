@@ -340,11 +340,13 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// Allocate `2^order` naturally aligned slots on `cpu`. Each has no backend,
     /// count 0, and the cache flag set (the folio is in the swap cache); the
     /// caller adds one count per page-table reference with [`dup`](Self::dup).
+    #[inline]
     pub fn alloc(&self, order: u32, cpu: u32, ctx: Ctx) -> Result<u32> {
         self.space.alloc(order, cpu, ctx, INIT)
     }
 
     /// Add `n` swap counts to a live slot.
+    #[inline]
     pub fn dup(&self, slot: u32, n: u32, ctx: Ctx) -> Result<()> {
         let (pin, off) = self.pin(slot)?;
         let word = word(&pin, off)?;
@@ -382,6 +384,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// the slot is freed and its backend released (deferred to the unlock if
     /// the slot is locked, and to the end of a racing
     /// [`cache_store`](Self::cache_store) that holds it: then `Live`).
+    #[inline]
     pub fn put(&self, slot: u32, n: u32) -> Result<Put> {
         let (pin, off) = self.pin(slot)?;
         let word = word(&pin, off)?;
@@ -759,6 +762,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
 
     /// Clear the cache flag (the folio left the swap cache), leaving `shadow`
     /// (0: none) in the cache word. Frees the slot if its count is 0.
+    #[inline]
     pub fn cache_clear(&self, slot: u32, shadow: u64, ctx: Ctx) -> Result<Put> {
         let (pin, off) = self.pin(slot)?;
         let word = word(&pin, off)?;
@@ -1153,6 +1157,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// per-cluster table made without sleeping: `NoMem` / `Again` if it
     /// needs memory the provider does not give, and nothing changes (also
     /// for `commit_unlock`, whose lock is then still held).
+    #[inline]
     pub fn store(&self, slot: u32, expected: Backend, new: Backend) -> Result<()> {
         self.replace(slot, expected, new, false)
     }
@@ -1347,6 +1352,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
 
     /// A snapshot of a slot (stable only under its lock or a count taken with
     /// [`try_get`](Self::try_get)).
+    #[inline]
     pub fn lookup(&self, slot: u32) -> Result<Entry> {
         let (pin, off) = self.pin(slot)?;
         let word = word(&pin, off)?;

@@ -92,8 +92,9 @@ fn free_and_check(label: &str, p: &StdProvider, map: Map<'_>, mut slots: Vec<u32
     assert_eq!(p.bytes_in_use(), st.total_bytes());
     let left = p.bytes_in_use();
     // What stays: the per-CPU caches' live clusters and the directory (one
-    // 64-byte record per cluster ever used, never freed: 0.125 B per slot).
-    let bound = 64.0 * 1024.0 + 0.14 * SLOTS as f64;
+    // 64-byte record and one 16-byte table-index entry per cluster ever
+    // used, never freed: 0.156 B per slot).
+    let bound = 64.0 * 1024.0 + 0.16 * SLOTS as f64;
     println!(
         "{label}: all freed: {left} B left ({} live clusters held by per-CPU caches and slot 0, \
          {} B directory); bound {bound:.0} B",

@@ -7,7 +7,37 @@
 //! 64-byte record (one cache line) holding the cluster's lifetime word, a pointer to its slot
 //! table (one page for 512 64-bit slots), list links and a pointer to its
 //! optional tables (`ClusterExt`). An empty virtual map of 2^32 slots is the top
-//! array.
+//! array (and the table index's top array, below).
+//!
+//! # The table index
+//! The records are what the allocator's own paths use; the common access
+//! path (every [`Pin`]: lookup, dup, put, store, lock, free) needs only the
+//! slot table, and goes through a denser, shorter index: a top array of
+//! pointers (made with the space) to leaves of [`TLEAF_LEN`] entries, each
+//! a cluster's slot-table pointer and a pointer to its record (one 4 KiB
+//! page per leaf, made with the directory pages of its first cluster and
+//! kept until the space is dropped). A pin is then the read-side section
+//! and two dependent loads (the leaf pointer, the table pointer) before the
+//! slot word, where the records take three (top, middle, the record's table
+//! pointer) and a lifetime-word check; the record comes in the same line.
+//! Allocation finds its cached cluster's record and table the same way.
+//! - The index entry of cluster `c` is non-null exactly while `c` is live
+//!   (from the refill that makes it live, before any of its slots is handed
+//!   out, to its teardown): `refill` publishes it (release) after the
+//!   lifetime word; `teardown_locked` clears it after the `DYING` CAS and
+//!   before the grace period starts. So a section that sees it non-null
+//!   began before the grace period that precedes the table's freeing: the
+//!   table outlives the section (see "Reclamation" in `lifetime`). A table
+//!   kept through a reuse before the grace period is the same memory.
+//! - The top array covers at most [`MAX_TLEAVES`] leaves (4 KiB; 2^17
+//!   clusters, 2^26 slots of 512-slot clusters): refills hand out the lowest
+//!   never-used cluster index first and reuse freed ones, so every cluster
+//!   of a map with less than 256 GiB swapped out is in it. A cluster beyond
+//!   it is pinned through its record (a lifetime-word check and the
+//!   record's table pointer).
+//! - The record pointer is written once, when the cluster is first indexed
+//!   (before its table, with release), and never cleared.
+//! - Memory: 16 bytes per cluster (0.03 B per slot), in pages made on use.
 //!
 //! A slot word of 0 means "free". Allocation claims free words by CAS (0 -> the
 //! caller's initial word); freeing is the owner of the slot setting the word
@@ -118,11 +148,103 @@ impl<W> DirEntry<W> {
 
 pub(super) type Mid<W> = AtomicPtr<DirEntry<W>>;
 
+/// Clusters per leaf of the table index (one 4 KiB page of entries).
+pub(super) const TLEAF_LEN: usize = 256;
+/// Most leaves the table index covers (its top array is then 4 KiB).
+pub(super) const MAX_TLEAVES: usize = 512;
+
+/// One cluster's entry in the table index: its slot table while it is live
+/// (null otherwise), and its directory record (set when it is first
+/// indexed; records are never freed), side by side so that one line gives
+/// both.
+pub(super) struct TEntry<W> {
+    pub(super) words: AtomicPtr<W>,
+    pub(super) rec: AtomicPtr<DirEntry<W>>,
+}
+
+// SAFETY: all-zero is "not live, no record yet": two null pointers.
+unsafe impl<W> ZeroInit for TEntry<W> {
+    fn zeroed() -> Self {
+        Self {
+            words: AtomicPtr::zeroed(),
+            rec: AtomicPtr::zeroed(),
+        }
+    }
+}
+
+/// A leaf of the table index: the entries of `TLEAF_LEN` consecutive
+/// clusters.
+pub(super) type TLeaf<W> = TEntry<W>;
+
+/// Length of the table index's top array for a space of `clusters`.
+pub(super) fn tindex_len(clusters: u64) -> usize {
+    (clusters.div_ceil(TLEAF_LEN as u64) as usize).min(MAX_TLEAVES)
+}
+
+/// Where the table index puts a cluster.
+pub(super) enum Indexed<'a, W> {
+    /// Beyond the index: reached through the records only.
+    Beyond,
+    /// In the index, but its leaf was never made (no cluster of that leaf
+    /// was ever live).
+    NoLeaf,
+    /// Its entry.
+    At(&'a TEntry<W>),
+}
+
 impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     pub(super) fn top(&self) -> &[AtomicPtr<Mid<W>>] {
         // SAFETY: the top array holds `top_len` initialised pointers for the
         // space's whole life.
         unsafe { core::slice::from_raw_parts(self.top.as_ptr(), self.top_len) }
+    }
+
+    pub(super) fn tindex(&self) -> &[AtomicPtr<TLeaf<W>>] {
+        // SAFETY: the table index's top array holds `tindex_len` initialised
+        // pointers for the space's whole life.
+        unsafe { core::slice::from_raw_parts(self.tindex.as_ptr(), self.tindex_len) }
+    }
+
+    /// Cluster `idx`'s entry in the table index (see "The table index").
+    #[inline(always)]
+    pub(super) fn indexed(&self, idx: u32) -> Indexed<'_, W> {
+        let i = idx as usize;
+        let t = i / TLEAF_LEN;
+        if t >= self.tindex_len {
+            return Indexed::Beyond;
+        }
+        // SAFETY: `t < tindex_len`, the length of the top array.
+        let leaf = unsafe { &*self.tindex.as_ptr().add(t) }.load(Ordering::Acquire);
+        if leaf.is_null() {
+            return Indexed::NoLeaf;
+        }
+        // SAFETY: a published leaf holds `TLEAF_LEN` entries and is never
+        // freed while the space lives; the index is reduced modulo its length.
+        Indexed::At(unsafe { &*leaf.add(i % TLEAF_LEN) })
+    }
+
+    /// Publish cluster `idx` (record `e`) and its slot table in the table
+    /// index (it became live). Under the list lock.
+    pub(super) fn index_table(&self, idx: u32, e: &DirEntry<W>, words: *mut W) {
+        if let Indexed::At(t) = self.indexed(idx) {
+            t.rec.store(ptr::from_ref(e).cast_mut(), Ordering::Relaxed);
+            // Release: a reader that sees the table sees the record too.
+            t.words.store(words, Ordering::Release);
+        }
+    }
+
+    /// Take cluster `idx` out of the table index (it is dying): before the
+    /// grace period of its retirement starts. Under the list lock.
+    pub(super) fn unindex_table(&self, idx: u32) {
+        if let Indexed::At(t) = self.indexed(idx) {
+            t.words.store(ptr::null_mut(), Ordering::Release);
+        }
+    }
+
+    /// Whether cluster `idx`'s directory pages (its record's, and its
+    /// table-index leaf if it is in the index) exist.
+    pub(super) fn dir_ready(&self, idx: u32) -> bool {
+        self.entry(idx).is_some() && !matches!(self.indexed(idx), Indexed::NoLeaf)
     }
 
     /// Top, middle and leaf position of cluster `idx`. Records sit in index
@@ -195,6 +317,9 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         // SAFETY: `mid` is a published middle page; `m` is in range.
         let leaf_slot = unsafe { &*mid.add(m) };
         self.install::<DirEntry<W>>(leaf_slot, 1 << self.geo.dir_leaf_shift, ctx)?;
+        if let Some(slot) = self.tindex().get(idx as usize / TLEAF_LEN) {
+            self.install::<TLeaf<W>>(slot, TLEAF_LEN, ctx)?;
+        }
         self.entry(idx).ok_or(Error::NoMem)
     }
 
@@ -229,7 +354,14 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     }
 
     pub(super) fn words_of(&self, e: &DirEntry<W>) -> &[W] {
-        let p = e.words.load(Ordering::Acquire);
+        self.table(e.words.load(Ordering::Acquire))
+    }
+
+    /// The slot table at `p` (empty if null), for a caller that holds a
+    /// reference on the live cluster it belongs to (or owns a fixed space's
+    /// table).
+    #[inline]
+    pub(super) fn table(&self, p: *mut W) -> &[W] {
         if p.is_null() {
             return &[];
         }

@@ -179,6 +179,9 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         {
             return; // somebody pinned it; their unref will try again
         }
+        // Out of the table index before the grace period starts (`retire`):
+        // a section that begins from now on cannot reach the table.
+        self.unindex_table(idx);
         self.unlink(l, idx, e);
         self.live.fetch_sub(1, Ordering::Relaxed);
         self.retire(l, idx, e, garbage);

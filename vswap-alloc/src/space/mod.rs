@@ -23,6 +23,13 @@
 //! word CAS). The read-side section costs the host's `rcu_read_lock` (in
 //! userspace: a thread-local access and two plain stores, with a compiler
 //! fence where the `membarrier` system call is available).
+//!
+//! Loads: a pin (every map call) is the section, then two dependent loads
+//! (the table index's leaf pointer, then one line holding the table and
+//! record pointers) before the slot word; an allocation from the per-CPU
+//! cache reads its cluster's record and table the same way (see "The table
+//! index" in `dir`). The cache's fast path (`alloc_cached`) is inlined into
+//! the caller; refills and fallbacks are out of line (`alloc_slow`).
 
 use core::mem::ManuallyDrop;
 use core::ptr::{self, NonNull};
@@ -47,7 +54,7 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
-use dir::Mid;
+use dir::{Mid, TLEAF_LEN, TLeaf, tindex_len};
 use lists::{Fifo, Lists};
 use percpu::PerCpu;
 pub use pin::Pin;
@@ -137,6 +144,10 @@ pub struct SlotSpace<P: Provider, W: SlotWord = AtomicU64> {
     clusters: u64,
     top: NonNull<AtomicPtr<Mid<W>>>,
     top_len: usize,
+    /// The table index's top array (see "The table index" in `dir`):
+    /// `tindex_len` pointers to dense leaves of slot-table pointers.
+    tindex: NonNull<AtomicPtr<TLeaf<W>>>,
+    tindex_len: usize,
     percpu: NonNull<PerCpu>,
     lists: Mutex<Lists>,
     reserved: u64,
@@ -196,11 +207,24 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         }
         let top_len = geo.top_len();
         let top = alloc_table::<AtomicPtr<Mid<W>>, P>(&provider, top_len, Ctx::MaySleep)?;
+        let tindex_len = tindex_len(geo.clusters());
+        let tindex =
+            match alloc_table::<AtomicPtr<TLeaf<W>>, P>(&provider, tindex_len, Ctx::MaySleep) {
+                Ok(t) => t,
+                Err(e) => {
+                    // SAFETY: `top` is ours and unused.
+                    unsafe { free_table(&provider, top, top_len) };
+                    return Err(e);
+                }
+            };
         let percpu = match alloc_table::<PerCpu, P>(&provider, geo.cpus as usize, Ctx::MaySleep) {
             Ok(p) => p,
             Err(e) => {
-                // SAFETY: `top` is ours and unused.
-                unsafe { free_table(&provider, top, top_len) };
+                // SAFETY: `top` and `tindex` are ours and unused.
+                unsafe {
+                    free_table(&provider, top, top_len);
+                    free_table(&provider, tindex, tindex_len);
+                }
                 return Err(e);
             }
         };
@@ -212,6 +236,8 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             clusters: geo.clusters(),
             top,
             top_len,
+            tindex,
+            tindex_len,
             percpu,
             lists: Mutex::new(Lists {
                 nonfull: [0; MAX_ORDERS],
@@ -226,7 +252,11 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
                 counts: [0; 4],
             }),
             reserved,
-            mem_dir: AtomicU64::new((top_len * core::mem::size_of::<AtomicPtr<Mid<W>>>()) as u64),
+            mem_dir: AtomicU64::new(
+                (top_len * core::mem::size_of::<AtomicPtr<Mid<W>>>()
+                    + tindex_len * core::mem::size_of::<AtomicPtr<TLeaf<W>>>())
+                    as u64,
+            ),
             mem_words: AtomicU64::new(0),
             mem_cache: AtomicU64::new(0),
             mem_memcg: AtomicU64::new(0),
@@ -331,9 +361,16 @@ impl<P: Provider, W: SlotWord> Drop for SlotSpace<P, W> {
             // SAFETY: as above.
             unsafe { free_table(&self.provider, mid, mid_n) };
         }
+        for t in self.tindex() {
+            if let Some(leaf) = NonNull::new(t.swap(ptr::null_mut(), Ordering::AcqRel)) {
+                // SAFETY: as above; a leaf holds `TLEAF_LEN` entries.
+                unsafe { free_table(&self.provider, leaf, TLEAF_LEN) };
+            }
+        }
         // SAFETY: as above; the arrays were made in `new` with these lengths.
         unsafe {
             free_table(&self.provider, self.top, self.top_len);
+            free_table(&self.provider, self.tindex, self.tindex_len);
             free_table(&self.provider, self.percpu, self.geo.cpus as usize);
         }
     }

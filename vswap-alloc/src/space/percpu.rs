@@ -101,6 +101,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
 
     /// As [`alloc`](Self::alloc), writing `init + i * step` into the `i`-th slot
     /// of the run (a reverse map stores consecutive owners this way).
+    #[inline]
     pub fn alloc_with(&self, order: u32, cpu: u32, ctx: Ctx, init: u64, step: u64) -> Result<u32> {
         if order > self.geo.cluster_shift {
             return Err(Error::BadOrder);
@@ -115,27 +116,85 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         }
         let pc = self.percpu(cpu).ok_or(Error::BadCpu)?;
         let pc = pc.orders.get(order as usize).ok_or(Error::BadOrder)?;
+        match self.alloc_cached(pc, order, init, step) {
+            Ok(slot) => Ok(slot),
+            Err(cur) => self.alloc_slow(pc, order, cur, ctx, init, step),
+        }
+    }
+
+    /// Claim from the CPU's cached cluster: the fast path (no lock). On
+    /// failure, returns the cache slot's value it saw (the refill replaces
+    /// that one).
+    #[inline(always)]
+    fn alloc_cached(
+        &self,
+        pc: &CpuOrder,
+        order: u32,
+        init: u64,
+        step: u64,
+    ) -> core::result::Result<u32, u32> {
+        let n = 1u64 << order;
+        let cur = pc.cur.load(Ordering::Acquire);
+        let Some(idx) = cur.checked_sub(1) else {
+            return Err(cur);
+        };
+        // The record through the table index when the cluster is in it (one
+        // line gives it); then the table, once the reference is held.
+        let indexed = match self.indexed(idx) {
+            Indexed::At(t) => NonNull::new(t.rec.load(Ordering::Relaxed)).map(|r| (t, r)),
+            _ => None,
+        };
+        let e = match indexed {
+            // SAFETY: records are never freed while the space lives.
+            Some((_, r)) => unsafe { r.as_ref() },
+            None => match self.entry(idx) {
+                Some(e) => e,
+                None => return Err(cur),
+            },
+        };
+        if !e.try_ref(n, Some(order)) {
+            return Err(cur);
+        }
+        // Our reference keeps the cluster live: its table (published before
+        // it went live) stays until the reference is dropped.
+        let words = match indexed {
+            Some((t, _)) => self.table(t.words.load(Ordering::Acquire)),
+            None => self.words_of(e),
+        };
+        let hint = pc.cursor.load(Ordering::Relaxed) as usize;
+        match claim(words, hint, n as usize, init, step) {
+            Ok(at) => {
+                pc.cursor.store((at + n as usize) as u32, Ordering::Relaxed);
+                Ok((idx << self.geo.cluster_shift) | at as u32)
+            }
+            // No room for this order: give the references back.
+            Err(miss) => {
+                self.missed(idx, e, n, miss);
+                Err(cur)
+            }
+        }
+    }
+
+    /// The cached cluster (seen as `cur`) had no room: refill, fall back,
+    /// retry.
+    #[cold]
+    #[inline(never)]
+    fn alloc_slow(
+        &self,
+        pc: &CpuOrder,
+        order: u32,
+        mut cur: u32,
+        ctx: Ctx,
+        init: u64,
+        step: u64,
+    ) -> Result<u32> {
         let mut fb = Fallback::default();
         loop {
-            let cur = pc.cur.load(Ordering::Acquire);
-            if cur != 0 {
-                let idx = cur - 1;
-                if let Some(e) = self.entry(idx) {
-                    if e.try_ref(n, Some(order)) {
-                        let hint = pc.cursor.load(Ordering::Relaxed) as usize;
-                        match claim(self.words_of(e), hint, n as usize, init, step) {
-                            Ok(at) => {
-                                pc.cursor.store((at + n as usize) as u32, Ordering::Relaxed);
-                                return Ok((idx << self.geo.cluster_shift) | at as u32);
-                            }
-                            // No room for this order: give the references back.
-                            Err(miss) => self.missed(idx, e, n, miss),
-                        }
-                    }
-                }
-            }
             match self.refill(pc, order, cur, ctx, &mut fb) {
-                Ok(()) => {}
+                Ok(()) => match self.alloc_cached(pc, order, init, step) {
+                    Ok(slot) => return Ok(slot),
+                    Err(seen) => cur = seen,
+                },
                 Err(err @ (Error::NoSpace | Error::DiscardPending)) => {
                     // Nothing listed or free: the full scan, unless the last
                     // one failed and no word was freed since (O(1) then).
@@ -151,7 +210,14 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
                     if !fb.reclaimed {
                         fb.reclaimed = true;
                         match self.reclaim_cached() {
-                            Some(false) => continue, // now in the free FIFO
+                            // Now in the free FIFO: try again.
+                            Some(false) => match self.alloc_cached(pc, order, init, step) {
+                                Ok(slot) => return Ok(slot),
+                                Err(seen) => {
+                                    cur = seen;
+                                    continue;
+                                }
+                            },
                             Some(true) => return Err(Error::DiscardPending),
                             None => {}
                         }
@@ -323,7 +389,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
                     break None;
                 }
                 let peek = l.bump;
-                if self.entry(peek).is_some() {
+                if self.dir_ready(peek) {
                     l.bump += 1;
                     break Some(peek);
                 }
@@ -413,6 +479,9 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             LIVE | CACHED | FRESH | (u64::from(order) << ORDER_SHIFT) | held,
             Ordering::Release,
         );
+        // Into the table index before the cache can hand out a slot of it
+        // (the `pc.cur` swap below): a pin of any handed-out slot finds it.
+        self.index_table(idx, e, e.words.load(Ordering::Acquire));
         // A fresh cluster is room a full scan may not have seen (other CPUs
         // and, on a device, order 0 reach it only by stealing). Under the
         // list lock, as every announcement is.
@@ -468,6 +537,14 @@ pub(super) fn claim<W: SlotWord>(
     let mut miss = Miss::default();
     if len == 0 {
         return Err(miss);
+    }
+    // The common case first: one slot, free at the hint.
+    if n == 1 {
+        if let Some(w) = words.get(hint & (len - 1)) {
+            if w.get(Ordering::Relaxed) == 0 && w.cas(0, init).is_ok() {
+                return Ok(hint & (len - 1));
+            }
+        }
     }
     let sh = n.trailing_zeros();
     let groups = len >> sh;

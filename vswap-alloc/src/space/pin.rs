@@ -44,6 +44,7 @@ pub struct Pin<'a, P: Provider, W: SlotWord = AtomicU64> {
     /// thread's section).
     pub(super) _thread: core::marker::PhantomData<*const ()>,
     pub(super) space: &'a SlotSpace<P, W>,
+    /// The cluster's directory record.
     pub(super) entry: &'a DirEntry<W>,
     pub(super) idx: u32,
     pub(super) words: &'a [W],
@@ -154,8 +155,9 @@ impl<P: Provider, W: SlotWord> Pin<'_, P, W> {
         // that waits for this section), so a reference taken now holds the
         // incarnation whose table the pin shows (a reuse before the grace
         // period keeps the same table).
-        if !self.entry.try_ref(1, None) {
-            let s = self.entry.state.load(Ordering::Acquire);
+        let entry = self.entry;
+        if !entry.try_ref(1, None) {
+            let s = entry.state.load(Ordering::Acquire);
             return Err(if s & (LIVE | DYING) == LIVE {
                 Error::Again
             } else {
@@ -169,7 +171,7 @@ impl<P: Provider, W: SlotWord> Pin<'_, P, W> {
         self.space.provider.read_lock();
         // Inside the new section: a teardown this unref causes retires the
         // tables with a grace period that waits for this pin.
-        self.space.unref(self.idx, self.entry, 1, false);
+        self.space.unref(self.idx, entry, 1, false);
         Ok(r)
     }
 
@@ -244,6 +246,7 @@ impl<P: Provider, W: SlotWord> Pin<'_, P, W> {
     /// allocated slots hold: the cluster would be torn down (and its tables
     /// freed after a grace period) while slots in it are still allocated,
     /// and its reference count would underflow into its state bits.
+    #[inline]
     pub unsafe fn release(self, freed: u32) {
         let this = ManuallyDrop::new(self);
         // Leave the section first: the unref may tear the cluster down and
@@ -259,6 +262,7 @@ impl<P: Provider, W: SlotWord> Pin<'_, P, W> {
 }
 
 impl<P: Provider, W: SlotWord> Drop for Pin<'_, P, W> {
+    #[inline]
     fn drop(&mut self) {
         // SAFETY: pairs with this pin's `read_lock` (`pin_cluster`).
         unsafe { self.space.provider.read_unlock() };
@@ -283,13 +287,34 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     // store-forwarding stalls per lookup (measured: 15 ns against 9).
     #[inline(always)]
     pub(super) fn pin_cluster(&self, idx: u32) -> Option<Pin<'_, P, W>> {
-        let entry = self.entry(idx)?;
-        self.provider.read_lock();
-        // Inside the section: a table seen here is freed only after a grace
-        // period that starts after this thread leaves (see "Reclamation" in `lifetime`).
-        let s = entry.state.load(Ordering::Acquire);
-        let p = entry.words.load(Ordering::Acquire);
-        if s & (LIVE | DYING) != LIVE || p.is_null() {
+        let (entry, p) = match self.indexed(idx) {
+            Indexed::At(t) => {
+                self.provider.read_lock();
+                // Inside the section: non-null means live when loaded, and
+                // the table is freed only after a grace period that starts
+                // after it was cleared (see "The table index" in `dir`).
+                let p = t.words.load(Ordering::Acquire);
+                // Written before the table, with release; never cleared.
+                (t.rec.load(Ordering::Relaxed), p)
+            }
+            Indexed::NoLeaf => return None,
+            Indexed::Beyond => {
+                let entry = self.entry(idx)?;
+                self.provider.read_lock();
+                // Inside the section: a table seen here is freed only after
+                // a grace period that starts after this thread leaves (see
+                // "Reclamation" in `lifetime`).
+                let s = entry.state.load(Ordering::Acquire);
+                let p = entry.words.load(Ordering::Acquire);
+                let p = if s & (LIVE | DYING) == LIVE {
+                    p
+                } else {
+                    ptr::null_mut()
+                };
+                (ptr::from_ref(entry).cast_mut(), p)
+            }
+        };
+        if p.is_null() || entry.is_null() {
             // SAFETY: pairs with the `read_lock` above.
             unsafe { self.provider.read_unlock() };
             return None;
@@ -302,7 +327,8 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         Some(Pin {
             _thread: core::marker::PhantomData,
             space: self,
-            entry,
+            // SAFETY: records are never freed while the space lives.
+            entry: unsafe { &*entry },
             idx,
             words,
         })

@@ -796,3 +796,62 @@ fn the_last_slot_of_a_full_size_virtual_space_is_never_handed_out() {
     }
     assert_eq!(n, 15);
 }
+
+/// The table index (see `dir`) covers the first `MAX_TLEAVES * TLEAF_LEN`
+/// clusters; a cluster past it is pinned through its record. Both sides of
+/// the edge behave the same: allocation, pins, teardown (a pin of a dead
+/// cluster fails), and a cluster whose index leaf was never made is not
+/// allocated.
+#[test]
+fn clusters_on_both_sides_of_the_table_index_behave_the_same() {
+    use super::dir::{MAX_TLEAVES, TLEAF_LEN};
+    let p = StdProvider::new();
+    let geo = Geometry {
+        cluster_shift: 1,
+        slots: 1 << 32,
+        cpus: 1,
+        ..Geometry::default()
+    };
+    let s = SlotSpace::new(geo, &p, u64::MAX).unwrap();
+    let edge = (MAX_TLEAVES * TLEAF_LEN) as u32; // first cluster past it
+    let d0 = s.memory().directory;
+    // A slot in an index leaf that was never made, and one past the index,
+    // before anything there was allocated.
+    assert_eq!(s.pin((edge - 1) << 1).err(), Some(Error::NotAllocated));
+    assert_eq!(s.pin((edge + 1) << 1).err(), Some(Error::NotAllocated));
+    let mut got = Vec::new();
+    for c in [edge - 1, edge, edge + 1] {
+        s.lists.lock().bump = c;
+        let a = s.alloc(0, 0, Ctx::MaySleep, INIT).unwrap();
+        let b = s.alloc(0, 0, Ctx::MaySleep, INIT).unwrap();
+        assert_eq!((a >> 1, b >> 1), (c, c), "cluster {c}");
+        let pin = s.pin(a).unwrap();
+        assert_eq!(pin.cluster(), c);
+        assert_eq!(pin.words()[(a & 1) as usize].load(Ordering::Acquire), INIT);
+        drop(pin);
+        got.push((c, a, b));
+    }
+    for &(c, a, b) in &got {
+        free(&s, a, 1);
+        // Still live (b holds it): pins work.
+        assert!(s.pin(a).is_ok(), "cluster {c}");
+        free(&s, b, 1);
+    }
+    // Emptied: torn down at the last free (or, for the cached one, taken
+    // back from the cache); pins of their slots fail from then on.
+    s.trim();
+    for &(c, a, b) in &got {
+        assert!(matches!(
+            s.cluster_state(c),
+            ClusterState::Free | ClusterState::Retiring
+        ));
+        assert_eq!(s.pin(a).err(), Some(Error::NotAllocated), "cluster {c}");
+        assert_eq!(s.pin(b).err(), Some(Error::NotAllocated), "cluster {c}");
+    }
+    // The index's leaf for `edge - 1` was made with its first use (16 bytes
+    // per cluster, one 4 KiB page); nothing was made for the clusters past it.
+    let leaf = (TLEAF_LEN * core::mem::size_of::<super::dir::TEntry<AtomicU64>>()) as u64;
+    assert_eq!(leaf, 4096);
+    assert!(s.memory().directory >= d0 + leaf);
+    settle(&s);
+}
