@@ -122,7 +122,8 @@ const _: () = assert!(VSWAP_HOST_LOCK_ALIGN == vswap_alloc::sync::HOST_LOCK_ALIG
 
 /// Kernel mode's slow-path lock: link-time hooks the host provides (direct
 /// calls, no function pointers). Every internal lock of the library (a
-/// space's cluster lists, a map's side table, a log device's segments) is
+/// space's cluster lists, a map's side table, a log device's segments, an
+/// engine's pending log flushes) is
 /// one host spinlock kept inside the library's memory; these declarations
 /// are the C contract (vswap.h) of the ones vswap-alloc's `sync` module
 /// calls, checked to have the same signatures. Userspace builds never call
