@@ -140,12 +140,12 @@ pub mod lock_hooks {
     unsafe extern "C" {
         /// Kernel mode only: initialise an unlocked spinlock in the
         /// `VSWAP_HOST_LOCK_SIZE` bytes at `lock` (aligned to
-        /// `VSWAP_HOST_LOCK_ALIGN`; contents undefined before the call):
-        /// `spin_lock_init`. Called once per lock when the library builds
-        /// a handle, a device or a table; the library may then move the
-        /// unlocked lock's bytes (an unlocked `spinlock_t` has no pointer
-        /// to itself) and drops it without a call (a spinlock needs no
-        /// destroy). With one `spin_lock_init` site, lockdep puts every
+        /// `VSWAP_HOST_LOCK_ALIGN`; zeroed, not yet a lock):
+        /// `spin_lock_init`. Called once per lock, when the library
+        /// creates a handle (engine, map, log device) or adds a device; it
+        /// may then move the unlocked lock's bytes (an unlocked
+        /// `spinlock_t` has no pointer to itself) and drops it without a
+        /// call (a spinlock needs no destroy). With one `spin_lock_init` site, lockdep puts every
         /// vswap lock in one class; the library never nests them.
         pub fn vswap_host_spin_init(lock: *mut c_void);
         /// Kernel mode only: take the lock (`spin_lock_irqsave`) and
