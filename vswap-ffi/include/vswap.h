@@ -25,6 +25,21 @@
 #include <stdint.h>
 
 /**
+ * Bytes the library keeps for each of its host locks (a `spinlock_t`):
+ * `vswap_host_spin_init` gets a pointer to this many bytes, aligned to
+ * `VSWAP_HOST_LOCK_ALIGN`. A kernel host checks
+ * `BUILD_BUG_ON(sizeof(spinlock_t) > VSWAP_HOST_LOCK_SIZE)` (lockdep and
+ * PREEMPT_RT make `spinlock_t` larger than its 4 production bytes).
+ */
+#define VSWAP_HOST_LOCK_SIZE 128
+
+/**
+ * Alignment of each host lock's storage (`__alignof__(spinlock_t)` must not
+ * exceed it).
+ */
+#define VSWAP_HOST_LOCK_ALIGN 8
+
+/**
  * Success.
  */
 #define VSWAP_OK 0
@@ -1724,17 +1739,47 @@ extern void vswap_host_rcu_read_unlock(void);
  * Kernel mode only: start a grace period, or join one not yet
  * begun, and return its cookie (`start_poll_synchronize_rcu()`;
  * `get_state_synchronize_rcu()` when interrupts are off, which
- * `start_poll_synchronize_rcu` does not allow). Called with a
- * spinlock held, possibly with interrupts off: must not sleep.
+ * `start_poll_synchronize_rcu` does not allow). Called under the
+ * library's lock (`vswap_host_spin_lock`), so with interrupts off:
+ * must not sleep. A host that only takes the cookie then may start
+ * the grace period at the next `vswap_host_spin_unlock` that
+ * finds interrupts on (the test module's host.c does).
  */
 extern uint64_t vswap_host_rcu_grace_start(void);
 
 /**
  * Kernel mode only: whether the grace period named by `cookie` has
- * ended (`poll_state_synchronize_rcu(cookie)`). Called with a
- * spinlock held: must not sleep.
+ * ended (`poll_state_synchronize_rcu(cookie)`). Called under the
+ * library's lock: must not sleep.
  */
 extern bool vswap_host_rcu_grace_done(uint64_t cookie);
+
+/**
+ * Kernel mode only: initialise an unlocked spinlock in the
+ * `VSWAP_HOST_LOCK_SIZE` bytes at `lock` (aligned to
+ * `VSWAP_HOST_LOCK_ALIGN`; zeroed, not yet a lock):
+ * `spin_lock_init`. Called once per lock, when the library
+ * creates a handle (engine, map, log device) or adds a device; it
+ * may then move the unlocked lock's bytes (an unlocked
+ * `spinlock_t` has no pointer to itself) and drops it without a
+ * call (a spinlock needs no destroy). With one `spin_lock_init` site, lockdep puts every
+ * vswap lock in one class; the library never nests them.
+ */
+extern void vswap_host_spin_init(void *lock);
+
+/**
+ * Kernel mode only: take the lock (`spin_lock_irqsave`) and
+ * return the saved interrupt flags. May be called with interrupts
+ * on or off, in process or interrupt context. Must not sleep.
+ */
+extern unsigned long vswap_host_spin_lock(void *lock);
+
+/**
+ * Kernel mode only: release the lock on the CPU that took it
+ * (`spin_unlock_irqrestore(lock, flags)`), with the flags that
+ * `vswap_host_spin_lock` returned.
+ */
+extern void vswap_host_spin_unlock(void *lock, unsigned long flags);
 
 /**
  * Link-time hook, provided by the host in kernel mode with the

@@ -3,11 +3,17 @@
  * What a kernel provides to the vswap library: memory from the page
  * allocator (GFP_KERNEL or GFP_NOWAIT by the caller's sleep context), the
  * zswap and device-release callbacks, the link-time hook vswap_host_bug
- * that the library's panic handler calls, and the RCU hooks of the library's
+ * that the library's panic handler calls, the RCU hooks of the library's
  * deferred reclamation (read-side sections around slot-table accesses, a
- * polled grace period before a retired table is freed).
+ * polled grace period before a retired table is freed), and the lock hooks
+ * of its slow-path lock (a spinlock_t, taken with spin_lock_irqsave), with
+ * counters the self-test checks.
  */
 #include <linux/bug.h>
+#include <linux/build_bug.h>
+#include <linux/percpu.h>
+#include <linux/preempt.h>
+#include <linux/spinlock.h>
 #include <linux/gfp.h>
 #include <linux/kernel.h>
 #include <linux/mm.h>
@@ -22,6 +28,20 @@
 #include "vswap_kmod.h"
 
 struct vk_page_stats vk_pages;
+struct vk_lock_stats vk_locks;
+
+/* vswap locks this CPU holds now (preemption is off while it is not 0). */
+static DEFINE_PER_CPU(int, vk_lock_depth);
+
+/*
+ * Whether the caller holds a vswap lock. Also right from preemptible code:
+ * a holder has preemption and interrupts off, so while this CPU runs the
+ * caller, only the caller's own locks can be counted in its depth.
+ */
+static bool vk_lock_held_here(void)
+{
+	return raw_cpu_read(vk_lock_depth) != 0;
+}
 
 static unsigned int vk_order(size_t size, size_t align)
 {
@@ -36,6 +56,9 @@ void *vk_page_alloc(size_t size, size_t align, bool may_sleep)
 	struct page *page;
 	int out, peak;
 
+	/* The library never calls back with one of its locks held. */
+	if (vk_lock_held_here())
+		atomic_inc(&vk_locks.callback_under_lock);
 	if (may_sleep) {
 		might_sleep();
 		atomic_inc(&vk_pages.calls_sleep);
@@ -68,6 +91,8 @@ void vk_page_free(void *ptr, size_t size, size_t align)
 
 	if (WARN_ON_ONCE(!ptr))
 		return;
+	if (vk_lock_held_here())
+		atomic_inc(&vk_locks.callback_under_lock);
 	free_pages((unsigned long)ptr, order);
 	atomic_sub(1 << order, &vk_pages.pages_out);
 	atomic_add(1 << order, &vk_pages.pages_freed);
@@ -236,20 +261,101 @@ void vswap_host_rcu_read_unlock(void)
 	rcu_read_unlock();
 }
 
+/*
+ * Set when a grace period's cookie was taken with interrupts off (without
+ * starting it); the next vswap unlock that finds interrupts on starts one.
+ */
+static atomic_t vk_rcu_kick;
+
 uint64_t vswap_host_rcu_grace_start(void)
 {
+	unsigned long cookie;
+
 	/*
-	 * start_poll_synchronize_rcu() wants interrupts on; a host may free a
-	 * slot (and so tear a cluster down) with them off, e.g. under
-	 * xa_lock_irq. Then take the cookie without starting a grace period:
-	 * the next one that the system runs anyway ends it.
+	 * start_poll_synchronize_rcu() wants interrupts on. The library calls
+	 * this under its list lock, which is a spin_lock_irqsave lock (below),
+	 * and a host may also free a slot (and so tear a cluster down) with
+	 * interrupts off, e.g. under xa_lock_irq. Then take the cookie without
+	 * starting a grace period, and have the next vswap unlock with
+	 * interrupts on start one (a grace period requested after the cookie
+	 * was taken covers it); until then, one the system runs anyway ends it.
 	 */
-	if (irqs_disabled())
-		return get_state_synchronize_rcu();
-	return start_poll_synchronize_rcu();
+	if (!irqs_disabled())
+		return start_poll_synchronize_rcu();
+	cookie = get_state_synchronize_rcu();
+	/* Fully ordered: a kick that sees 1 comes after the cookie. */
+	(void)atomic_xchg(&vk_rcu_kick, 1);
+	return cookie;
 }
 
 bool vswap_host_rcu_grace_done(uint64_t cookie)
 {
 	return poll_state_synchronize_rcu((unsigned long)cookie);
+}
+
+static void vk_rcu_kick_now(void)
+{
+	if (likely(!atomic_read(&vk_rcu_kick)) || irqs_disabled())
+		return;
+	if (atomic_xchg(&vk_rcu_kick, 0)) {
+		(void)start_poll_synchronize_rcu();
+		atomic_inc(&vk_locks.rcu_kicks);
+	}
+}
+
+/*
+ * The library's slow-path lock (vswap-alloc's `host-lock` build): a real
+ * spinlock_t kept in VSWAP_HOST_LOCK_SIZE bytes of library memory, taken
+ * with spin_lock_irqsave (the library is entered with interrupts on or off;
+ * the locks guard slow paths only). Preemption and interrupts are off while
+ * it is held, and lockdep (where the kernel has it) sees every acquisition.
+ * All vswap locks are initialised here, by one spin_lock_init, so lockdep
+ * puts them in one class, "vswap_lock"; the library never holds two at once
+ * (vk_locks.nested counts it if it did), so no subclass is needed. A
+ * spinlock needs no destroy: the library drops the memory without a call.
+ *
+ * The counters are the self-test's: every lock is taken and released
+ * through here, in pairs, never nested, and never by a bare spin loop.
+ */
+void vswap_host_spin_init(void *lock)
+{
+	spinlock_t *vswap_lock = lock;
+
+	BUILD_BUG_ON(sizeof(spinlock_t) > VSWAP_HOST_LOCK_SIZE);
+	BUILD_BUG_ON(__alignof__(spinlock_t) > VSWAP_HOST_LOCK_ALIGN);
+	spin_lock_init(vswap_lock);
+	atomic_inc(&vk_locks.inits);
+}
+
+unsigned long vswap_host_spin_lock(void *lock)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave((spinlock_t *)lock, flags);
+	if (__this_cpu_inc_return(vk_lock_depth) > 1)
+		atomic_inc(&vk_locks.nested);
+	if (irqs_disabled_flags(flags))
+		atomic64_inc(&vk_locks.irqs_were_off);
+	atomic64_inc(&vk_locks.locks);
+	return flags;
+}
+
+void vswap_host_spin_unlock(void *lock, unsigned long flags)
+{
+	spinlock_t *l = lock;
+
+	/*
+	 * Held, by this CPU, with preemption and interrupts off. (On
+	 * PREEMPT_RT a spinlock_t sleeps and leaves both on, and these per-CPU
+	 * counters would not mean "held here": the self-test's kernel is
+	 * Debian's 6.1 amd64, without it.)
+	 */
+	if ((IS_ENABLED(CONFIG_SMP) && !spin_is_locked(l)) || __this_cpu_read(vk_lock_depth) < 1 ||
+	    (!IS_ENABLED(CONFIG_PREEMPT_RT) &&
+	     (!irqs_disabled() || (IS_ENABLED(CONFIG_PREEMPT_COUNT) && !preempt_count()))))
+		atomic_inc(&vk_locks.bad_unlock);
+	__this_cpu_dec(vk_lock_depth);
+	atomic64_inc(&vk_locks.unlocks);
+	spin_unlock_irqrestore(l, flags);
+	vk_rcu_kick_now();
 }

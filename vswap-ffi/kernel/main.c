@@ -40,6 +40,22 @@ static int __init vswap_selftest_init(void)
 		       atomic_read(&vk_pages.blocks_out));
 		vk_failed++;
 	}
+	/* Over every suite (the stress kthreads too): the library's locks
+	 * went through the spinlock hooks in pairs, never nested, never
+	 * around a host callback. */
+	if (atomic64_read(&vk_locks.locks) == 0 ||
+	    atomic64_read(&vk_locks.locks) != atomic64_read(&vk_locks.unlocks) ||
+	    atomic_read(&vk_locks.nested) || atomic_read(&vk_locks.bad_unlock) ||
+	    atomic_read(&vk_locks.callback_under_lock)) {
+		pr_err("vswap selftest: lock hooks: %lld locks, %lld unlocks, %d nested, %d bad unlocks, %d callbacks under a lock\n",
+		       atomic64_read(&vk_locks.locks), atomic64_read(&vk_locks.unlocks),
+		       atomic_read(&vk_locks.nested), atomic_read(&vk_locks.bad_unlock),
+		       atomic_read(&vk_locks.callback_under_lock));
+		vk_failed++;
+	}
+	pr_info("vswap selftest: locks: %d spinlocks initialised, %lld lock/unlock pairs (%lld with interrupts off), %d grace periods started at an unlock\n",
+		atomic_read(&vk_locks.inits), atomic64_read(&vk_locks.locks),
+		atomic64_read(&vk_locks.irqs_were_off), atomic_read(&vk_locks.rcu_kicks));
 	pr_info("vswap selftest: %d passed, %d failed\n", vk_passed, vk_failed);
 	pr_info("vswap selftest: pages: %d allocated, %d freed, %d outstanding, peak %d; alloc calls: %d GFP_KERNEL, %d GFP_NOWAIT, %d failed\n",
 		atomic_read(&vk_pages.pages_alloc), atomic_read(&vk_pages.pages_freed), out,

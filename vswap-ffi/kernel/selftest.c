@@ -7,6 +7,11 @@
  *     unlock_range) and slot by slot;
  *   - the tiers: zswap writeback to a device, relocation between devices,
  *     evacuation of a device into memory (the "read" fills a real page);
+ *   - the list lock is the host's spinlock: the library's locks are
+ *     initialised, taken and released through the vswap_host_spin_* hooks
+ *     (host.c), in pairs, never nested, with interrupts on and off, and
+ *     never around a host callback; a library that spun on a lock of its
+ *     own would not call the hooks and fail it;
  *   - two kthreads bound to two CPUs doing random operations
  *     (prandom seeded from get_random_u32) on one engine, then the
  *     invariants: no slot handed out twice, every zswap object and device
@@ -375,6 +380,74 @@ static void test_tiers(void)
 	destroy_engine(e, pages0);
 }
 
+/* ------------------------------------------------ the list lock */
+
+#define LOCK_SLOTS (3 * 512) /* three clusters: at least three list refills */
+
+static u32 lock_slots[LOCK_SLOTS];
+
+/*
+ * The library's slow-path locks are kernel spinlocks (host.c's hooks), not
+ * a spin loop of the library's own: allocations that must refill a CPU's
+ * cluster take the list lock through vswap_host_spin_lock, frees with
+ * interrupts off (a host under xa_lock_irq) take it with them off and leave
+ * them off, and every lock is released on its CPU, unnested, with
+ * preemption and interrupts off while held.
+ */
+static void test_list_lock_is_a_spinlock(void)
+{
+	int pages0 = atomic_read(&vk_pages.pages_out);
+	int inits0 = atomic_read(&vk_locks.inits);
+	s64 locks0 = atomic64_read(&vk_locks.locks);
+	s64 unlocks0 = atomic64_read(&vk_locks.unlocks);
+	s64 off0 = atomic64_read(&vk_locks.irqs_were_off);
+	int nested0 = atomic_read(&vk_locks.nested);
+	int bad0 = atomic_read(&vk_locks.bad_unlock);
+	int under0 = atomic_read(&vk_locks.callback_under_lock);
+	struct vswap_engine *e = new_engine(VSWAP_PLACEMENT_DEFERRED, 1 << 16);
+	s64 locks_alloc, locks, off;
+	unsigned long flags;
+	int inits;
+	u32 i;
+
+	if (!e)
+		return;
+	/* At least the virtual space's lists and the map's side table. */
+	inits = atomic_read(&vk_locks.inits) - inits0;
+	KCHECK(inits >= 2);
+	KOK(new_device(e, 0, 10, 1 << 14));
+	KCHECK(atomic_read(&vk_locks.inits) - inits0 > inits); /* the device's lists */
+
+	for (i = 0; i < LOCK_SLOTS; i++)
+		KOK(vswap_alloc(e, 0, 0, VSWAP_NO_MEMCG, true, &lock_slots[i]));
+	locks_alloc = atomic64_read(&vk_locks.locks) - locks0;
+	KCHECK(locks_alloc >= 3);
+	KCHECK(!irqs_disabled());
+
+	/* Free the first half with interrupts off: emptied clusters are torn
+	 * down under the list lock, taken with interrupts already off. */
+	local_irq_save(flags);
+	for (i = 0; i < LOCK_SLOTS / 2; i++)
+		KEXPECT(vswap_cache_clear(e, lock_slots[i], 0, false), VSWAP_FREED);
+	KCHECK(irqs_disabled());
+	local_irq_restore(flags);
+	off = atomic64_read(&vk_locks.irqs_were_off) - off0;
+	KCHECK(off > 0);
+	for (i = LOCK_SLOTS / 2; i < LOCK_SLOTS; i++)
+		KEXPECT(vswap_cache_clear(e, lock_slots[i], 0, true), VSWAP_FREED);
+	KCHECK(!irqs_disabled());
+	KOK(vswap_device_remove(e, 0));
+	destroy_engine(e, pages0);
+
+	locks = atomic64_read(&vk_locks.locks) - locks0;
+	KEXPECT(atomic64_read(&vk_locks.unlocks) - unlocks0, locks);
+	KEXPECT(atomic_read(&vk_locks.nested) - nested0, 0);
+	KEXPECT(atomic_read(&vk_locks.bad_unlock) - bad0, 0);
+	KEXPECT(atomic_read(&vk_locks.callback_under_lock) - under0, 0);
+	pr_info("vswap selftest: list lock: %d spinlocks initialised, %lld lock/unlock pairs (%lld in the allocations, %lld with interrupts off), none nested\n",
+		atomic_read(&vk_locks.inits) - inits0, locks, locks_alloc, off);
+}
+
 /* ---------------------------------------------- two kthreads, two CPUs */
 
 #define STRESS_SLOTS (1u << 16)
@@ -642,6 +715,7 @@ void vk_suite_kernel(void)
 	vk_run("engine_create_stack", test_engine_create_stack);
 	vk_run("every_backend_every_order", test_every_backend_every_order);
 	vk_run("tiers_writeback_relocate_evacuate", test_tiers);
+	vk_run("list_lock_is_a_spinlock", test_list_lock_is_a_spinlock);
 	vk_run("two_kthreads_two_cpus", test_two_kthreads);
 	free_page((unsigned long)scratch);
 }

@@ -36,6 +36,27 @@ extern struct vk_page_stats vk_pages;
 void *vk_page_alloc(size_t size, size_t align, bool may_sleep);
 void vk_page_free(void *ptr, size_t size, size_t align);
 
+/* --------------------------------------------- host.c: the vswap locks */
+
+/*
+ * The library's slow-path locks are spinlock_t's through the hooks
+ * vswap_host_spin_init/_lock/_unlock (host.c), which count here. A library
+ * that fell back to a spin loop of its own would leave `locks` at 0.
+ */
+struct vk_lock_stats {
+	atomic_t inits;               /* vswap_host_spin_init calls */
+	atomic64_t locks;             /* vswap_host_spin_lock calls */
+	atomic64_t unlocks;           /* vswap_host_spin_unlock calls */
+	atomic64_t irqs_were_off;     /* locks taken with interrupts already off */
+	atomic_t nested;              /* a lock taken with another vswap lock held */
+	atomic_t bad_unlock;          /* unlock of a lock not held by this CPU, or
+				       * with preemption or interrupts on */
+	atomic_t callback_under_lock; /* alloc/free called with a vswap lock held */
+	atomic_t rcu_kicks;           /* grace periods started at an unlock */
+};
+
+extern struct vk_lock_stats vk_locks;
+
 /* ------------------------------------------- host.c: the kernel host */
 
 /*

@@ -3,6 +3,7 @@
 
 use core::ffi::c_void;
 use core::mem::MaybeUninit;
+use vswap_alloc::sync::Mutex;
 
 use vswap_core::{
     DeviceConfig, Engine, Error, Flushed, LogDevice, Move, PhysDevice, SwapOps, SwapinRange,
@@ -24,9 +25,23 @@ pub struct vswap_engine {
 /// Log flushes handed to the host and not yet committed.
 pub(crate) const PENDING_FLUSHES: usize = 8;
 
+/// One of an engine's [`PENDING_FLUSHES`] places for a log flush.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Pending {
+    /// Unused.
+    Free,
+    /// Taken by a `vswap_log_flush` in progress (the flush runs with the
+    /// lock dropped: the log device takes a lock of its own, and the library
+    /// never holds two).
+    Reserved,
+    /// Handed to the host, waiting for its commit.
+    Flushed(Flushed),
+}
+
 pub(crate) struct EngineInner {
     pub(crate) engine: Engine<HostOps, HostOps>,
-    pub(crate) flushes: spin::Mutex<[Option<Flushed>; PENDING_FLUSHES]>,
+    /// The library's slow-path lock (kernel mode: the host's spinlock).
+    pub(crate) flushes: Mutex<[Pending; PENDING_FLUSHES]>,
 }
 
 /// The engine behind a C handle.
@@ -147,7 +162,7 @@ pub unsafe extern "C" fn vswap_engine_create(
             // SAFETY: as above; the engine is now initialised.
             unsafe {
                 core::ptr::addr_of_mut!((*p).flushes)
-                    .write(spin::Mutex::new([None; PENDING_FLUSHES]));
+                    .write(Mutex::new([Pending::Free; PENDING_FLUSHES]));
             }
             Ok(())
         })?;

@@ -33,7 +33,12 @@
 //!   RCU hooks `vswap_host_rcu_read_lock`, `vswap_host_rcu_read_unlock`,
 //!   `vswap_host_rcu_grace_start` and `vswap_host_rcu_grace_done` (the
 //!   library's deferred reclamation of slot tables; userspace builds use
-//!   their own thread-keyed epochs).
+//!   their own thread-keyed epochs), and the lock hooks
+//!   `vswap_host_spin_init`, `vswap_host_spin_lock` and
+//!   `vswap_host_spin_unlock` (the library's slow-path lock is the host's
+//!   `spinlock_t`, taken with `spin_lock_irqsave`; vswap-alloc's `host-lock`
+//!   feature, which this crate enables; userspace builds keep their
+//!   spin-then-yield lock). See `lock_hooks`.
 #![no_std]
 #![allow(non_camel_case_types)]
 // Every entry point has the same contract (above): each pointer is NULL or
@@ -89,14 +94,83 @@ pub(crate) mod rcu {
         /// Kernel mode only: start a grace period, or join one not yet
         /// begun, and return its cookie (`start_poll_synchronize_rcu()`;
         /// `get_state_synchronize_rcu()` when interrupts are off, which
-        /// `start_poll_synchronize_rcu` does not allow). Called with a
-        /// spinlock held, possibly with interrupts off: must not sleep.
+        /// `start_poll_synchronize_rcu` does not allow). Called under the
+        /// library's lock (`vswap_host_spin_lock`), so with interrupts off:
+        /// must not sleep. A host that only takes the cookie then may start
+        /// the grace period at the next `vswap_host_spin_unlock` that
+        /// finds interrupts on (the test module's host.c does).
         pub(crate) fn vswap_host_rcu_grace_start() -> u64;
         /// Kernel mode only: whether the grace period named by `cookie` has
-        /// ended (`poll_state_synchronize_rcu(cookie)`). Called with a
-        /// spinlock held: must not sleep.
+        /// ended (`poll_state_synchronize_rcu(cookie)`). Called under the
+        /// library's lock: must not sleep.
         pub(crate) fn vswap_host_rcu_grace_done(cookie: u64) -> bool;
     }
+}
+
+/// Bytes the library keeps for each of its host locks (a `spinlock_t`):
+/// `vswap_host_spin_init` gets a pointer to this many bytes, aligned to
+/// `VSWAP_HOST_LOCK_ALIGN`. A kernel host checks
+/// `BUILD_BUG_ON(sizeof(spinlock_t) > VSWAP_HOST_LOCK_SIZE)` (lockdep and
+/// PREEMPT_RT make `spinlock_t` larger than its 4 production bytes).
+pub const VSWAP_HOST_LOCK_SIZE: usize = 128;
+/// Alignment of each host lock's storage (`__alignof__(spinlock_t)` must not
+/// exceed it).
+pub const VSWAP_HOST_LOCK_ALIGN: usize = 8;
+
+const _: () = assert!(VSWAP_HOST_LOCK_SIZE == vswap_alloc::sync::HOST_LOCK_SIZE);
+const _: () = assert!(VSWAP_HOST_LOCK_ALIGN == vswap_alloc::sync::HOST_LOCK_ALIGN);
+
+/// Kernel mode's slow-path lock: link-time hooks the host provides (direct
+/// calls, no function pointers). Every internal lock of the library (a
+/// space's cluster lists, a map's side table, a log device's segments, an
+/// engine's pending log flushes) is
+/// one host spinlock kept inside the library's memory; these declarations
+/// are the C contract (vswap.h) of the ones vswap-alloc's `sync` module
+/// calls, checked to have the same signatures. Userspace builds never call
+/// them.
+///
+/// The library takes each lock only around short slow paths (refilling or
+/// tearing down a cluster, changing a side table), never holds two at once,
+/// never sleeps and never calls a host callback while holding one. It may be
+/// entered with interrupts on or off, hence `irqsave`.
+#[cfg(all(not(feature = "std"), not(vswap_loom)))]
+pub mod lock_hooks {
+    use core::ffi::{c_ulong, c_void};
+
+    unsafe extern "C" {
+        /// Kernel mode only: initialise an unlocked spinlock in the
+        /// `VSWAP_HOST_LOCK_SIZE` bytes at `lock` (aligned to
+        /// `VSWAP_HOST_LOCK_ALIGN`; zeroed, not yet a lock):
+        /// `spin_lock_init`. Called once per lock, when the library
+        /// creates a handle (engine, map, log device) or adds a device; it
+        /// may then move the unlocked lock's bytes (an unlocked
+        /// `spinlock_t` has no pointer to itself) and drops it without a
+        /// call (a spinlock needs no destroy). With one `spin_lock_init` site, lockdep puts every
+        /// vswap lock in one class; the library never nests them.
+        pub fn vswap_host_spin_init(lock: *mut c_void);
+        /// Kernel mode only: take the lock (`spin_lock_irqsave`) and
+        /// return the saved interrupt flags. May be called with interrupts
+        /// on or off, in process or interrupt context. Must not sleep.
+        pub fn vswap_host_spin_lock(lock: *mut c_void) -> c_ulong;
+        /// Kernel mode only: release the lock on the CPU that took it
+        /// (`spin_unlock_irqrestore(lock, flags)`), with the flags that
+        /// `vswap_host_spin_lock` returned.
+        pub fn vswap_host_spin_unlock(lock: *mut c_void, flags: c_ulong);
+    }
+
+    // The hooks vswap-alloc calls are these: same names, same signatures.
+    const _: [unsafe extern "C" fn(*mut c_void); 2] = [
+        vswap_host_spin_init,
+        vswap_alloc::sync::host_lock::vswap_host_spin_init,
+    ];
+    const _: [unsafe extern "C" fn(*mut c_void) -> c_ulong; 2] = [
+        vswap_host_spin_lock,
+        vswap_alloc::sync::host_lock::vswap_host_spin_lock,
+    ];
+    const _: [unsafe extern "C" fn(*mut c_void, c_ulong); 2] = [
+        vswap_host_spin_unlock,
+        vswap_alloc::sync::host_lock::vswap_host_spin_unlock,
+    ];
 }
 
 #[cfg(all(feature = "kernel-panic-handler", not(feature = "std"), not(test)))]

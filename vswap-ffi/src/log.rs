@@ -18,7 +18,7 @@ use core::ffi::c_void;
 
 use vswap_core::{Flush, Flushed, GcPolicy};
 
-use crate::engine::{EngineInner, bytes, eng, vswap_engine};
+use crate::engine::{EngineInner, Pending, bytes, eng, vswap_engine};
 use crate::slots;
 use crate::types::*;
 use crate::util::{Code, guard, out, write};
@@ -178,16 +178,31 @@ pub unsafe extern "C" fn vswap_log_flush(
         let e = unsafe { eng(e) }?;
         let flushed = out(flushed)?;
         log_of(e)?;
-        let mut pending = e.flushes.lock();
-        let Some(free) = pending.iter_mut().find(|f| f.is_none()) else {
-            return Err(Code(-VSWAP_EBUSY));
+        // Reserve a place, flush with the lock dropped (the log device
+        // takes its own lock), then fill the place or free it again.
+        let place = {
+            let mut pending = e.flushes.lock();
+            let Some((i, p)) = pending
+                .iter_mut()
+                .enumerate()
+                .find(|(_, p)| matches!(p, Pending::Free))
+            else {
+                return Err(Code(-VSWAP_EBUSY));
+            };
+            *p = Pending::Reserved;
+            i
         };
         let mode = if now { Flush::Now } else { Flush::Full };
-        let Some(f) = e.engine.log_flush(mode)? else {
+        let r = e.engine.log_flush(mode);
+        if let Some(p) = e.flushes.lock().get_mut(place) {
+            *p = match r {
+                Ok(Some(f)) => Pending::Flushed(f),
+                _ => Pending::Free,
+            };
+        }
+        let Some(f) = r? else {
             return Ok(0);
         };
-        *free = Some(f);
-        drop(pending);
         let c = vswap_log_flushed {
             segment: f.segment(),
             len: f.len(),
@@ -231,10 +246,13 @@ pub unsafe extern "C" fn vswap_log_for_each_live(
 
 fn take_pending(e: &EngineInner, segment: u32) -> Option<Flushed> {
     let mut pending = e.flushes.lock();
-    pending
-        .iter_mut()
-        .find(|f| f.is_some_and(|f| f.segment() == segment))
-        .and_then(Option::take)
+    pending.iter_mut().find_map(|p| match *p {
+        Pending::Flushed(f) if f.segment() == segment => {
+            *p = Pending::Free;
+            Some(f)
+        }
+        _ => None,
+    })
 }
 
 /// The host wrote flushed segment `segment`: store each owner's new
@@ -259,8 +277,8 @@ pub unsafe extern "C" fn vswap_log_commit(e: *mut vswap_engine, segment: u32) ->
             Err(err) => {
                 // Keep it for another try.
                 let mut pending = e.flushes.lock();
-                if let Some(slot) = pending.iter_mut().find(|x| x.is_none()) {
-                    *slot = Some(f);
+                if let Some(p) = pending.iter_mut().find(|p| matches!(p, Pending::Free)) {
+                    *p = Pending::Flushed(f);
                 }
                 Err(err.into())
             }

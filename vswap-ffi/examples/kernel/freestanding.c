@@ -3,7 +3,8 @@
  * -nostdlib, no libc, only the compiler's freestanding headers (vswap.h needs
  * <stdbool.h>, <stddef.h>, <stdint.h>). It provides what a kernel would:
  * the host callbacks (here a bump arena stands in for the page allocator) and
- * the link-time hooks vswap_host_bug and vswap_host_rcu_*. memcpy/memset/memmove/memcmp/bcmp come
+ * the link-time hooks vswap_host_bug, vswap_host_rcu_* and vswap_host_spin_*.
+ * memcpy/memset/memmove/memcmp/bcmp come
  * with the kernel-mode archive (compiler_builtins, as weak symbols a kernel's
  * own definitions override), so this file needs none.
  *
@@ -106,6 +107,43 @@ bool vswap_host_rcu_grace_done(uint64_t cookie)
 	return rcu_depth == 0;
 }
 
+/*
+ * The kernel's spinlock_t (spin_lock_init, spin_lock_irqsave,
+ * spin_unlock_irqrestore): here a test-and-set word at the start of the
+ * VSWAP_HOST_LOCK_SIZE bytes the library keeps per lock, and counters that
+ * show the library takes its locks through these hooks, in pairs, one at a
+ * time (a library spinning on a lock of its own would never call them).
+ */
+_Static_assert(sizeof(int) <= VSWAP_HOST_LOCK_SIZE, "lock storage too small");
+static unsigned long spin_inits, spin_locks, spin_unbalanced;
+static long spin_depth, spin_depth_max;
+
+void vswap_host_spin_init(void *lock)
+{
+	if ((uintptr_t)lock % VSWAP_HOST_LOCK_ALIGN)
+		spin_unbalanced++;
+	__atomic_store_n((int *)lock, 0, __ATOMIC_RELAXED);
+	spin_inits++;
+}
+
+unsigned long vswap_host_spin_lock(void *lock)
+{
+	while (__atomic_exchange_n((int *)lock, 1, __ATOMIC_ACQUIRE))
+		__builtin_ia32_pause();
+	spin_locks++;
+	if (++spin_depth > spin_depth_max)
+		spin_depth_max = spin_depth;
+	return 0x200; /* "interrupts were on" (X86_EFLAGS_IF) */
+}
+
+void vswap_host_spin_unlock(void *lock, unsigned long flags)
+{
+	if (flags != 0x200 || spin_depth <= 0 || !__atomic_load_n((int *)lock, __ATOMIC_RELAXED))
+		spin_unbalanced++;
+	spin_depth--;
+	__atomic_store_n((int *)lock, 0, __ATOMIC_RELEASE);
+}
+
 /* --------------------------------------------------------- the example */
 
 static unsigned char page[4096];
@@ -164,6 +202,9 @@ int vswap_example_run(void)
 	STEP(bytes_live == 0);
 	/* every read-side section the library opened, it closed */
 	STEP(rcu_depth == 0 && rcu_unbalanced == 0);
+	/* the slow-path locks were the host's: taken, released, never nested */
+	STEP(spin_inits >= 2 && spin_locks > 0);
+	STEP(spin_depth == 0 && spin_depth_max == 1 && spin_unbalanced == 0);
 #undef STEP
 	return 0;
 }
