@@ -55,4 +55,4 @@ pub use logdev::{
 pub use provider::StdProvider;
 pub use provider::{Ctx, MemError, Provider};
 pub use slotword::SlotWord;
-pub use space::{ClusterState, ListCounts, Pin, Policy, SlotSpace, SpaceMemory};
+pub use space::{ClusterState, ListCounts, Pin, Policy, Section, SlotSpace, SpaceMemory};

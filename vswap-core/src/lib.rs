@@ -48,7 +48,7 @@ pub use vswap_alloc::StdProvider;
 pub use vswap_alloc::epoch;
 pub use vswap_alloc::{
     Ctx, DeviceConfig, DeviceStats, Error, Flush, Flushed, GcPass, GcPolicy, Geometry, LogConfig,
-    LogDevice, LogStats, MemError, PhysDevice, Provider, Result, SpaceMemory, Stream,
+    LogDevice, LogStats, MemError, PhysDevice, Provider, Result, Section, SpaceMemory, Stream,
 };
 pub use word::{Backend, BackendKind, Entry, INLINE_COUNT_MAX};
 

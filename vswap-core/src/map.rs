@@ -257,6 +257,36 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         self.space.discard_done(c)
     }
 
+    /// Enter one read-side section of the provider's reclamation for a
+    /// batch of calls on this thread: every map call made while the
+    /// [`Section`](crate::Section) lives nests inside it, so the
+    /// section's cost is paid once (with `StdProvider`,
+    /// each nested call then pays a thread-local counter instead of the
+    /// epoch's stores; in a kernel, `rcu_read_lock` nests anyway).
+    ///
+    /// Under a guard nothing may sleep: pass [`Ctx::NoSleep`] to every call
+    /// (a call given [`Ctx::MaySleep`] leaves only its own section to
+    /// allocate, not the guard's, and would sleep inside it). Keep it short:
+    /// while it lives, torn-down clusters' tables are not freed.
+    ///
+    /// ```
+    /// # #[cfg(feature = "std")] {
+    /// use vswap_core::{Ctx, MapConfig, NoHost, StdProvider, VswapMap};
+    /// let map = VswapMap::new(MapConfig::default(), StdProvider::new(), NoHost).unwrap();
+    /// let slots: Vec<u32> = (0..8).map(|_| map.alloc(0, 0, Ctx::NoSleep).unwrap()).collect();
+    /// {
+    ///     let _g = map.guard();
+    ///     for &s in &slots {
+    ///         assert_eq!(map.lookup(s).unwrap().count, 0);
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    #[inline]
+    pub fn guard(&self) -> crate::Section<'_, P> {
+        self.space.guard()
+    }
+
     /// Give back the tables of torn-down clusters whose grace period (the
     /// provider's [`grace_done`](Provider::grace_done)) has ended; returns
     /// how many clusters. The map does this by itself whenever it tears a
@@ -410,6 +440,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     }
 
     /// Release what a settle freed, then the pin.
+    #[inline]
     fn finish(&self, pin: Pin<'_, P>, off: usize, freed: Option<Freed>) -> Put {
         match freed {
             Some(f) => {

@@ -213,6 +213,7 @@ impl SideTable {
     }
 
     /// Give back memory unlinked under the lock (call with the lock dropped).
+    #[inline]
     pub(crate) fn free_garbage<P: Provider>(&self, p: &P, g: Garbage) {
         if g.block.is_none() && g.buckets.is_none() && g.same.is_none() {
             return;

@@ -128,3 +128,43 @@ fn swapoff_io_runs_outside_every_section() {
     assert_eq!((moved, calls), (slots.len() as u64, slots.len()));
     assert_eq!(depth(), 0);
 }
+
+/// `VswapMap::guard` (issue 13 item 1: one section for a batch): the
+/// section is entered once and held across the calls (each call nests one
+/// level deeper and comes back out), the guard's end closes it, and a
+/// cluster torn down under the guard keeps its tables until the guard is
+/// gone (its grace period waits for this thread's section).
+#[test]
+fn a_guard_holds_one_section_across_many_calls() {
+    let p = Tracking::default();
+    let map = VswapMap::new(MapConfig::default(), &p, NoHost).unwrap();
+    // Two clusters' worth of order-0 slots on CPU 1, so that freeing them all
+    // tears at least one cluster down.
+    let slots: Vec<u32> = (0..1024)
+        .map(|_| map.alloc(0, 1, Ctx::NoSleep).unwrap())
+        .collect();
+    {
+        let _g = map.guard();
+        assert_eq!(depth(), 1);
+        for &s in &slots {
+            assert_eq!(map.lookup(s).unwrap().count, 0);
+            assert_eq!(depth(), 1, "a call left its nested section open");
+        }
+        for &s in &slots {
+            assert_eq!(map.cache_clear(s, 0, Ctx::NoSleep), Ok(Put::Freed));
+        }
+        assert_eq!(depth(), 1);
+        map.reclaim();
+        assert!(
+            map.stats().memory.retiring_clusters > 0,
+            "a torn-down cluster's tables went back while this thread's guard was held"
+        );
+    }
+    assert_eq!(depth(), 0, "the guard's section was left open");
+    let t = std::time::Instant::now();
+    while map.stats().memory.retiring_clusters > 0 {
+        map.reclaim();
+        assert!(t.elapsed().as_secs() < 10, "grace periods never ended");
+        std::thread::yield_now();
+    }
+}

@@ -57,7 +57,7 @@ mod tests;
 use dir::{Mid, TLEAF_LEN, TLeaf, tindex_len};
 use lists::{Fifo, Lists};
 use percpu::PerCpu;
-pub use pin::Pin;
+pub use pin::{Pin, Section};
 pub use stats::{ClusterState, ListCounts, SpaceMemory};
 
 const REFS_MASK: u64 = 0xffff_ffff;

@@ -334,3 +334,65 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         })
     }
 }
+
+/// A read-side section held across many operations ([`SlotSpace::guard`]):
+/// while it lives, every [`Pin`] this thread takes nests inside it, so the
+/// host's section is entered and left once for the whole batch (with the
+/// userspace default, a nested pin is a thread-local counter, not the
+/// epoch's stores). Belongs to the thread that took it (neither `Send` nor
+/// `Sync`).
+///
+/// Nothing may sleep while it is held: pass [`Ctx::NoSleep`] to every call
+/// made under it (a [`Pin`] that allocates with [`Ctx::MaySleep`] leaves
+/// only its own section, not this one), and keep it short: it holds back
+/// the grace periods that free torn-down clusters' tables (with
+/// `StdProvider`, process-wide).
+///
+/// ```compile_fail
+/// # use core::ptr::NonNull;
+/// # use vswap_alloc::{Ctx, MemError, Provider, SlotSpace};
+/// # struct NoMem;
+/// # unsafe impl Provider for NoMem {
+/// #     fn alloc_zeroed(&self, _: usize, _: usize, _: Ctx) -> Result<NonNull<u8>, MemError> {
+/// #         Err(MemError::NoMem)
+/// #     }
+/// #     unsafe fn free(&self, _: NonNull<u8>, _: usize, _: usize) {}
+/// #     fn read_lock(&self) {}
+/// #     unsafe fn read_unlock(&self) {}
+/// #     fn grace_start(&self) -> u64 { 0 }
+/// #     fn grace_done(&self, _: u64) -> bool { false }
+/// # }
+/// fn on_another_thread<T: Send>(_: T) {}
+/// fn f(s: &SlotSpace<NoMem>) {
+///     // would end the wrong thread's section:
+///     on_another_thread(s.guard());
+/// }
+/// ```
+#[must_use = "the section ends when the guard is dropped"]
+pub struct Section<'a, P: Provider> {
+    _thread: core::marker::PhantomData<*const ()>,
+    provider: &'a P,
+}
+
+impl<P: Provider> Drop for Section<'_, P> {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: pairs with the `read_lock` of `SlotSpace::guard`, on this
+        // thread (a `Section` cannot move to another one).
+        unsafe { self.provider.read_unlock() };
+    }
+}
+
+impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
+    /// Enter a read-side section that spans many operations (see
+    /// [`Section`]). Costs one section; pins taken under it cost the nesting
+    /// only.
+    #[inline]
+    pub fn guard(&self) -> Section<'_, P> {
+        self.provider.read_lock();
+        Section {
+            _thread: core::marker::PhantomData,
+            provider: &self.provider,
+        }
+    }
+}
