@@ -1,7 +1,8 @@
-//! A hostile caller of the device free contract, written from its
-//! documentation (`PhysDevice::free`, `free_with`): owner-checked
-//! single-slot frees, all-or-nothing runs across clusters, racing double
-//! frees.
+//! A hostile caller of the device free contract and of the device holds,
+//! written from their documentation (`PhysDevice::free`, `free_with`;
+//! `Devices` in `vswap_core::devices`): owner-checked single-slot frees,
+//! all-or-nothing runs across clusters, racing double frees, holds on every
+//! stripe against the three removals.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -11,9 +12,13 @@
 )]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
+use std::time::Duration;
 
-use vswap_core::{Ctx, DeviceConfig, Error, Geometry, PhysDevice, StdProvider};
+use vswap_core::{
+    Ctx, DeviceConfig, Devices, Error, Geometry, HOLD_STRIPES, PhysDevice, StdProvider,
+};
 
 const S: Ctx = Ctx::MaySleep;
 
@@ -268,4 +273,167 @@ fn racing_double_frees_free_each_slot_once_and_spare_the_next_owner() {
         }
     }
     assert_eq!(d.stats().used, 0);
+}
+
+/// A table with device 0 holding one allocated slot (owner 7).
+fn table() -> (Devices<StdProvider>, u64) {
+    let t = Devices::new();
+    let d = dev(64, 3, 2, &[]);
+    let off = d.alloc(0, 0, 7, S).unwrap();
+    t.add(0, 3, d).unwrap();
+    (t, off)
+}
+
+#[test]
+fn a_hold_on_any_stripe_blocks_every_removal_without_failing_holds() {
+    let (t, off) = table();
+    for stripe in 0..HOLD_STRIPES as u32 + 3 {
+        let held = t.pin_on(0, stripe).unwrap();
+        assert_eq!(t.remove(0).err(), Some(Error::Busy));
+        assert_eq!(t.remove_empty(0).err(), Some(Error::Busy));
+        // The removals gave up: holds on every stripe (and the hashed one)
+        // still succeed, and the device is still listed.
+        for s in 0..HOLD_STRIPES as u32 {
+            assert_eq!(t.pin_on(0, s).unwrap().owner(off), Ok(Some(7)));
+        }
+        assert_eq!(t.pin(0).unwrap().id(), 0);
+        assert_eq!(t.priority(0), Some(3));
+        drop(held);
+    }
+    // Many holds on one stripe, and on the hashed stripe.
+    let holds: Vec<_> = (0..100).map(|_| t.pin_on(0, 5).unwrap()).collect();
+    let h = t.pin(0).unwrap();
+    assert_eq!(t.remove(0).err(), Some(Error::Busy));
+    drop(holds);
+    assert_eq!(t.remove(0).err(), Some(Error::Busy));
+    drop(h);
+    // remove_empty refuses a device holding data, then allocation works.
+    assert_eq!(t.remove_empty(0).err(), Some(Error::Busy));
+    assert!(t.pin(0).unwrap().alloc(0, 0, 8, S).is_ok());
+    let d = t.remove(0).unwrap();
+    assert_eq!(d.stats().used, 2);
+    for s in 0..HOLD_STRIPES as u32 {
+        assert_eq!(t.pin_on(0, s).err(), Some(Error::NoDevice));
+    }
+    assert_eq!(t.remove(0).err(), Some(Error::NoDevice));
+    assert_eq!(t.remove_wait(0).err(), Some(Error::NoDevice));
+    // Added again: fast holds again.
+    t.add(0, 1, d).unwrap();
+    assert_eq!(t.pin_on(0, 1).unwrap().owner(off), Ok(Some(7)));
+    assert_eq!(
+        t.add(0, 1, dev(64, 3, 1, &[])).err(),
+        Some(Error::WrongState)
+    );
+}
+
+#[test]
+fn remove_wait_waits_for_a_hold_on_another_thread() {
+    let (t, _) = table();
+    let t = Arc::new(t);
+    let dropped = Arc::new(AtomicBool::new(false));
+    let (t2, d2) = (t.clone(), dropped.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let holder = thread::spawn(move || {
+        let pin = t2.pin_on(0, 3).unwrap();
+        tx.send(()).unwrap();
+        thread::sleep(Duration::from_millis(if cfg!(miri) { 1 } else { 50 }));
+        d2.store(true, Ordering::SeqCst);
+        drop(pin);
+    });
+    rx.recv().unwrap();
+    let dev = t.remove_wait(0).unwrap();
+    assert!(dropped.load(Ordering::SeqCst), "removed under a hold");
+    assert_eq!(dev.stats().used, 1);
+    holder.join().unwrap();
+    assert_eq!(t.pin_on(0, 3).err(), Some(Error::NoDevice));
+}
+
+/// Holders on every stripe (and hashed) hammer the device while a remover
+/// removes it (all three ways) and adds it back: a successful removal never
+/// overlaps a hold, and a hold fails only while a removal is running or the
+/// device is out (that a removal that gives up fails none is the loom model
+/// `e4d_device_hold_vs_removal`).
+#[test]
+fn holds_race_removals_and_re_adds() {
+    let rounds = if cfg!(miri) { 20 } else { 500 };
+    let (t, off) = table();
+    let t = Arc::new(t);
+    // In a hold, counted after taking it and before dropping it.
+    let inside = Arc::new(AtomicU64::new(0));
+    // Odd while a removal may succeed or the device is out.
+    let phase = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Holds taken so far (the remover waits for new ones between rounds).
+    let total = Arc::new(AtomicU64::new(0));
+    let holders: Vec<_> = (0..3u32)
+        .map(|k| {
+            let (t, inside, phase, stop, total) = (
+                t.clone(),
+                inside.clone(),
+                phase.clone(),
+                stop.clone(),
+                total.clone(),
+            );
+            thread::spawn(move || {
+                let mut n = 0u64;
+                let mut held = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let p0 = phase.load(Ordering::SeqCst);
+                    let r = if n % 4 == 0 {
+                        t.pin(0)
+                    } else {
+                        t.pin_on(0, k.wrapping_mul(7).wrapping_add(n as u32))
+                    };
+                    match r {
+                        Ok(p) => {
+                            inside.fetch_add(1, Ordering::SeqCst);
+                            assert_eq!(p.owner(off), Ok(Some(7)));
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            drop(p);
+                            held += 1;
+                            total.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            assert_eq!(e, Error::NoDevice);
+                            let p1 = phase.load(Ordering::SeqCst);
+                            assert!(
+                                p0 % 2 == 1 || p0 != p1,
+                                "a hold failed while no removal could succeed"
+                            );
+                        }
+                    }
+                    n += 1;
+                }
+                held
+            })
+        })
+        .collect();
+    let mut removed = 0;
+    for round in 0..rounds {
+        let seen = total.load(Ordering::Relaxed);
+        while total.load(Ordering::Relaxed) == seen {
+            thread::yield_now();
+        }
+        phase.fetch_add(1, Ordering::SeqCst); // odd: may succeed
+        let r = match round % 3 {
+            0 => t.remove(0),
+            1 => t.remove_empty(0),
+            _ => t.remove_wait(0),
+        };
+        match r {
+            Ok(d) => {
+                assert_eq!(inside.load(Ordering::SeqCst), 0, "removed under a hold");
+                assert_ne!(round % 3, 1, "remove_empty took a device holding data");
+                removed += 1;
+                t.add(0, 3, d).unwrap();
+            }
+            Err(e) => assert_eq!(e, Error::Busy),
+        }
+        phase.fetch_add(1, Ordering::SeqCst); // even: present, no removal
+    }
+    stop.store(true, Ordering::SeqCst);
+    let held: u64 = holders.into_iter().map(|h| h.join().unwrap()).sum();
+    assert!(removed > 0 && held > 0, "removed {removed}, held {held}");
+    // remove_empty never took the device: it holds slot `off`.
+    assert_eq!(t.remove(0).unwrap().stats().used, 1);
 }
