@@ -14,6 +14,17 @@
 //!
 //! Device slot 0 is reserved (the swap header on a real device); bad slots are
 //! reserved the same way and never handed out.
+//!
+//! # Performance
+//! An order-0 allocation is the slot space's two locked RMWs (the CAS adding
+//! the slot's reference to its cluster, the claim of the word). A
+//! single-slot free ([`PhysDevice::free_with`] with `len == 1`) is one
+//! read-side section, the owner-checked compare-and-clear (which is also its
+//! check) and the occupancy update of [`Pin::release`](crate::Pin::release):
+//! two more. The read-side section exists only for memory safety, and a
+//! device never frees its slot tables; dropping it needs a section-free pin
+//! for fixed spaces in the slot space (not done). The occupancy updates are
+//! per operation, not per cached cluster (the slot space's design).
 
 use crate::provider::{Ctx, Provider};
 use crate::space::{ClusterState, ListCounts, Policy, SlotSpace, SpaceMemory};
