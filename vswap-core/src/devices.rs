@@ -28,12 +28,13 @@
 //! number where it has one: the engine's allocations pass theirs);
 //! [`Devices::pin`] has none (frees from a map's release, reverse-map
 //! reads, the host's I/O holds: most callers have no CPU number) and uses
-//! a hash of the caller's stack address: a per-thread value that costs
-//! nothing in every environment (a `thread_local!` needs `std`; in a
-//! kernel each task has its own stack). The hold remembers the word it
-//! counted in, so dropping it on another thread or stripe is correct.
-//! Under loom `pin` uses stripe 0 (a model must be deterministic) and the
-//! models choose stripes through `pin_on`.
+//! a per-thread value: with the `std` feature a thread-local index handed
+//! out round robin on a thread's first hold, without it (a kernel, where
+//! `thread_local!` does not exist) a hash of the caller's stack address
+//! (each task has its own stack; it costs nothing). The hold remembers the
+//! word it counted in, so dropping it on another thread or stripe is
+//! correct. Under loom `pin` uses stripe 0 (a model must be deterministic)
+//! and the models choose stripes through `pin_on`.
 //!
 //! # The entry's state word (one `AtomicU64` per table entry)
 //! ```text
@@ -143,20 +144,60 @@ unsafe impl<P: Provider> Sync for Devices<P> {}
 // SAFETY: as above; the devices move with the table.
 unsafe impl<P: Provider + Send> Send for Devices<P> {}
 
-/// The stripe [`Devices::pin`] uses: a hash of the caller's stack address
-/// (one value per thread, give or take a stack frame crossing a 16 KiB
-/// boundary; only speed depends on it).
+/// The stripe [`Devices::pin`] uses (only speed depends on it): with the
+/// `std` feature, a per-thread index handed out round robin on the thread's
+/// first hold (so the first `HOLD_STRIPES` threads get distinct stripes;
+/// afterwards a thread-local read); without it, a Fibonacci hash of the
+/// caller's stack address in 16 KiB units (one value per thread, give or
+/// take a stack frame crossing a boundary; each kernel task has its own
+/// stack); under loom, 0.
 #[inline(always)]
 fn stripe_hint() -> u32 {
     #[cfg(vswap_loom)]
     {
         0
     }
-    #[cfg(not(vswap_loom))]
+    #[cfg(all(not(vswap_loom), feature = "std"))]
+    {
+        thread_stripe::get()
+    }
+    #[cfg(all(not(vswap_loom), not(feature = "std")))]
     {
         let probe = 0u8;
         let a = core::ptr::addr_of!(probe).addr() as u64;
-        ((a >> 14).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32
+        // The top bits of the product: consecutive stacks spread out.
+        ((a >> 14).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - HOLD_STRIPES.trailing_zeros()))
+            as u32
+    }
+}
+
+#[cfg(all(not(vswap_loom), feature = "std"))]
+mod thread_stripe {
+    extern crate std;
+    use core::cell::Cell;
+    use vswap_alloc::sync::{AtomicU32, Ordering};
+
+    /// The next thread's stripe (a shared counter, touched once per thread).
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const UNSET: u32 = u32::MAX;
+
+    std::thread_local! {
+        static STRIPE: Cell<u32> = const { Cell::new(UNSET) };
+    }
+
+    #[inline(always)]
+    pub(super) fn get() -> u32 {
+        STRIPE
+            .try_with(|s| match s.get() {
+                UNSET => {
+                    let v = NEXT.fetch_add(1, Ordering::Relaxed) & (UNSET >> 1);
+                    s.set(v);
+                    v
+                }
+                v => v,
+            })
+            // The thread's locals are being torn down: any stripe will do.
+            .unwrap_or(0)
     }
 }
 
@@ -337,8 +378,8 @@ impl<P: Provider> Devices<P> {
         Ok(())
     }
 
-    /// Hold device `id` (on the stripe of a hash of the caller's stack
-    /// address: see the module documentation).
+    /// Hold device `id`, counted on the calling thread's stripe (see the
+    /// module documentation).
     #[inline]
     pub fn pin(&self, id: u8) -> Result<DevicePin<'_, P>> {
         self.pin_on(id, stripe_hint())
