@@ -43,8 +43,9 @@
 //! | rsvd  |priority| rsvd |REMOVING|NOALLOC|ADDING|DYING|PRESENT|  slow pins    |
 //! +-------+--------+------+--------+-------+------+-----+-------+---------------+
 //! ```
-//! States and transitions (the stripes' `SLOW` bits are set whenever the
-//! entry is not `PRESENT` with no removal in progress):
+//! States and transitions (a device's `SLOW` bits are clear from the
+//! adder's clears until a removal sets them, and again once a removal that
+//! gives up has cleared them; set otherwise):
 //! - `EMPTY` (0, every stripe `SLOW`) -> `ADDING` by CAS: the adder owns the
 //!   entry and writes the device, clears `SLOW` on every stripe (release:
 //!   a fast hold that sees it clear sees the device), then stores
@@ -80,9 +81,11 @@
 //!   mode again), then clear `REMOVING` (release: the next removal's `SLOW`
 //!   bits come after these clears). Holds never fail while a removal that
 //!   gives up runs: they take the slow path.
-//! - `DYING` (with `REMOVING`): no hold can be taken (fast: `SLOW`; slow:
-//!   `DYING`) and none is held; the remover takes the device out and stores
-//!   0 (`EMPTY`), leaving the stripes `SLOW`.
+//! - `DYING` (with `REMOVING`): no new hold can be taken (fast: `SLOW`;
+//!   slow: `DYING`). Once none is held (`remove` and `remove_empty` set
+//!   `DYING` only then; `remove_wait` waits after setting it) the remover
+//!   takes the device out and stores 0 (`EMPTY`), leaving the stripes
+//!   `SLOW`.
 //!
 //! # Performance
 //! Taking and dropping a hold: one load and one CAS, then one `fetch_sub`,
