@@ -14,6 +14,17 @@
 //!
 //! Device slot 0 is reserved (the swap header on a real device); bad slots are
 //! reserved the same way and never handed out.
+//!
+//! # Performance
+//! An order-0 allocation is the slot space's two locked RMWs (the CAS adding
+//! the slot's reference to its cluster, the claim of the word). A
+//! single-slot free ([`PhysDevice::free_with`] with `len == 1`) is one
+//! read-side section, the owner-checked compare-and-clear (which is also its
+//! check) and the occupancy update of [`Pin::release`](crate::Pin::release):
+//! two more. The read-side section exists only for memory safety, and a
+//! device never frees its slot tables; dropping it needs a section-free pin
+//! for fixed spaces in the slot space (not done). The occupancy updates are
+//! per operation, not per cached cluster (the slot space's design).
 
 use crate::provider::{Ctx, Provider};
 use crate::space::{ClusterState, ListCounts, Policy, SlotSpace, SpaceMemory};
@@ -136,26 +147,50 @@ impl<P: Provider> PhysDevice<P> {
 
     /// Free `len` slots from `off`, all in one cluster's reach or not: each
     /// must hold data, and if `owner` is given, slot `off + i` must belong to
-    /// `owner + i`. Checked first, all or nothing: nothing is freed if any
-    /// slot fails the check (`NotAllocated`, or `WrongState` for another
-    /// owner). Returns how many slots this call freed; see
+    /// `owner + i`. All or nothing: nothing is freed if any slot fails the
+    /// check (`NotAllocated` for a free or reserved slot, or `WrongState`
+    /// for another owner; with several failing slots, the error of the
+    /// lowest one). Returns how many slots this call freed; see
     /// [`free_with`](Self::free_with) for frees that race each other.
     pub fn free(&self, off: u64, len: u64, owner: Option<u32>) -> Result<u64> {
         self.free_with(off, len, owner, |_| {})
     }
 
     /// [`free`](Self::free), calling `freed(offset)` for each slot this call
-    /// frees, in offset order.
+    /// frees, in offset order (inside the cluster's read-side section: it
+    /// must not sleep).
     ///
     /// Each slot is freed by a compare-and-clear of the value the check
     /// expects: with an `owner`, exactly `owner + i`, so when two frees of
     /// the same slots race (a host's double free), each slot is freed by one
     /// of them only, and a slot freed and handed to a new owner in between
-    /// is left alone. The return value and the `freed` calls say which
-    /// slots this call freed (all `len` unless such a race took some).
-    /// Without an `owner` there is nothing to compare with but the value
-    /// read just before: such a racing double free can free the slot's next
-    /// owner. Pass the owner.
+    /// is left alone. Without an `owner` there is nothing to compare with
+    /// but the value read just before: such a racing double free can free
+    /// the slot's next owner. Pass the owner.
+    ///
+    /// How the check and the clear are done, and what a racing free sees:
+    /// - One slot (`len == 1`, every order-0 free): the compare-and-clear
+    ///   *is* the check. A slot that a racing free took first answers the
+    ///   check's error (`NotAllocated`, or `WrongState` once it has a new
+    ///   owner); `Ok(1)` otherwise.
+    /// - A run inside one cluster: the check reads every slot, then the
+    ///   clears run, in one read-side section. A slot a racing free takes
+    ///   between the check and its clear is not counted: the return value
+    ///   and the `freed` calls say which slots this call freed (all `len`
+    ///   unless such a race took some).
+    /// - A run over several clusters: the first cluster is checked, then
+    ///   each later one (in its own section, nested in the first's), then
+    ///   the first cluster's slots are cleared in the section it was checked
+    ///   in, and each later cluster's in a new section; races as above.
+    ///
+    /// # Performance
+    /// A single-slot free is one read-side section, one CAS (the clear) and
+    /// one RMW on the cluster's lifetime word (its occupancy, in
+    /// [`Pin::release`](crate::Pin::release)): 2 locked RMWs, no other load
+    /// when the owner is given. (It was two sections, a check load, then
+    /// the same 2 RMWs.) A run of `n` slots over `k` clusters is `n` CASes
+    /// and `k` occupancy updates (one per cluster run, however long) in
+    /// `2k - 1` sections (was `2k`); the check loads are the same.
     pub fn free_with(
         &self,
         off: u64,
@@ -167,55 +202,53 @@ impl<P: Provider> PhysDevice<P> {
         if off == 0 || end > self.slots() {
             return Err(Error::OutOfRange);
         }
-        // Check every slot first, then free cluster by cluster.
-        let mut at = off;
-        while at < end {
-            let pin = self.space.pin(at as u32)?;
-            let base = u64::from(pin.base());
-            let stop = end.min(base + pin.words().len() as u64);
-            for s in at..stop {
-                let w = pin
-                    .words()
-                    .get((s - base) as usize)
-                    .ok_or(Error::OutOfRange)?;
-                let v = w.get(Ordering::Acquire);
-                if v == 0 || v == RESERVED {
-                    return Err(Error::NotAllocated);
-                }
-                if let Some(o) = owner {
-                    if v != u64::from(o) + (s - off) {
-                        return Err(Error::WrongState);
-                    }
-                }
-            }
-            at = stop;
+        if len == 0 {
+            return Ok(0);
         }
-        let mut total = 0;
-        let mut at = off;
+        let pin = self.space.pin(off as u32)?;
+        let base = u64::from(pin.base());
+        if len == 1 {
+            let w = pin
+                .words()
+                .get((off - base) as usize)
+                .ok_or(Error::OutOfRange)?;
+            clear_one(w, owner)?;
+            freed(off);
+            // SAFETY: our CAS turned this allocated word (not 0, not
+            // RESERVED) of this cluster to 0, once; counted here only.
+            unsafe { pin.release(1) };
+            return Ok(1);
+        }
+        let stop = end.min(base + pin.words().len() as u64);
+        check(pin.words(), base, off, stop, off, owner)?;
+        // Later clusters: checked before anything is freed, each in its own
+        // section (nested in the first cluster's, which is kept for its
+        // frees).
+        let mut at = stop;
         while at < end {
-            let pin = self.space.pin(at as u32)?;
-            let base = u64::from(pin.base());
-            let stop = end.min(base + pin.words().len() as u64);
-            let mut here = 0;
-            for s in at..stop {
-                if let Some(w) = pin.words().get((s - base) as usize) {
-                    let expect = match owner {
-                        Some(o) => u64::from(o) + (s - off),
-                        None => w.get(Ordering::Acquire),
-                    };
-                    if expect != 0 && expect != RESERVED && w.cas(expect, 0).is_ok() {
-                        here += 1;
-                        freed(s);
-                    }
-                }
-            }
-            // SAFETY: `here` counts the words of this cluster we turned
-            // from an owner to 0 by CAS: allocated slots (reserved ones and
-            // free words excluded; nobody else can set a free word of a
-            // device, whose pins are never handed out), each zeroed once.
-            unsafe { pin.release(here) };
+            let p = self.space.pin(at as u32)?;
+            let b = u64::from(p.base());
+            let s = end.min(b + p.words().len() as u64);
+            check(p.words(), b, at, s, off, owner)?;
+            at = s;
+        }
+        let here = clear(pin.words(), base, off, stop, off, owner, &mut freed);
+        // SAFETY: `here` counts the words of this cluster that `clear`
+        // turned from an owner to 0 by CAS (reserved and free words
+        // excluded; nobody else can set a free word of a device, whose
+        // pins are never handed out), each zeroed once.
+        unsafe { pin.release(here) };
+        let mut total = u64::from(here);
+        let mut at = stop;
+        while at < end {
+            let p = self.space.pin(at as u32)?;
+            let b = u64::from(p.base());
+            let s = end.min(b + p.words().len() as u64);
+            let here = clear(p.words(), b, at, s, off, owner, &mut freed);
+            // SAFETY: as above, for this cluster.
+            unsafe { p.release(here) };
             total += u64::from(here);
-            at = stop;
+            at = s;
         }
         Ok(total)
     }
@@ -342,6 +375,105 @@ impl<P: Provider> PhysDevice<P> {
     pub fn space(&self) -> DeviceSpace<'_, P> {
         DeviceSpace(&self.space)
     }
+}
+
+/// The error a slot that fails a free's check answers: `NotAllocated` for
+/// a free or reserved word, `WrongState` for another owner's.
+fn refused(v: u64) -> Error {
+    if v == 0 || v == RESERVED {
+        Error::NotAllocated
+    } else {
+        Error::WrongState
+    }
+}
+
+/// The word a free expects in slot `s` of a run from `off` for `owner`:
+/// `owner + (s - off)`, or `None` when no owner can be that (0, reserved,
+/// or past 32 bits: a 32-bit word would compare its low bits only).
+#[inline]
+fn expected(owner: u32, off: u64, s: u64) -> Option<u64> {
+    let e = u64::from(owner) + (s - off);
+    (e != 0 && e < RESERVED).then_some(e)
+}
+
+/// Free one word by compare-and-clear: of `owner`, or (no owner) of the
+/// allocated value it holds. `Err` (the check's error) if there is none.
+#[inline]
+fn clear_one(w: &AtomicU32, owner: Option<u32>) -> Result<()> {
+    match owner {
+        Some(o) => match expected(o, 0, 0) {
+            Some(e) => w.cas(e, 0).map(|_| ()).map_err(refused),
+            None => Err(refused(w.get(Ordering::Acquire))),
+        },
+        None => {
+            let mut v = w.get(Ordering::Acquire);
+            loop {
+                if v == 0 || v == RESERVED {
+                    return Err(Error::NotAllocated);
+                }
+                match w.cas(v, 0) {
+                    Ok(_) => return Ok(()),
+                    Err(x) => v = x,
+                }
+            }
+        }
+    }
+}
+
+/// The check of a free for the slots `at..stop` of the cluster whose words
+/// are `words` (first slot `base`), of a run from `off`.
+fn check(
+    words: &[AtomicU32],
+    base: u64,
+    at: u64,
+    stop: u64,
+    off: u64,
+    owner: Option<u32>,
+) -> Result<()> {
+    for s in at..stop {
+        let w = words.get((s - base) as usize).ok_or(Error::OutOfRange)?;
+        let v = w.get(Ordering::Acquire);
+        if v == 0 || v == RESERVED {
+            return Err(Error::NotAllocated);
+        }
+        if let Some(o) = owner {
+            if expected(o, off, s) != Some(v) {
+                return Err(Error::WrongState);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The clears of a checked free for the slots `at..stop` (as in [`check`]):
+/// each by compare-and-clear of the value the check expects, calling
+/// `freed` for each slot cleared here. Returns how many.
+fn clear(
+    words: &[AtomicU32],
+    base: u64,
+    at: u64,
+    stop: u64,
+    off: u64,
+    owner: Option<u32>,
+    freed: &mut impl FnMut(u64),
+) -> u32 {
+    let mut here = 0;
+    for s in at..stop {
+        if let Some(w) = words.get((s - base) as usize) {
+            let ok = match owner {
+                Some(o) => expected(o, off, s).is_some_and(|e| w.cas(e, 0).is_ok()),
+                None => {
+                    let v = w.get(Ordering::Acquire);
+                    v != 0 && v != RESERVED && w.cas(v, 0).is_ok()
+                }
+            };
+            if ok {
+                here += 1;
+                freed(s);
+            }
+        }
+    }
+    here
 }
 
 /// A read-only view of a device's slot space, from [`PhysDevice::space`].

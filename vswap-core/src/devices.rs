@@ -1,31 +1,98 @@
 //! The engine's device table: up to [`MAX_DEVICES`] physical devices, each
-//! added and removed at run time and pinned by every operation in flight.
+//! added and removed at run time and held by every operation in flight.
 //!
-//! # Protocol (one `AtomicU64` per table entry)
+//! # Holds: a percpu-ref style count
+//! An operation on a device (allocation, frees, reverse-map reads) and I/O
+//! the host does from one of its slots hold the device ([`DevicePin`]),
+//! like the kernel's `get_swap_device`: the device stays in the table (and
+//! its tables in memory) until the hold is dropped. Holds are counted in
+//! two places:
+//! - **Fast path: striped counters.** [`HOLD_STRIPES`] stripes, each one
+//!   128-byte aligned block (its own cache lines) holding one `AtomicU64`
+//!   per device: bits 0..32 count the holds taken on that stripe, bit 32
+//!   (`SLOW`) says the device is not in fast mode. A hold is a CAS that adds
+//!   1 while `SLOW` is clear (acquire); dropping it is a `fetch_sub` of the
+//!   same word (release). Two locked RMWs, as before, but on a line that
+//!   only the threads of one stripe write, instead of one word per device
+//!   that every CPU's operation bounced between caches. (The kernel's
+//!   `percpu_ref` gets by without the lock prefix because a CPU number is
+//!   exclusive with preemption off; here callers may share a stripe, so
+//!   the count is a locked RMW: correctness does not depend on the stripe,
+//!   only speed does.)
+//! - **Slow path: the entry's state word** (below), whose `pins` field
+//!   counts the holds taken while the device's stripes are `SLOW` (a
+//!   removal in progress, or a stripe saturated). It is the only path while
+//!   a removal runs, so a removal decides on one word.
+//!
+//! Which stripe: [`Devices::pin_on`] takes a number (the caller's CPU
+//! number where it has one: the engine's allocations pass theirs);
+//! [`Devices::pin`] has none (frees from a map's release, reverse-map
+//! reads, the host's I/O holds: most callers have no CPU number) and uses
+//! a per-thread value: with the `std` feature a thread-local index handed
+//! out round robin on a thread's first hold, without it (a kernel, where
+//! `thread_local!` does not exist) a hash of the caller's stack address
+//! (each task has its own stack; it costs nothing). The hold remembers the
+//! word it counted in, so dropping it on another thread or stripe is
+//! correct. Under loom `pin` uses stripe 0 (a model must be deterministic)
+//! and the models choose stripes through `pin_on`.
+//!
+//! # The entry's state word (one `AtomicU64` per table entry)
 //! ```text
-//!  63   48 47    40 39  36   35     34     33    32   31            0
-//! +-------+--------+------+-------+------+-----+-------+---------------+
-//! | rsvd  |priority| rsvd |NOALLOC|ADDING|DYING|PRESENT|     pins      |
-//! +-------+--------+------+-------+------+-----+-------+---------------+
+//!  63   48 47    40 39  37    36      35     34     33    32   31            0
+//! +-------+--------+------+--------+-------+------+-----+-------+---------------+
+//! | rsvd  |priority| rsvd |REMOVING|NOALLOC|ADDING|DYING|PRESENT|  slow pins    |
+//! +-------+--------+------+--------+-------+------+-----+-------+---------------+
 //! ```
-//! - `EMPTY` (0) -> `ADDING` by CAS: the adder owns the entry and writes the
-//!   device, then stores `PRESENT | priority` (release).
-//! - A *pin* is a CAS that adds 1 while `PRESENT && !DYING` (acquire): the
-//!   device stays in place until the pin is dropped (`fetch_sub`, release).
-//!   Device operations (allocation, frees, reverse-map reads) and I/O the host
-//!   does from a location hold one, like the kernel's `get_swap_device`.
-//! - Removal CASes `PRESENT, pins == 0` -> `DYING`, fails with `Busy` while
-//!   pinned (or [`Devices::remove_wait`] sets `DYING` first, which blocks new
-//!   pins, and waits for the count to drain), takes the device out, stores 0.
-//! - [`Devices::remove_empty`] must also know the device holds no data, which
-//!   an allocation between its check and its removal would falsify. It CASes
-//!   `PRESENT, pins == 0` -> `| NOALLOC` (no allocation is in flight then);
-//!   a pin taken while `NOALLOC` is set cannot allocate
-//!   ([`DevicePin::alloc`] answers `NoSpace`), but frees and reads go on.
-//!   It checks the device is empty, then CASes `NOALLOC, pins == 0` ->
-//!   `| DYING` and takes it, or clears `NOALLOC` and answers `Busy`. Other
-//!   removals refuse (`remove`) or wait for (`remove_wait`) a set `NOALLOC`,
-//!   so only its setter clears it.
+//! States and transitions (a device's `SLOW` bits are clear from the
+//! adder's clears until a removal sets them, and again once a removal that
+//! gives up has cleared them; set otherwise):
+//! - `EMPTY` (0, every stripe `SLOW`) -> `ADDING` by CAS: the adder owns the
+//!   entry and writes the device, clears `SLOW` on every stripe (release:
+//!   a fast hold that sees it clear sees the device), then stores
+//!   `PRESENT | priority` (release). A removal can start only after that
+//!   store, so its `SLOW` bits come after the adder's clears.
+//! - `PRESENT` (fast mode): holds go to the stripes. A slow hold (a CAS
+//!   adding 1 to `slow pins` while `PRESENT && !DYING`) is still possible.
+//! - A removal first *claims* the entry: CAS `PRESENT, !REMOVING` ->
+//!   `| REMOVING` (only one removal runs at a time; [`Devices::remove`] and
+//!   [`Devices::remove_empty`] answer `Busy` while another runs,
+//!   [`Devices::remove_wait`] waits for it). It then sets `SLOW` on the
+//!   device's word of every stripe (`fetch_or`, acq_rel): from then on the
+//!   stripes' counts can only fall (a fast hold's CAS fails on `SLOW` and
+//!   the caller takes a slow hold), so "every stripe's count is 0" is a
+//!   fact that stays true, and the removal decides on the state word alone.
+//!   The `fetch_or`, or a later acquire load, that reads a stripe's count
+//!   as 0 synchronizes with every release `fetch_sub` of that word, so the
+//!   dropped holds' accesses to the device happen before the removal takes
+//!   it. No pair of words has to be read in a Dekker pattern.
+//! - `remove`: if a stripe counted a hold, or `slow pins != 0`, it gives
+//!   up; else it CASes `slow pins == 0` -> `| DYING`.
+//! - `remove_empty` must also know the device holds no data, which an
+//!   allocation between its check and its removal would falsify. With the
+//!   stripes at 0 it CASes `slow pins == 0` -> `| NOALLOC` (no allocation
+//!   is in flight then); a hold taken while `NOALLOC` is set (a slow one:
+//!   the stripes are `SLOW`) cannot allocate ([`DevicePin::alloc`] answers
+//!   `NoSpace`), but frees and reads go on. It checks the device is empty,
+//!   then CASes `NOALLOC, slow pins == 0` -> `| DYING`, or gives up.
+//! - `remove_wait` claims with `REMOVING | DYING` in one CAS (new slow holds
+//!   fail at once), sets `SLOW` (new fast holds fail too), and waits for
+//!   every stripe's count and `slow pins` to reach 0.
+//! - Giving up (`Busy`): clear `NOALLOC`, clear `SLOW` on every stripe (fast
+//!   mode again), then clear `REMOVING` (release: the next removal's `SLOW`
+//!   bits come after these clears). Holds never fail while a removal that
+//!   gives up runs: they take the slow path.
+//! - `DYING` (with `REMOVING`): no new hold can be taken (fast: `SLOW`;
+//!   slow: `DYING`). Once none is held (`remove` and `remove_empty` set
+//!   `DYING` only then; `remove_wait` waits after setting it) the remover
+//!   takes the device out and stores 0 (`EMPTY`), leaving the stripes
+//!   `SLOW`.
+//!
+//! # Performance
+//! Taking and dropping a hold: one load and one CAS, then one `fetch_sub`,
+//! on the caller's stripe (2 locked RMWs on a line no other stripe writes;
+//! before: the same 2 on the one state word per device that all CPUs
+//! shared). The table is `MAX_DEVICES` entries plus `HOLD_STRIPES * 128`
+//! bytes (2 KiB) of stripes.
 
 use vswap_alloc::sync::{AtomicU64, Ordering, UnsafeCell, spin_hint};
 use vswap_alloc::{ClusterState, Ctx, DeviceStats, Error, Geometry, PhysDevice, Provider, Result};
@@ -33,28 +100,109 @@ use vswap_alloc::{ClusterState, Ctx, DeviceStats, Error, Geometry, PhysDevice, P
 /// Devices an engine can hold (device numbers `0..MAX_DEVICES`).
 pub const MAX_DEVICES: usize = 16;
 
+/// Stripes of the fast-path hold counts (see the module documentation).
+#[cfg(not(vswap_loom))]
+pub const HOLD_STRIPES: usize = 16;
+/// Stripes of the fast-path hold counts (two under loom, to keep the models
+/// small).
+#[cfg(vswap_loom)]
+pub const HOLD_STRIPES: usize = 2;
+
 const PINS: u64 = 0xffff_ffff;
 const PRESENT: u64 = 1 << 32;
 const DYING: u64 = 1 << 33;
 const ADDING: u64 = 1 << 34;
 const NOALLOC: u64 = 1 << 35;
+const REMOVING: u64 = 1 << 36;
 const PRIO_SHIFT: u32 = 40;
+
+/// In a stripe word: the count of fast holds, and the slow-mode bit.
+const COUNT: u64 = 0xffff_ffff;
+const SLOW: u64 = 1 << 32;
 
 struct Entry<P: Provider> {
     state: AtomicU64,
     dev: UnsafeCell<Option<PhysDevice<P>>>,
 }
 
+/// One stripe: a fast-hold word per device, on lines of its own.
+#[repr(align(128))]
+struct Stripe([AtomicU64; MAX_DEVICES]);
+
+impl Stripe {
+    fn new() -> Self {
+        Self(core::array::from_fn(|_| AtomicU64::new(SLOW)))
+    }
+}
+
 /// The device table.
 pub struct Devices<P: Provider> {
     entries: [Entry<P>; MAX_DEVICES],
+    stripes: [Stripe; HOLD_STRIPES],
 }
 
-// SAFETY: `dev` is written only by the thread that owns the entry (ADDING or
-// DYING with no pins) and read only under a pin; `PhysDevice` is Sync.
+// SAFETY: `dev` is written only by the thread that owns the entry (ADDING,
+// or DYING with no holds) and read only under a hold; `PhysDevice` is Sync.
 unsafe impl<P: Provider> Sync for Devices<P> {}
 // SAFETY: as above; the devices move with the table.
 unsafe impl<P: Provider + Send> Send for Devices<P> {}
+
+/// The stripe [`Devices::pin`] uses (only speed depends on it): with the
+/// `std` feature, a per-thread index handed out round robin on the thread's
+/// first hold (so the first `HOLD_STRIPES` threads get distinct stripes;
+/// afterwards a thread-local read); without it, a Fibonacci hash of the
+/// caller's stack address in 16 KiB units (one value per thread, give or
+/// take a stack frame crossing a boundary; each kernel task has its own
+/// stack); under loom, 0.
+#[inline(always)]
+fn stripe_hint() -> u32 {
+    #[cfg(vswap_loom)]
+    {
+        0
+    }
+    #[cfg(all(not(vswap_loom), feature = "std"))]
+    {
+        thread_stripe::get()
+    }
+    #[cfg(all(not(vswap_loom), not(feature = "std")))]
+    {
+        let probe = 0u8;
+        let a = core::ptr::addr_of!(probe).addr() as u64;
+        // The top bits of the product: consecutive stacks spread out.
+        ((a >> 14).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - HOLD_STRIPES.trailing_zeros()))
+            as u32
+    }
+}
+
+#[cfg(all(not(vswap_loom), feature = "std"))]
+mod thread_stripe {
+    extern crate std;
+    use core::cell::Cell;
+    use vswap_alloc::sync::{AtomicU32, Ordering};
+
+    /// The next thread's stripe (a shared counter, touched once per thread).
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const UNSET: u32 = u32::MAX;
+
+    std::thread_local! {
+        static STRIPE: Cell<u32> = const { Cell::new(UNSET) };
+    }
+
+    #[inline(always)]
+    pub(super) fn get() -> u32 {
+        STRIPE
+            .try_with(|s| match s.get() {
+                UNSET => {
+                    let v = NEXT.fetch_add(1, Ordering::Relaxed) & (UNSET >> 1);
+                    s.set(v);
+                    v
+                }
+                v => v,
+            })
+            // The thread's locals are being torn down: any stripe will do.
+            .unwrap_or(0)
+    }
+}
 
 /// A pinned device: it stays in the table (and its tables in memory) until
 /// the pin is dropped.
@@ -77,7 +225,8 @@ unsafe impl<P: Provider + Send> Send for Devices<P> {}
 /// let _ = e.device(0).unwrap().free(1, 1, None);
 /// ```
 pub struct DevicePin<'a, P: Provider> {
-    state: &'a AtomicU64,
+    /// The word this hold is counted in: a stripe's, or the entry's state.
+    count: &'a AtomicU64,
     dev: &'a PhysDevice<P>,
     id: u8,
     /// Pinned while no removal was checking the device (`NOALLOC` clear).
@@ -154,7 +303,7 @@ impl<'a, P: Provider> DevicePin<'a, P> {
 
 impl<P: Provider> Drop for DevicePin<'_, P> {
     fn drop(&mut self) {
-        self.state.fetch_sub(1, Ordering::Release);
+        self.count.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -172,17 +321,18 @@ impl<P: Provider> Devices<P> {
                 state: AtomicU64::new(0),
                 dev: UnsafeCell::new(None),
             }),
+            stripes: core::array::from_fn(|_| Stripe::new()),
         }
     }
 
     /// Write an empty table into `place` entry by entry (the table is
-    /// about 6.5 KiB: an engine built in place keeps it off the stack).
+    /// about 8.5 KiB: an engine built in place keeps it off the stack).
     ///
     /// # Safety
     /// `place` is valid for writes of a `Self` and aligned.
     pub(crate) unsafe fn init_in(place: *mut Self) {
-        // SAFETY: `place` is valid for writes (contract); the entries are
-        // written one at a time through raw pointers.
+        // SAFETY: `place` is valid for writes (contract); the entries and
+        // the stripes are written one at a time through raw pointers.
         unsafe {
             let entries = core::ptr::addr_of_mut!((*place).entries).cast::<Entry<P>>();
             for i in 0..MAX_DEVICES {
@@ -191,11 +341,22 @@ impl<P: Provider> Devices<P> {
                     dev: UnsafeCell::new(None),
                 });
             }
+            let stripes = core::ptr::addr_of_mut!((*place).stripes).cast::<Stripe>();
+            for i in 0..HOLD_STRIPES {
+                stripes.add(i).write(Stripe::new());
+            }
         }
     }
 
     fn entry(&self, id: u8) -> Result<&Entry<P>> {
         self.entries.get(usize::from(id)).ok_or(Error::NoDevice)
+    }
+
+    /// Device `id`'s word on every stripe.
+    fn words(&self, id: u8) -> impl Iterator<Item = &AtomicU64> {
+        self.stripes
+            .iter()
+            .filter_map(move |s| s.0.get(usize::from(id)))
     }
 
     /// Add `dev` as device `id` with `priority` (higher is used first).
@@ -205,9 +366,14 @@ impl<P: Provider> Devices<P> {
         e.state
             .compare_exchange(0, ADDING, Ordering::Acquire, Ordering::Relaxed)
             .map_err(|_| Error::WrongState)?;
-        // SAFETY: ADDING makes us the only thread touching `dev` (no pins can
-        // be taken until PRESENT is published below).
+        // SAFETY: ADDING makes us the only thread touching `dev` (no hold
+        // can be taken: the stripes are SLOW and the entry is not PRESENT).
         e.dev.with_mut(|p| unsafe { *p = Some(dev) });
+        // Fast mode, then PRESENT: no removal can start before the store,
+        // so none sets SLOW before these clears.
+        for w in self.words(id) {
+            w.fetch_and(!SLOW, Ordering::Release);
+        }
         e.state.store(
             PRESENT | (u64::from(priority) << PRIO_SHIFT),
             Ordering::Release,
@@ -215,10 +381,40 @@ impl<P: Provider> Devices<P> {
         Ok(())
     }
 
-    /// Pin device `id`.
+    /// Hold device `id`, counted on the calling thread's stripe (see the
+    /// module documentation).
     #[inline]
     pub fn pin(&self, id: u8) -> Result<DevicePin<'_, P>> {
+        self.pin_on(id, stripe_hint())
+    }
+
+    /// Hold device `id`, counted on stripe `stripe % HOLD_STRIPES`: pass
+    /// the caller's CPU number where it has one. Any number is correct;
+    /// callers that share one only slow each other down.
+    #[inline]
+    pub fn pin_on(&self, id: u8, stripe: u32) -> Result<DevicePin<'_, P>> {
         let e = self.entry(id)?;
+        let w = self
+            .stripes
+            .get(stripe as usize % HOLD_STRIPES)
+            .and_then(|s| s.0.get(usize::from(id)))
+            .ok_or(Error::NoDevice)?;
+        let mut c = w.load(Ordering::Relaxed);
+        while c & SLOW == 0 && c & COUNT != COUNT {
+            match w.compare_exchange_weak(c, c + 1, Ordering::Acquire, Ordering::Relaxed) {
+                // Fast mode: no removal has passed its SLOW step, so none
+                // set NOALLOC (module documentation).
+                Ok(_) => return Self::hold(e, w, id, true),
+                Err(x) => c = x,
+            }
+        }
+        self.pin_slow(e, id)
+    }
+
+    /// A hold counted in the entry's state word (a removal in progress, or
+    /// a saturated stripe).
+    #[cold]
+    fn pin_slow<'a>(&'a self, e: &'a Entry<P>, id: u8) -> Result<DevicePin<'a, P>> {
         let mut s = e.state.load(Ordering::Acquire);
         loop {
             if s & (PRESENT | DYING) != PRESENT || s & PINS == PINS {
@@ -232,20 +428,33 @@ impl<P: Provider> Devices<P> {
                 Err(x) => s = x,
             }
         }
-        // SAFETY: PRESENT was published after the device was written, and it
-        // cannot be taken out while our pin is counted, so the reference
-        // stays valid (and unwritten) for the pin's lifetime. (loom records
-        // the read while `with` runs: enough to see a pin racing an add or a
+        Self::hold(e, &e.state, id, s & NOALLOC == 0)
+    }
+
+    /// The pin for a hold just counted in `count`.
+    #[inline(always)]
+    fn hold<'a>(
+        e: &'a Entry<P>,
+        count: &'a AtomicU64,
+        id: u8,
+        may_alloc: bool,
+    ) -> Result<DevicePin<'a, P>> {
+        // SAFETY: the device was written before the count was put in a mode
+        // that admits holds (the stripes' SLOW cleared, or PRESENT
+        // published: both release, read by our acquire RMW), and it cannot
+        // be taken out while our hold is counted, so the reference stays
+        // valid (and unwritten) for the pin's lifetime. (loom records the
+        // read while `with` runs: enough to see a hold racing an add or a
         // take.)
         match e.dev.with(|p| unsafe { &*p }) {
             Some(dev) => Ok(DevicePin {
-                state: &e.state,
+                count,
                 dev,
                 id,
-                may_alloc: s & NOALLOC == 0,
+                may_alloc,
             }),
             None => {
-                e.state.fetch_sub(1, Ordering::Release);
+                count.fetch_sub(1, Ordering::Release);
                 Err(Error::NoDevice)
             }
         }
@@ -257,67 +466,112 @@ impl<P: Provider> Devices<P> {
         (s & (PRESENT | DYING) == PRESENT).then_some((s >> PRIO_SHIFT) as u8)
     }
 
-    /// Remove device `id` if no operation holds it (`Busy` otherwise) and
-    /// return it.
+    /// Remove device `id` if no operation holds it (`Busy` otherwise, also
+    /// while another removal of it runs) and return it.
     pub fn remove(&self, id: u8) -> Result<PhysDevice<P>> {
         let e = self.entry(id)?;
-        Self::mark(e, DYING)?;
+        Self::claim(e)?;
+        if self.slow_mode(id) {
+            return Err(self.give_up(e, id));
+        }
+        Self::set_if_unpinned(e, DYING).map_err(|_| self.give_up(e, id))?;
         self.take(e)
     }
 
-    /// The start of both removals: the device is present, nothing pins it
-    /// and no `remove_empty` is checking it; then `bit` (`DYING` or
-    /// `NOALLOC`) is set by CAS from that state, which is returned.
-    fn mark(e: &Entry<P>, bit: u64) -> Result<u64> {
-        let s = e.state.load(Ordering::Acquire);
-        if s & (PRESENT | DYING) != PRESENT {
-            return Err(Error::NoDevice);
+    /// The start of `remove` and `remove_empty`: the device is present and
+    /// no other removal runs; then `REMOVING` is set by CAS.
+    fn claim(e: &Entry<P>) -> Result<()> {
+        let mut s = e.state.load(Ordering::Acquire);
+        loop {
+            if s & (PRESENT | DYING) != PRESENT {
+                return Err(Error::NoDevice);
+            }
+            if s & REMOVING != 0 {
+                return Err(Error::Busy);
+            }
+            // Retried when only slow holds changed the word.
+            match e.state.compare_exchange_weak(
+                s,
+                s | REMOVING,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(x) => s = x,
+            }
         }
-        if s & (PINS | NOALLOC) != 0 {
-            return Err(Error::Busy);
+    }
+
+    /// Put device `id` in slow mode (`SLOW` on every stripe). Returns
+    /// whether a stripe counted a hold then (its count can only fall now).
+    fn slow_mode(&self, id: u8) -> bool {
+        let mut held = false;
+        for w in self.words(id) {
+            held |= w.fetch_or(SLOW, Ordering::AcqRel) & COUNT != 0;
         }
-        e.state
-            .compare_exchange(s, s | bit, Ordering::AcqRel, Ordering::Acquire)
-            .map_err(|x| {
-                if x & (PRESENT | DYING) != PRESENT {
-                    Error::NoDevice
-                } else {
-                    Error::Busy
-                }
-            })?;
-        Ok(s)
+        held
+    }
+
+    /// Whether every stripe's count of device `id` is 0 (slow mode).
+    fn fast_drained(&self, id: u8) -> bool {
+        self.words(id)
+            .all(|w| w.load(Ordering::Acquire) & COUNT == 0)
+    }
+
+    /// Set `bit` by CAS while no slow hold is counted (the claimer's
+    /// entry: only slow holds change the word meanwhile); `Err` if one is.
+    fn set_if_unpinned(e: &Entry<P>, bit: u64) -> core::result::Result<(), ()> {
+        let mut s = e.state.load(Ordering::Acquire);
+        loop {
+            if s & PINS != 0 {
+                return Err(());
+            }
+            match e
+                .state
+                .compare_exchange_weak(s, s | bit, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(()),
+                Err(x) => s = x,
+            }
+        }
+    }
+
+    /// A claimed removal that fails: `NOALLOC` cleared, fast mode again,
+    /// then `REMOVING` cleared (after the stripes: the next removal's
+    /// `SLOW` bits must come after these clears). Returns `Busy`.
+    #[cold]
+    fn give_up(&self, e: &Entry<P>, id: u8) -> Error {
+        e.state.fetch_and(!NOALLOC, Ordering::Release);
+        for w in self.words(id) {
+            w.fetch_and(!SLOW, Ordering::Release);
+        }
+        e.state.fetch_and(!REMOVING, Ordering::Release);
+        Error::Busy
     }
 
     /// Remove device `id` if it holds no data and no operation holds it
-    /// (`Busy` otherwise), and return it. No slot can be allocated on it
-    /// between the check and the removal (see the module documentation);
-    /// meanwhile its allocations answer `NoSpace`.
+    /// (`Busy` otherwise, also while another removal of it runs), and
+    /// return it. No slot can be allocated on it between the check and the
+    /// removal (see the module documentation); meanwhile its allocations
+    /// answer `NoSpace`.
     pub fn remove_empty(&self, id: u8) -> Result<PhysDevice<P>> {
         let e = self.entry(id)?;
-        // No pin, so no allocation in flight; pins taken from now on cannot
-        // allocate, so the device's used count can only fall.
-        let s = Self::mark(e, NOALLOC)?;
-        let empty = self.pin(id).is_ok_and(|d| d.stats().used == 0);
-        if empty
-            && e.state
-                .compare_exchange(
-                    s | NOALLOC,
-                    s | NOALLOC | DYING,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
-        {
+        Self::claim(e)?;
+        // No hold, so no allocation in flight; holds taken from now on are
+        // slow ones that see NOALLOC and cannot allocate, so the device's
+        // used count can only fall.
+        if self.slow_mode(id) || Self::set_if_unpinned(e, NOALLOC).is_err() {
+            return Err(self.give_up(e, id));
+        }
+        let empty = self.pin_slow(e, id).is_ok_and(|d| d.stats().used == 0);
+        if empty && Self::set_if_unpinned(e, DYING).is_ok() {
             return self.take(e);
         }
-        // Only we clear NOALLOC (other removals refuse or wait while it is
-        // set), and the entry stays PRESENT until we do.
-        e.state.fetch_and(!NOALLOC, Ordering::Release);
-        Err(Error::Busy)
+        Err(self.give_up(e, id))
     }
 
-    /// Remove device `id`, refusing new pins at once and waiting for the ones
-    /// held to be dropped.
+    /// Remove device `id`, refusing new holds at once and waiting for the
+    /// ones held to be dropped (and for another removal of it to end).
     pub fn remove_wait(&self, id: u8) -> Result<PhysDevice<P>> {
         let e = self.entry(id)?;
         let mut s = e.state.load(Ordering::Acquire);
@@ -325,28 +579,32 @@ impl<P: Provider> Devices<P> {
             if s & (PRESENT | DYING) != PRESENT {
                 return Err(Error::NoDevice);
             }
-            if s & NOALLOC != 0 {
-                // `remove_empty` is checking the device: wait for its verdict.
+            if s & REMOVING != 0 {
+                // Another removal runs: wait for its verdict.
                 spin_hint();
                 s = e.state.load(Ordering::Acquire);
                 continue;
             }
-            match e
-                .state
-                .compare_exchange_weak(s, s | DYING, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match e.state.compare_exchange_weak(
+                s,
+                s | REMOVING | DYING,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => break,
                 Err(x) => s = x,
             }
         }
-        while e.state.load(Ordering::Acquire) & PINS != 0 {
+        self.slow_mode(id);
+        while !self.fast_drained(id) || e.state.load(Ordering::Acquire) & PINS != 0 {
             spin_hint();
         }
         self.take(e)
     }
 
     fn take(&self, e: &Entry<P>) -> Result<PhysDevice<P>> {
-        // SAFETY: DYING with no pins: nobody else can reach `dev`.
+        // SAFETY: DYING, every stripe SLOW and no hold counted anywhere:
+        // nobody else can reach `dev`.
         let dev = e.dev.with_mut(|p| unsafe { (*p).take() });
         e.state.store(0, Ordering::Release);
         // A PRESENT entry always holds a device (written before PRESENT).

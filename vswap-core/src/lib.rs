@@ -34,7 +34,7 @@ mod side;
 pub mod swapops;
 pub mod word;
 
-pub use devices::{DevicePin, Devices, MAX_DEVICES};
+pub use devices::{DevicePin, Devices, HOLD_STRIPES, MAX_DEVICES};
 pub use engine::{
     ChargePolicy, Engine, EngineConfig, EngineHost, Evacuated, MAX_PAGE_SIZE, Move, NO_MEMCG,
     PAGE_SIZE, Placement, Router, Stopped, SwapinRange, VirtMove, Writeback,

@@ -1005,6 +1005,159 @@ fn e4c_remove_wait_races_pin_holder() {
     });
 }
 
+/// Device hold vs removal on the striped hold counts: A holds device 0 on
+/// stripe 0 and reads a slot's owner under the hold, B holds it on stripe 1,
+/// C removes it (`Devices::remove`, which answers `Busy` while any hold is
+/// counted on any stripe or in the state word) and drops it at once (its
+/// tables go back to the poisoning provider: a late access panics). A
+/// removal that gives up never makes a hold fail (holds take the slow path
+/// meanwhile): a hold fails only when the removal succeeded.
+#[test]
+fn e4d_device_hold_vs_removal() {
+    let want = [
+        "removed, both holds refused",
+        "removed, one hold refused",
+        "removed after both holds",
+        "Busy: held",
+    ];
+    model("e4d_device_hold_vs_removal", 3, &want, move |o| {
+        let prov = TestProvider::default();
+        let devs: Arc<Devices<TestProvider>> = Arc::new(Devices::new());
+        let dev = device(&prov, 1, 4, 1, false);
+        let off = dev.alloc(0, 0, 7, S).unwrap();
+        devs.add(0, 1, dev).unwrap();
+        let d = devs.clone();
+        let ta = thread::spawn(move || {
+            let pin = d.pin_on(0, 0)?;
+            assert_eq!(pin.owner(off), Ok(Some(7)));
+            Ok::<(), Error>(())
+        });
+        let d = devs.clone();
+        let tb = thread::spawn(move || d.pin_on(0, 1).map(|p| assert_eq!(p.slots(), 4)));
+        let d = devs.clone();
+        let tc = thread::spawn(move || d.remove(0).map(drop));
+        let (a, b, c) = (ta.join().unwrap(), tb.join().unwrap(), tc.join().unwrap());
+        let refused = [a, b].iter().filter(|r| r.is_err()).count();
+        for r in [a, b] {
+            assert!(matches!(r, Ok(()) | Err(Error::NoDevice)), "hold {r:?}");
+        }
+        match c {
+            Ok(()) => {
+                o.saw(want[2 - refused]);
+                assert_eq!(devs.pin_on(0, 1).err(), Some(Error::NoDevice));
+                assert_eq!(devs.pin(0).err(), Some(Error::NoDevice));
+                assert_eq!(prov.bytes(), 0, "the removed device's memory went back");
+            }
+            Err(Error::Busy) => {
+                assert_eq!(refused, 0, "a hold failed while the removal gave up");
+                o.saw(want[3]);
+                // Fast mode again, and removable now that no hold is left.
+                assert_eq!(devs.pin_on(0, 0).map(|p| p.owner(off)), Ok(Ok(Some(7))));
+                drop(devs.remove(0).unwrap());
+                assert_eq!(prov.bytes(), 0);
+            }
+            Err(e) => panic!("remove {e:?}"),
+        }
+    });
+}
+
+/// `remove_empty` vs an allocating hold on stripe 1 (the engine's own paths
+/// use stripe 0 under loom; see e4a): the removal must never take a device
+/// holding data; a hold taken while it checks the device cannot allocate.
+#[test]
+fn e4e_remove_empty_vs_striped_alloc() {
+    let want = [
+        "removed, A found no device",
+        "A allocated, Busy",
+        "A refused during the check, Busy",
+        "A refused during the check, removed",
+    ];
+    model("e4e_remove_empty_vs_striped_alloc", 4, &want, move |o| {
+        let prov = TestProvider::default();
+        let devs: Arc<Devices<TestProvider>> = Arc::new(Devices::new());
+        devs.add(0, 1, device(&prov, 1, 4, 1, false)).unwrap();
+        let d = devs.clone();
+        let ta = thread::spawn(move || {
+            let pin = d.pin_on(0, 1)?;
+            match pin.alloc(0, 0, 9, NS) {
+                Ok(off) => Ok(Some(off)),
+                Err(Error::NoSpace) => Ok(None),
+                Err(e) => panic!("alloc {e:?}"),
+            }
+        });
+        let d = devs.clone();
+        let tb = thread::spawn(move || d.remove_empty(0).map(|dev| dev.stats().used));
+        let (a, b) = (ta.join().unwrap(), tb.join().unwrap());
+        match (a, b) {
+            (Err(Error::NoDevice), Ok(0)) => o.saw(want[0]),
+            (Ok(Some(off)), Err(Error::Busy)) => {
+                assert_eq!(devs.pin(0).unwrap().owner(off), Ok(Some(9)));
+                o.saw(want[1]);
+            }
+            (Ok(None), Err(Error::Busy)) => o.saw(want[2]),
+            // A's hold was taken while the removal checked the device (no
+            // allocation) and dropped before its last step.
+            (Ok(None), Ok(0)) => o.saw(want[3]),
+            other => panic!("removed a device holding data: {other:?}"),
+        }
+        // Quiescent: the other removals see the same table.
+        match devs.remove_wait(0) {
+            Ok(dev) => {
+                for (off, owner) in owners(&dev) {
+                    dev.free(off, 1, Some(owner)).unwrap();
+                }
+                drop(dev);
+            }
+            Err(e) => assert_eq!(e, Error::NoDevice),
+        }
+        assert_eq!(prov.bytes(), 0);
+    });
+}
+
+/// `remove_wait` (claims, refuses new holds, waits for the held ones) vs
+/// `remove` and a hold on stripe 1: exactly one removal takes the device,
+/// never while the hold is counted; the other answers `NoDevice` (or `Busy`
+/// while `remove_wait` runs, or `remove` gave up on the hold and
+/// `remove_wait` then took it).
+#[test]
+fn e4f_remove_wait_vs_remove_and_hold() {
+    let want = [
+        "remove_wait took it",
+        "remove took it",
+        "hold refused",
+        "hold served",
+    ];
+    model("e4f_remove_wait_vs_remove_and_hold", 2, &want, move |o| {
+        let prov = TestProvider::default();
+        let devs: Arc<Devices<TestProvider>> = Arc::new(Devices::new());
+        let dev = device(&prov, 1, 4, 1, false);
+        let off = dev.alloc(0, 0, 7, S).unwrap();
+        devs.add(0, 1, dev).unwrap();
+        let d = devs.clone();
+        let ta = thread::spawn(move || {
+            d.pin_on(0, 1)
+                .map(|p| assert_eq!(p.owner(off), Ok(Some(7))))
+        });
+        let d = devs.clone();
+        let tb = thread::spawn(move || d.remove_wait(0).map(drop));
+        let d = devs.clone();
+        let tc = thread::spawn(move || d.remove(0).map(drop));
+        let (a, b, c) = (ta.join().unwrap(), tb.join().unwrap(), tc.join().unwrap());
+        match a {
+            Ok(()) => o.saw(want[3]),
+            Err(Error::NoDevice) => o.saw(want[2]),
+            Err(e) => panic!("hold {e:?}"),
+        }
+        match (b, c) {
+            (Ok(()), Err(Error::NoDevice | Error::Busy)) => o.saw(want[0]),
+            (Err(Error::NoDevice), Ok(())) => o.saw(want[1]),
+            other => panic!("removals {other:?}"),
+        }
+        assert_eq!(devs.pin_on(0, 0).err(), Some(Error::NoDevice));
+        assert_eq!(prov.bytes(), 0, "the removed device's memory went back");
+    });
+}
+
 // ---------------------------------------------------------------------------
 // 5. Allocation racing discard.
 // ---------------------------------------------------------------------------

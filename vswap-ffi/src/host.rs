@@ -273,7 +273,7 @@ pub(crate) struct Handle<T> {
 /// let `make` build its object in place (`make` gets a [`HostOps`] pointing
 /// at that copy and the object's uninitialised place, and must initialise it
 /// when it returns `Ok`). Building in place keeps a large object (the engine
-/// is about 11 KiB) from being copied through this frame. On failure nothing
+/// is about 13.5 KiB) from being copied through this frame. On failure nothing
 /// is left allocated. `-EINVAL` if `alloc` or `free` is NULL.
 pub(crate) fn create_handle<T>(
     ops: vswap_host_ops,

@@ -186,7 +186,7 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
 
     /// [`Engine::new`], built directly in `place` (for example memory from
     /// the host's allocator): no engine-sized temporary on the stack. The
-    /// engine is about 11 KiB; by value, `new` needs more than that in its
+    /// engine is about 13.5 KiB; by value, `new` needs more than that in its
     /// own frame (and its caller another copy), too much for a 16 KiB kernel
     /// stack. On `Err` nothing was built in `place`. The engine lives in
     /// `place` until the caller drops it there (`assume_init_drop`, see

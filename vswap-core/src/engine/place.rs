@@ -121,7 +121,7 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
                     .filter(|(_, p)| **p == top)
                     .nth((start + k) % group);
                 let Some((&id, _)) = pick else { continue };
-                let Ok(d) = self.devices().pin(id) else {
+                let Ok(d) = self.devices().pin_on(id, cpu) else {
                     continue;
                 };
                 match d.alloc(order, cpu, owner, ctx) {
