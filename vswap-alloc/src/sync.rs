@@ -309,6 +309,12 @@ pub unsafe trait ZeroInit: Sized {
     fn zeroed() -> Self;
 }
 
+// SAFETY: an all-zero u64 is 0 (plain words: bitmaps under a lock).
+unsafe impl ZeroInit for u64 {
+    fn zeroed() -> Self {
+        0
+    }
+}
 // SAFETY: an all-zero AtomicU64/U32/U16 is the atomic holding 0.
 unsafe impl ZeroInit for AtomicU64 {
     fn zeroed() -> Self {

@@ -141,10 +141,13 @@ impl Model {
     }
 
     /// Whether an allocation of `order` can succeed, derived from the code:
-    /// the CPU's cluster, `nonfull[order]`, a free cluster, `frag[order]`
-    /// and finally `steal` together try every free cluster and every live
-    /// cluster of the order (of any order for order 0), so the request fails
-    /// exactly when none of those has a naturally aligned free run; then
+    /// the CPU's cluster, `nonfull[order]`, a free cluster, and finally
+    /// `steal` (every CPU's cached cluster; for order 0 also the fragmented
+    /// and nonfull clusters of every order) together reach every free
+    /// cluster and every live cluster of the order (of any order for order
+    /// 0) that has a naturally aligned free run (fragmented clusters of the
+    /// order have none: checked in `check`), so the request fails exactly
+    /// when none of those has one; then
     /// it takes back an empty cluster a CPU caches (of any order), which
     /// serves it unless the device discards (then it waits for the discard:
     /// `DiscardPending`). Other live clusters of another order and clusters
@@ -314,6 +317,16 @@ fn check(dev: &Dev<'_>, m: &mut Model, p: &StdProvider, bytes: u64) {
                 }
                 if full {
                     assert_eq!(used + reserved, csize, "full-listed cluster {c} has room");
+                }
+                // Issue 14: a fragmented cluster has no free run of its own
+                // order (it is filed nonfull when it has one, and the first
+                // free moves it there), so no allocation of that order needs
+                // to look at it.
+                if frag {
+                    assert!(
+                        !m.has_run(c, 1 << order),
+                        "frag-listed order-{order} cluster {c} has a free run of its order"
+                    );
                 }
                 match (cached, nonfull, frag) {
                     (true, _, _) => counts.other += 1,

@@ -851,10 +851,10 @@ fn main() {
             in_r(v, get("lookup", "swap_table"), 1.0, "the swap table"),
         ],
         format!(
-            "no RMW; {}; the rest is the directory walk (top, middle and leaf pages, then the \
-             record's lifetime word and table pointer) before the slot word: item 5 (a lookup \
-             in at most two dependent loads) is not done; the swap table's read is one load \
-             ({:.2} F)",
+            "no RMW; {}; then two dependent loads through the table index (its leaf, then the \
+             entry holding the table pointer: item 5) before the slot word, and the decoding of \
+             the word into an `Entry` (backend, count, flags); the swap table's read is one \
+             load of its raw word ({:.2} F)",
             pins(1.0, v),
             inf(get("lookup", "swap_table"))
         ),
@@ -1164,7 +1164,7 @@ fn main() {
          on this machine. vswap's order-0 pair is four of them (allocation: take the slot's \
          reference on its cluster, claim the word; free: the word CAS and the `fetch_sub` \
          that drops the slot's reference), {:.0} ns of floor, plus two read-side sections \
-         and the directory walk; lookups of free slots stay memory-safe through the host's \
+         and the table-index loads; lookups of free slots stay memory-safe through the host's \
          reclamation (the v5 baseline never frees a cluster struct, standing in for the \
          kernel's RCU). Taking the occupancy count off the fast path (issue 13 item 2) would \
          leave two RMWs per pair: not done. Every lock-free free \

@@ -45,6 +45,7 @@
 //! `unsafe fn`: a wrong count would let a cluster die with slots allocated).
 
 use super::*;
+use bitvec::slice::BitSlice;
 
 /// One cluster's directory record. Lives in a leaf page that is never freed
 /// while the space exists.
@@ -197,6 +198,26 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         // SAFETY: the top array holds `top_len` initialised pointers for the
         // space's whole life.
         unsafe { core::slice::from_raw_parts(self.top.as_ptr(), self.top_len) }
+    }
+
+    /// The listed-cluster bitmap and its summary (fixed spaces), borrowed
+    /// for as long as the list lock's `Lists` is.
+    pub(super) fn listed_bits<'l>(
+        &'l self,
+        _l: &'l mut Lists,
+    ) -> Option<(&'l mut BitSlice<u64>, &'l mut BitSlice<u64>)> {
+        let p = self.listed?;
+        // SAFETY: the space made `listed_words + summary_words` words at `p`
+        // and frees them only when dropped; they are reached only through
+        // this function, whose caller holds the list lock (`&mut Lists`, for
+        // the lifetime of the result), so these are the only references.
+        let all = unsafe {
+            core::slice::from_raw_parts_mut(p.as_ptr(), self.listed_words + self.summary_words)
+        };
+        let (bits, summary) = all.split_at_mut(self.listed_words);
+        let clusters = (self.clusters as usize).min(bits.len() * 64);
+        let bits = BitSlice::from_slice_mut(bits).get_mut(..clusters)?;
+        Some((bits, BitSlice::from_slice_mut(summary)))
     }
 
     pub(super) fn tindex(&self) -> &[AtomicPtr<TLeaf<W>>] {

@@ -25,7 +25,12 @@
 //! scan announces before it does its RMW (`try_ref`, or an RMW read for the
 //! take-back) on that lifetime word. If the scan's RMW comes later, it sees
 //! the word at 0; if the free's RMW comes later, the free reads the
-//! announcement and clears it, and the scan's marking CAS fails. So at
+//! announcement and clears it, and the scan's marking CAS fails. A free
+//! into a listed (uncached) cluster moves it (`full` or `frag` to `nonfull`,
+//! under the list lock) before it reads `room`; a scan announces under the
+//! list lock too, so either the scan's lists see the move or the free sees
+//! the announcement (issue 14: scans visit the caches and the lists, not
+//! every cluster). So at
 //! quiescence an allocation fails exactly when no fallback could serve it,
 //! as before; only its cost changed: one failing scan per order between two
 //! events that make room.

@@ -144,13 +144,21 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     #[inline]
     pub(super) fn unref(&self, idx: u32, e: &DirEntry<W>, n: u64, freed: bool) {
         let old = e.state.fetch_sub(n, Ordering::AcqRel);
-        if freed {
-            self.room_made();
-        }
         if refs(old) == n {
             self.try_teardown(idx, e);
         } else if freed && old & CACHED == 0 && list_of(old) != List::Nonfull {
             self.move_nonfull(idx, e);
+        }
+        // After the move, which is under the list lock as every scan's
+        // announcement is: a failing allocation that announced before the
+        // move is seen here (and its exhausted mark cleared); one that
+        // announces after finds the cluster listed. A device's order 0 finds
+        // a listed cluster of another order only after the marks (the
+        // `listed` bitmap in `steal`), so the order matters there (loom
+        // `a_free_into_another_orders_full_cluster_racing_an_order0_steal_is_never_lost`
+        // fails with the room made before the move).
+        if freed {
+            self.room_made();
         }
     }
 

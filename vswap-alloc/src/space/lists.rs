@@ -62,6 +62,9 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     pub(super) fn link(&self, l: &mut Lists, idx: u32, e: &DirEntry<W>, list: List) {
         let (_, s) = e.update(|s| with_list(s, list));
         let o = order_of(s) as usize;
+        if matches!(list, List::Nonfull | List::Frag) {
+            self.mark_listed(l, idx, true);
+        }
         if list == List::Frag {
             let (Some(&tail), Some(&head)) = (l.frag_tail.get(o), l.frag.get(o)) else {
                 return;
@@ -104,6 +107,9 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         let list = list_of(s);
         if list == List::None {
             return;
+        }
+        if matches!(list, List::Nonfull | List::Frag) {
+            self.mark_listed(l, idx, false);
         }
         let (prev, next) = (e.prev(), e.next());
         if prev == 0 {
@@ -174,11 +180,74 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             self.teardown_locked(l, idx, e, garbage);
             return;
         }
-        let full = self
-            .words_of(e)
-            .iter()
-            .all(|w| w.get(Ordering::Relaxed) != 0);
-        self.link(l, idx, e, if full { List::Full } else { List::Frag });
+        self.file(l, idx, e);
+    }
+
+    /// Link a live, uncached, unlisted cluster by its fill: full; nonfull if
+    /// a naturally aligned free run of its order is left (a free since its
+    /// cache last failed to claim, or a cluster let go of with room); else
+    /// fragmented. So a fragmented cluster never has a run of its own order
+    /// (until a free moves it to `nonfull`), and an order-0 one is never
+    /// fragmented.
+    pub(super) fn file(&self, l: &mut Lists, idx: u32, e: &DirEntry<W>) {
+        let words = self.words_of(e);
+        let run = 1usize << order_of(e.state.load(Ordering::Acquire));
+        let full = words.iter().all(|w| w.get(Ordering::Relaxed) != 0);
+        let list = if full {
+            List::Full
+        } else if words
+            .chunks(run)
+            .any(|g| g.iter().all(|w| w.get(Ordering::Relaxed) == 0))
+        {
+            List::Nonfull
+        } else {
+            List::Frag
+        };
+        self.link(l, idx, e, list);
+    }
+
+    /// File a listed, uncached cluster again by its fill (a steal found
+    /// nothing in it).
+    pub(super) fn refile(&self, l: &mut Lists, idx: u32, e: &DirEntry<W>) {
+        let s = e.state.load(Ordering::Acquire);
+        if s & (LIVE | DYING | CACHED) != LIVE || list_of(s) == List::None {
+            return;
+        }
+        self.unlink(l, idx, e);
+        self.file(l, idx, e);
+    }
+
+    /// (Fixed spaces) set or clear cluster `idx`'s bit in the `listed`
+    /// bitmap (on a nonfull or frag list) and its word's summary bit. Under
+    /// the list lock (`l`).
+    pub(super) fn mark_listed(&self, l: &mut Lists, idx: u32, on: bool) {
+        let Some((bits, summary)) = self.listed_bits(l) else {
+            return;
+        };
+        let i = idx as usize;
+        if i >= bits.len() {
+            return;
+        }
+        bits.set(i, on);
+        let w = i / 64;
+        let any = bits
+            .get(w * 64..((w + 1) * 64).min(bits.len()))
+            .is_some_and(|b| b.any());
+        if w < summary.len() {
+            summary.set(w, any);
+        }
+    }
+
+    /// (Fixed spaces) the lowest-numbered cluster on a nonfull or frag list.
+    /// Under the list lock (`l`): two `first_one` searches (the summary,
+    /// then one word).
+    pub(super) fn first_listed(&self, l: &mut Lists) -> Option<u32> {
+        let (bits, summary) = self.listed_bits(l)?;
+        let w = summary.first_one()?;
+        let b = bits
+            .get(w * 64..((w + 1) * 64).min(bits.len()))?
+            .first_one()?;
+        u32::try_from(w * 64 + b).ok()
     }
 
     /// The first free into a full, fragmented or unlisted cluster moves it to

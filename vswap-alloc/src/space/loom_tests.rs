@@ -191,3 +191,142 @@ fn a_fresh_cluster_on_a_shared_cpu_number_is_not_taken_back() {
         );
     });
 }
+
+/// Issue 14: failing allocations no longer scan every cluster, so a free
+/// into a cluster on the full list is found through the lists only (the
+/// free moves it to `nonfull`; a refill looks there before the exhausted
+/// marks). A full
+/// space of three 2-slot clusters (slots 1..=5 taken by CPU 0, whose cache
+/// holds the last cluster; the others are on the full list). One thread
+/// frees slot 2 (cluster 1: it moves to `nonfull[0]`) while CPU 1
+/// allocates and finds nothing listed or free. Either it gets slot 2, or it
+/// fails and the next allocation gets slot 2: the room is never lost.
+#[test]
+fn a_free_into_a_full_listed_cluster_racing_a_failing_allocation_is_never_lost() {
+    let bound = std::env::var("LOOM_MAX_PREEMPTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    for fixed in [false, true] {
+        let seen = StdArc::new(StdMutex::new([false; 2]));
+        let seen2 = seen.clone();
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(bound);
+        b.check(move || {
+            let policy = Policy {
+                fixed,
+                ..Policy::default()
+            };
+            let s = Arc::new(
+                SlotSpace::<StdProvider, AtomicU64>::with_policy(
+                    Geometry::tiny(1, 6, 2),
+                    policy,
+                    StdProvider::new(),
+                    u64::MAX,
+                    &[],
+                )
+                .unwrap(),
+            );
+            for want in 1..6 {
+                assert_eq!(s.alloc(0, 0, Ctx::MaySleep, 5), Ok(want));
+            }
+            assert!(matches!(
+                s.cluster_state(1),
+                ClusterState::Live { full: true, .. }
+            ));
+            let s1 = s.clone();
+            let t = loom::thread::spawn(move || {
+                let pin = s1.pin(2).unwrap();
+                assert_eq!(pin.words()[0].swap(0, Ordering::AcqRel), 5);
+                // SAFETY: slot 2 was allocated and we zeroed its word.
+                unsafe { pin.release(1) };
+            });
+            let a = s.alloc(0, 1, Ctx::MaySleep, 5);
+            t.join().unwrap();
+            let mut seen = seen2.lock().unwrap();
+            match a {
+                Ok(x) => {
+                    assert_eq!(x, 2);
+                    seen[0] = true;
+                }
+                Err(e) => {
+                    assert_eq!(e, Error::NoSpace);
+                    assert_eq!(s.alloc(0, 1, Ctx::MaySleep, 5), Ok(2), "room lost");
+                    seen[1] = true;
+                }
+            }
+        });
+        let seen = *seen.lock().unwrap();
+        assert_eq!(seen, [true, true], "fixed {fixed}: both outcomes reached");
+    }
+}
+
+/// The same on a device, where an order-0 request takes a slot from a
+/// listed cluster of another order (the `listed` bitmap, looked at only
+/// after the exhausted marks): CPU 0 holds slot 1 (order 0) and slots 2..=5
+/// (two order-1 runs; cluster 1 is on the full list). One thread frees slot
+/// 2 (cluster 1 moves to `nonfull[1]`) while CPU 1 allocates order 0.
+/// Either it gets slot 2, or it fails and the next one does: the free moves
+/// the cluster before it reads the scan's announcement, so the scan either
+/// finds the cluster or has its exhausted mark cleared.
+#[test]
+fn a_free_into_another_orders_full_cluster_racing_an_order0_steal_is_never_lost() {
+    let bound = std::env::var("LOOM_MAX_PREEMPTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seen = StdArc::new(StdMutex::new([false; 2]));
+    let seen2 = seen.clone();
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(bound);
+    b.check(move || {
+        let policy = Policy {
+            fixed: true,
+            ..Policy::default()
+        };
+        let s = Arc::new(
+            SlotSpace::<StdProvider, AtomicU64>::with_policy(
+                Geometry::tiny(1, 6, 2),
+                policy,
+                StdProvider::new(),
+                u64::MAX,
+                &[],
+            )
+            .unwrap(),
+        );
+        assert_eq!(s.alloc(0, 0, Ctx::MaySleep, 5), Ok(1));
+        assert_eq!(s.alloc(1, 0, Ctx::MaySleep, 5), Ok(2));
+        assert_eq!(s.alloc(1, 0, Ctx::MaySleep, 5), Ok(4));
+        assert!(matches!(
+            s.cluster_state(1),
+            ClusterState::Live {
+                order: 1,
+                full: true,
+                ..
+            }
+        ));
+        let s1 = s.clone();
+        let t = loom::thread::spawn(move || {
+            let pin = s1.pin(2).unwrap();
+            assert_eq!(pin.words()[0].swap(0, Ordering::AcqRel), 5);
+            // SAFETY: slot 2 was allocated and we zeroed its word.
+            unsafe { pin.release(1) };
+        });
+        let a = s.alloc(0, 1, Ctx::MaySleep, 5);
+        t.join().unwrap();
+        let mut seen = seen2.lock().unwrap();
+        match a {
+            Ok(x) => {
+                assert_eq!(x, 2);
+                seen[0] = true;
+            }
+            Err(e) => {
+                assert_eq!(e, Error::NoSpace);
+                assert_eq!(s.alloc(0, 1, Ctx::MaySleep, 5), Ok(2), "room lost");
+                seen[1] = true;
+            }
+        }
+    });
+    let seen = *seen.lock().unwrap();
+    assert_eq!(seen, [true, true], "both outcomes reached");
+}

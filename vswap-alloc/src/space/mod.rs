@@ -148,6 +148,12 @@ pub struct SlotSpace<P: Provider, W: SlotWord = AtomicU64> {
     /// `tindex_len` pointers to dense leaves of slot-table pointers.
     tindex: NonNull<AtomicPtr<TLeaf<W>>>,
     tindex_len: usize,
+    /// (Fixed spaces; touched only under the list lock) one bit per cluster
+    /// on a nonfull or frag list, then one summary bit per word of those:
+    /// `listed_words + summary_words` plain words (see `steal`).
+    listed: Option<NonNull<u64>>,
+    listed_words: usize,
+    summary_words: usize,
     percpu: NonNull<PerCpu>,
     lists: Mutex<Lists>,
     reserved: u64,
@@ -228,6 +234,30 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
                 return Err(e);
             }
         };
+        // A device's listed-cluster bitmap (see `steal`); the virtual space
+        // steals only from caches and has none.
+        let listed_words = if policy.fixed {
+            geo.clusters().div_ceil(64) as usize
+        } else {
+            0
+        };
+        let summary_words = listed_words.div_ceil(64);
+        let listed = if policy.fixed {
+            match alloc_table::<u64, P>(&provider, listed_words + summary_words, Ctx::MaySleep) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    // SAFETY: the arrays are ours and unused.
+                    unsafe {
+                        free_table(&provider, top, top_len);
+                        free_table(&provider, tindex, tindex_len);
+                        free_table(&provider, percpu, geo.cpus as usize);
+                    }
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         let space = Self {
             provider,
             geo,
@@ -238,6 +268,9 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             top_len,
             tindex,
             tindex_len,
+            listed,
+            listed_words,
+            summary_words,
             percpu,
             lists: Mutex::new(Lists {
                 nonfull: [0; MAX_ORDERS],
@@ -254,7 +287,8 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             reserved,
             mem_dir: AtomicU64::new(
                 (top_len * core::mem::size_of::<AtomicPtr<Mid<W>>>()
-                    + tindex_len * core::mem::size_of::<AtomicPtr<TLeaf<W>>>())
+                    + tindex_len * core::mem::size_of::<AtomicPtr<TLeaf<W>>>()
+                    + (listed_words + summary_words) * core::mem::size_of::<u64>())
                     as u64,
             ),
             mem_words: AtomicU64::new(0),
@@ -371,6 +405,9 @@ impl<P: Provider, W: SlotWord> Drop for SlotSpace<P, W> {
         unsafe {
             free_table(&self.provider, self.top, self.top_len);
             free_table(&self.provider, self.tindex, self.tindex_len);
+            if let Some(b) = self.listed {
+                free_table(&self.provider, b, self.listed_words + self.summary_words);
+            }
             free_table(&self.provider, self.percpu, self.geo.cpus as usize);
         }
     }

@@ -7,23 +7,30 @@
 //! index, pins the cluster for the slots it wants, and claims words from the
 //! cursor on: no lock. When the cluster has no room the CPU *refills* under the
 //! list lock: the kernel's order of preference, `nonfull[order]`, then a free
-//! cluster (tables made with the lock dropped), then `frag[order]`. The cluster
-//! it lets go of is filed as `full` or `frag[order]` by counting its words. The
-//! first free into a `full`, `frag` or unlisted cluster moves it to
+//! cluster (tables made with the lock dropped). The cluster it lets go of is
+//! filed by its fill: `full`; `nonfull[order]` if a naturally aligned free run
+//! of its order is left; else `frag[order]` (so a fragmented cluster never
+//! has a run of its own order, and none of order 0 is fragmented). The first
+//! free into a `full`, `frag` or unlisted cluster moves it to
 //! `nonfull[order]`; frees into a cached or nonfull cluster take no lock. CPUs
 //! that share a number only slow each other down: the cache slot is read
 //! without a lock and written only under the list lock.
 //!
-//! When nothing is listed or free, allocation scans every live cluster of its
-//! order (on a device an order-0 allocation takes a slot from a cluster of
-//! any order) and then takes back one cluster that a per-CPU cache holds and
-//! that frees emptied (of any CPU number and order: its tables go, or on a
-//! device it goes to the free FIFO or the discard queue; at most one per
-//! allocation; a cluster just made live for a cache is not taken before its
-//! first claim) and retries, before failing with [`Error::NoSpace`], or
-//! [`Error::DiscardPending`] when emptied clusters are waiting for the
-//! host's discard (or the cluster taken back went to the discard queue). A
-//! rotational device has one cursor: every CPU number uses CPU 0's cache, so
+//! When nothing is listed or free, allocation *steals* (`steal`): on a device,
+//! an order-0 request first takes a slot from the lowest-numbered cluster of
+//! any order on a nonfull or frag list (a bitmap under the list lock, the
+//! kernel's order-0 "steal from higher orders"); then any request tries every
+//! CPU number's cached cluster of its order (of every order for a device's
+//! order 0). There is no walk over the whole space (issue 14: at 90% use and
+//! on full devices it cost milliseconds): fragmented clusters of the order
+//! have no run, full ones no slot. Then it takes back one cluster that a
+//! per-CPU cache holds and that frees emptied (of any CPU number and order:
+//! its tables go, or on a device it goes to the free FIFO or the discard
+//! queue; at most one per allocation; a cluster just made live for a cache is
+//! not taken before its first claim) and retries, before failing with
+//! [`Error::NoSpace`], or [`Error::DiscardPending`] when emptied clusters are
+//! waiting for the host's discard (or the cluster taken back went to the
+//! discard queue). A rotational device has one cursor: every CPU number uses CPU 0's cache, so
 //! slots go out in device order.
 
 use super::*;
@@ -58,8 +65,6 @@ unsafe impl ZeroInit for PerCpu {
 /// The fallbacks one allocation has been through.
 #[derive(Default)]
 pub(super) struct Fallback {
-    /// Fragmented clusters it may still try (each at most once).
-    pub(super) frag_budget: Option<u32>,
     /// `SlotSpace::room` as its announcement left it, once announced.
     pub(super) scan: Option<u64>,
     /// Whether it took back an empty cached cluster already.
@@ -305,36 +310,110 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         n
     }
 
-    /// Last resort: every live cluster of `order` (on a device, an order-0
-    /// allocation takes a slot from a cluster of any order, as the kernel's
-    /// does; the virtual space keeps one order per cluster).
+    /// Last resort, once nothing is listed for `order` and no cluster is
+    /// free (issue 14: no walk over the whole space):
+    /// - on a device, for an order-0 request, the lowest-numbered cluster of
+    ///   any order on a nonfull or fragmented list (the `listed` bitmap: as
+    ///   the full scan in cluster order that this replaces, it keeps order-0
+    ///   slots packed low and runs free higher up); one that gives nothing is
+    ///   filed again by its fill (full), leaving the bitmap;
+    /// - then every CPU number's cached cluster of `order` (for a device's
+    ///   order 0, of every order, order 0 first: a higher order's cluster
+    ///   keeps its runs longest), lock-free as an allocation from it.
+    ///
+    /// The clusters that can hold a free run of `order` are the free ones,
+    /// `nonfull[order]` (the refill's) and the cached ones: fragmented
+    /// clusters of `order` have none (filed so when their cache found no run;
+    /// the first free moves them to `nonfull`), full ones no free slot. Cost:
+    /// O(CPU numbers x orders) cached clusters, plus the listed clusters
+    /// found full (each leaves the bitmap until a free).
     pub(super) fn steal(&self, order: u32, init: u64, step: u64) -> Option<u32> {
-        let n = 1u64 << order;
-        let bump = self.lists.lock().bump;
-        let want = if order == 0 && self.policy.fixed {
-            None
-        } else {
-            Some(order)
+        let any = order == 0 && self.policy.fixed;
+        if any {
+            if let Some(slot) = self.steal_lowest(init, step) {
+                return Some(slot);
+            }
+        }
+        self.steal_cached(order, any, init, step)
+    }
+
+    /// `steal` of one slot from the lowest-numbered listed cluster (fixed
+    /// spaces).
+    fn steal_lowest(&self, init: u64, step: u64) -> Option<u32> {
+        let mut tries = {
+            let l = self.lists.lock();
+            let c = |x: List| l.counts.get(x as usize).copied().unwrap_or(0);
+            c(List::Frag) + c(List::Nonfull)
         };
-        let mut found = None;
-        self.each_entry(bump, |idx, e| {
+        while tries > 0 {
+            tries -= 1;
+            let idx = {
+                let mut l = self.lists.lock();
+                self.first_listed(&mut l)?
+            };
             #[cfg(test)]
             self.scanned.fetch_add(1, Ordering::Relaxed);
-            if !e.try_ref(n, want) {
-                return true;
-            }
-            match claim(self.words_of(e), 0, n as usize, init, step) {
-                Ok(at) => {
-                    found = Some((idx << self.geo.cluster_shift) | at as u32);
-                    false
-                }
-                Err(miss) => {
-                    self.missed(idx, e, n, miss);
-                    true
+            let e = self.entry(idx)?;
+            if e.try_ref(1, None) {
+                match claim(self.words_of(e), 0, 1, init, step) {
+                    Ok(at) => return Some((idx << self.geo.cluster_shift) | at as u32),
+                    Err(miss) => self.missed(idx, e, 1, miss),
                 }
             }
-        });
-        found
+            // Nothing free there (claimed meanwhile): file it by its fill.
+            let mut l = self.lists.lock();
+            self.refile(&mut l, idx, e);
+        }
+        None
+    }
+
+    /// `steal` from the CPUs' cached clusters: of `order`, or (`any`) of
+    /// every order, the order-0 ones first.
+    fn steal_cached(&self, order: u32, any: bool, init: u64, step: u64) -> Option<u32> {
+        let n = 1u64 << order;
+        let want = if any { None } else { Some(order) };
+        let cpus = if self.policy.rotational {
+            1
+        } else {
+            self.geo.cpus
+        };
+        let orders = if any {
+            0..self.geo.cluster_shift as usize + 1
+        } else {
+            order as usize..order as usize + 1
+        };
+        for o in orders {
+            for cpu in 0..cpus {
+                let Some(pc) = self.percpu(cpu).and_then(|p| p.orders.get(o)) else {
+                    break;
+                };
+                let cur = pc.cur.load(Ordering::Acquire);
+                let Some((idx, e)) = cur
+                    .checked_sub(1)
+                    .and_then(|i| self.entry(i).map(|e| (i, e)))
+                else {
+                    continue;
+                };
+                #[cfg(test)]
+                self.scanned.fetch_add(1, Ordering::Relaxed);
+                // Every slot allocated (the cache's hold is the one more
+                // reference): nothing to scan. An RMW, not a load: it orders
+                // this read after the scan's announcement against a racing
+                // free's `fetch_sub` (see the `full` module; loom
+                // `a_free_racing_a_full_scan_is_never_lost` fails with a load).
+                if refs(e.state.fetch_add(0, Ordering::AcqRel)) > self.csize() as u64 {
+                    continue;
+                }
+                if !e.try_ref(n, want) {
+                    continue;
+                }
+                match claim(self.words_of(e), 0, n as usize, init, step) {
+                    Ok(at) => return Some((idx << self.geo.cluster_shift) | at as u32),
+                    Err(miss) => self.missed(idx, e, n, miss),
+                }
+            }
+        }
+        None
     }
 
     /// Give the CPU a cluster with room for `order`, replacing `seen`.
@@ -415,26 +494,8 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             if fb.scan.is_none() {
                 fb.scan = Some(self.begin_scan(order));
             }
-            // The kernel's last resort before stealing: fragmented clusters,
-            // each tried once per allocation (a failed one is filed as
-            // fragmented again, so an unbounded loop would spin on it).
-            let budget = fb
-                .frag_budget
-                .get_or_insert(l.counts.get(List::Frag as usize).copied().unwrap_or(0));
-            let popped = if *budget > 0 {
-                self.pop_listed(&mut l, List::Frag, order)
-            } else {
-                None
-            };
-            if let Some(idx) = popped {
-                #[cfg(test)]
-                self.scanned.fetch_add(1, Ordering::Relaxed);
-                *budget -= 1;
-                self.install_cache(&mut l, pc, idx, &mut garbage);
-                drop(l);
-                self.collect(garbage);
-                return Ok(());
-            }
+            // Fragmented clusters of this order cannot serve it (see
+            // `steal`): the fallbacks go on outside the lock.
             return Err(err);
         };
         let e = self.entry(idx).ok_or(Error::NoMem)?;
