@@ -214,10 +214,13 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         let all = unsafe {
             core::slice::from_raw_parts_mut(p.as_ptr(), self.listed_words + self.summary_words)
         };
-        let (bits, summary) = all.split_at_mut(self.listed_words);
+        let (bits, summary) = all.split_at_mut_checked(self.listed_words)?;
         let clusters = (self.clusters as usize).min(bits.len() * 64);
-        let bits = BitSlice::from_slice_mut(bits).get_mut(..clusters)?;
-        Some((bits, BitSlice::from_slice_mut(summary)))
+        // The `try_` forms: no panic path.
+        let bits = BitSlice::try_from_slice_mut(bits)
+            .ok()?
+            .get_mut(..clusters)?;
+        Some((bits, BitSlice::try_from_slice_mut(summary).ok()?))
     }
 
     pub(super) fn tindex(&self) -> &[AtomicPtr<TLeaf<W>>] {

@@ -224,17 +224,19 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         let Some((bits, summary)) = self.listed_bits(l) else {
             return;
         };
+        // `get_mut`, not `set`: no panic path (the index is in range anyway).
         let i = idx as usize;
-        if i >= bits.len() {
+        let Some(mut bit) = bits.get_mut(i) else {
             return;
-        }
-        bits.set(i, on);
+        };
+        *bit = on;
+        drop(bit);
         let w = i / 64;
         let any = bits
             .get(w * 64..((w + 1) * 64).min(bits.len()))
             .is_some_and(|b| b.any());
-        if w < summary.len() {
-            summary.set(w, any);
+        if let Some(mut s) = summary.get_mut(w) {
+            *s = any;
         }
     }
 
