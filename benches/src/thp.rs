@@ -80,6 +80,11 @@
 //! touched are the same as in the other mode; with the test's 100% it is
 //! [`SwapIn::Free`] exactly).
 //!
+//! Allocators: any [`PhysSlots`]; this module adds [`FirstFit`], a naive
+//! first-fit bitmap, and [`FirstFitOldSlot`], first-fit that gives an
+//! order-0 allocation the slot its owner held last when it is free (which
+//! keeps a range whose pages were swapped in and out again in its run).
+//!
 //! # Not modelled
 //!
 //! Page contents and compression (only slots count); the per-CPU swap slot
@@ -653,6 +658,67 @@ impl PhysSlots for FirstFit {
     }
 }
 
+impl FirstFit {
+    /// Take slot `off` if it is free.
+    fn take(&self, off: u64) -> bool {
+        let Ok(mut g) = self.inner.lock() else {
+            return false;
+        };
+        match g.used.get_mut(off as usize) {
+            Some(mut b) if !*b => {
+                *b = true;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// First-fit that gives an order-0 allocation the slot its owner (virtual
+/// slot) held last when that slot is free: a swapped-in page goes back into
+/// its own hole, so a 64 KiB range whose pages were swapped in and out again
+/// stays in its 16-slot run. The policy the outside replay found to
+/// reach 0%; here to check that the replay shows the same.
+pub struct FirstFitOldSlot {
+    ff: FirstFit,
+    /// Per owner, the slot it held last (`u64::MAX`: none).
+    last: Mutex<Vec<u64>>,
+}
+
+impl FirstFitOldSlot {
+    /// A device of `slots` slots for owners below `owners`.
+    pub fn new(slots: u64, owners: usize) -> Self {
+        Self {
+            ff: FirstFit::new(slots),
+            last: Mutex::new(vec![u64::MAX; owners]),
+        }
+    }
+}
+
+impl PhysSlots for FirstFitOldSlot {
+    const NAME: &'static str = "first_fit_old_slot";
+
+    fn alloc(&self, order: u32, cpu: u32, owner: u64) -> Option<u64> {
+        let mut last = self.last.lock().ok()?;
+        let old = last.get(owner as usize).copied().unwrap_or(u64::MAX);
+        let off = if order == 0 && old != u64::MAX && self.ff.take(old) {
+            old
+        } else {
+            self.ff.alloc(order, cpu, owner)?
+        };
+        for i in 0..1u64 << order {
+            if let Some(l) = last.get_mut((owner + i) as usize) {
+                *l = off + i;
+            }
+        }
+        Some(off)
+    }
+
+    fn free(&self, off: u64, len: u64) {
+        self.ff.free(off, len)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -838,6 +904,19 @@ mod tests {
         let u = Config::at_use(80, false);
         assert_eq!(u.small_pages, 0);
         assert!((u.use_pct() - 80.0).abs() < 0.2);
+    }
+
+    #[test]
+    fn old_slot_goes_back() {
+        let d = FirstFitOldSlot::new(64, 64);
+        assert_eq!(d.alloc(4, 0, 1), Some(16));
+        d.free(18, 1);
+        assert_eq!(d.alloc(0, 0, 9), Some(1));
+        // Owner 3 held slot 18: it gets it back, not slot 2.
+        assert_eq!(d.alloc(0, 0, 3), Some(18));
+        d.free(18, 1);
+        assert_eq!(d.alloc(0, 0, 4), Some(2));
+        assert_eq!(d.alloc(0, 0, 3), Some(18));
     }
 
     #[test]

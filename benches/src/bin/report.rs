@@ -530,7 +530,13 @@ fn verdict(ok: bool) -> &'static str {
 }
 
 /// Allocators of the mTHP fallback replay, in column order.
-const THP_ALLOCS: [&str; 4] = ["vswap", "v5", "first_fit", "swap_table"];
+const THP_ALLOCS: [&str; 5] = [
+    "vswap",
+    "v5",
+    "first_fit",
+    "swap_table",
+    "first_fit_old_slot",
+];
 /// Use levels of the replay: `None` is the test's own fill.
 const THP_LEVELS: [Option<u32>; 4] = [None, Some(80), Some(90), Some(95)];
 /// Iterations of every replay; the test's fill also runs to
@@ -589,6 +595,10 @@ fn thp_one(alloc: &str, cfg: &thp::Config) -> (thp::Run, f64) {
         "vswap" => thp::run_while(&work::vswap_device(slots), cfg, more),
         "v5" => thp::run_while(&V5Phys::new(slots, 2), cfg, more),
         "first_fit" => thp::run_while(&thp::FirstFit::new(slots), cfg, more),
+        "first_fit_old_slot" => {
+            let owners = cfg.mthp_folios * thp::FOLIO_PAGES + cfg.small_pages + 1;
+            thp::run_while(&thp::FirstFitOldSlot::new(slots, owners), cfg, more)
+        }
         _ => thp::run_while(&work::SwapTableDevice::new(slots), cfg, more),
     };
     (run, t.elapsed().as_secs_f64())
@@ -690,7 +700,10 @@ fn thp_section(w: &mut String, runs: &[ThpRun], wall: f64) {
          **vswap** (`PhysDevice`), **v5** (`V5Phys`, the v5 baseline's device), **first_fit** \
          (`thp::FirstFit`: a `bitvec` bitmap, lowest naturally aligned free run), \
          **swap_table** (the kernel-design baseline's per-CPU cluster allocator), each with \
-         2 CPU numbers. The 100-iteration figures are the first 100 iterations of the same \
+         2 CPU numbers, and **first_fit_old_slot** (`thp::FirstFitOldSlot`: first-fit that \
+         gives an order-0 allocation the slot its owner held last when that slot is free, \
+         so a swapped-in page goes back into its own hole: a check of the mechanism, not a \
+         peer). The 100-iteration figures are the first 100 iterations of the same \
          deterministic run (seed 1). The test's fill also runs to {THP_LONG} iterations while \
          a run stays within {} s past its first {THP_ITERS} (\"stopped at k\": the iterations \
          it got to).\n",
@@ -790,6 +803,8 @@ fn thp_section(w: &mut String, runs: &[ThpRun], wall: f64) {
         }
     }
     let why = |small: bool| {
+        let old = find("first_fit_old_slot", small, None, free)
+            .map_or(f64::NAN, |r| r.run.mean(r.run.iters.len().min(THP_ITERS)));
         per("vswap", small).map_or_else(String::new, |(t, _, rf, b, o, own)| {
             format!(
                 "per iteration {rf:.1} aligned 16-slot runs come wholly free for {t:.0} \
@@ -797,8 +812,8 @@ fn thp_section(w: &mut String, runs: &[ThpRun], wall: f64) {
                  the order-0 slots fill holes, but a swapped-in page goes back out into some \
                  other hole than its own ({own:.1} got their old slot back), so a 64 KiB range's pages scatter over the device \
                  and its DONTNEED frees scattered slots, not a run (first-fit alike); giving \
-                 a swapped-in page its old slot back, or keeping it while clean (0% above), \
-                 keeps the runs whole"
+                 a swapped-in page its old slot back when free (first_fit_old_slot: \
+                 {old:.2}%), or keeping it while clean (0% above), keeps the runs whole"
             )
         })
     };
