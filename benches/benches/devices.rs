@@ -2,14 +2,17 @@
 //! one (vswap's `PhysDevice`, 4-byte reverse map, vs the v5 baseline's
 //! spinlocked clusters with an 8-byte reverse map, vs the swap-table
 //! baseline, which is its own device and has no reverse map); flash log device GC
-//! throughput (vswap only: v5 has no log device).
+//! throughput (vswap only: v5 has no log device); the kernel's mTHP swap
+//! allocator test replayed for 10 iterations at its own fill
+//! (`vswap_benches::thp`), per device allocator and the first-fit bitmap.
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use vswap_benches::thp::{self, FirstFit};
 use vswap_benches::v5::V5Phys;
-use vswap_benches::work::{self, LogBench};
+use vswap_benches::work::{self, LogBench, PhysSlots};
 
 const DEV_SLOTS: u64 = 1 << 18;
 
@@ -57,5 +60,45 @@ fn devices(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, devices);
+/// `n` replays of the kernel's mTHP test (10 iterations, the test's fill,
+/// without `-s`), each on a fresh device from `make`.
+fn thp_replays<D: PhysSlots>(make: impl Fn() -> D, n: u64) -> Duration {
+    let cfg = thp::Config {
+        iterations: 10,
+        ..thp::Config::test(false)
+    };
+    let mut total = Duration::ZERO;
+    for _ in 0..n {
+        let d = make();
+        let t = Instant::now();
+        std::hint::black_box(thp::run(&d, &cfg));
+        total += t.elapsed();
+    }
+    total
+}
+
+fn thp_test(c: &mut Criterion) {
+    let mut g = c.benchmark_group("thp_swap_test");
+    // vswap's replay takes ~0.4 s (its order-0 allocations at this fill
+    // take the allocator's slow path): room for 10 samples.
+    g.warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(5))
+        .sample_size(10);
+    let slots = thp::DEVICE_SLOTS;
+    g.bench_function("vswap/10_iterations", |b| {
+        b.iter_custom(|n| thp_replays(|| work::vswap_device(slots), n))
+    });
+    g.bench_function("v5/10_iterations", |b| {
+        b.iter_custom(|n| thp_replays(|| V5Phys::new(slots, 2), n))
+    });
+    g.bench_function("first_fit/10_iterations", |b| {
+        b.iter_custom(|n| thp_replays(|| FirstFit::new(slots), n))
+    });
+    g.bench_function("swap_table/10_iterations", |b| {
+        b.iter_custom(|n| thp_replays(|| work::SwapTableDevice::new(slots), n))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, devices, thp_test);
 criterion_main!(benches);

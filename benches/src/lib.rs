@@ -21,7 +21,10 @@
 //!   allocation. It is a device allocator: every swap-out spends a slot.
 //!
 //! [`cycle`] holds the end-to-end swap cycle (swap-out, swap-in, free of one
-//! page per backend) for vswap, the swap table and v5.
+//! page per backend) for vswap, the swap table and v5; [`thp`] a slot-level
+//! port of the kernel's mTHP swap allocator stress test
+//! (`thp_swap_allocator_test`) over the device allocators, with a first-fit
+//! bitmap allocator ([`thp::FirstFit`]) beside them.
 //!
 //! Descriptor words of the peers use the same bit layout as vswap's core word
 //! ([`word`]), so that every implementation stores the same information.
@@ -30,6 +33,7 @@ pub mod count;
 pub mod cycle;
 pub mod peers;
 pub mod swaptable;
+pub mod thp;
 pub mod v5;
 pub mod vswap;
 pub mod work;
