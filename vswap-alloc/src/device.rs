@@ -181,7 +181,10 @@ impl<P: Provider> PhysDevice<P> {
     /// - A run over several clusters: the first cluster is checked, then
     ///   each later one (in its own section, nested in the first's), then
     ///   the first cluster's slots are cleared in the section it was checked
-    ///   in, and each later cluster's in a new section; races as above.
+    ///   in, and each later cluster's in a new section; races as above (a
+    ///   later cluster that a racing free emptied and tore down meanwhile
+    ///   frees nothing here: still `Ok` with the count of what this call
+    ///   freed, never an error once a slot was freed).
     ///
     /// # Performance
     /// A single-slot free is one read-side section, one CAS (the clear) and
@@ -241,7 +244,18 @@ impl<P: Provider> PhysDevice<P> {
         let mut total = u64::from(here);
         let mut at = stop;
         while at < end {
-            let p = self.space.pin(at as u32)?;
+            // A later cluster that died since its check (a racing free of
+            // the same slots emptied it): nothing of it is this call's to
+            // free. Not an error: slots were freed already (found by
+            // review; an `Err` here made callers think nothing was).
+            let p = match self.space.pin(at as u32) {
+                Ok(p) => p,
+                Err(_) => {
+                    let shift = self.geometry().cluster_shift;
+                    at = end.min(((at >> shift) + 1) << shift);
+                    continue;
+                }
+            };
             let b = u64::from(p.base());
             let s = end.min(b + p.words().len() as u64);
             let here = clear(p.words(), b, at, s, off, owner, &mut freed);

@@ -264,10 +264,17 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// each nested call then pays a thread-local counter instead of the
     /// epoch's stores; in a kernel, `rcu_read_lock` nests anyway).
     ///
-    /// Under a guard nothing may sleep: pass [`Ctx::NoSleep`] to every call
-    /// (a call given [`Ctx::MaySleep`] leaves only its own section to
-    /// allocate, not the guard's, and would sleep inside it). Keep it short:
-    /// while it lives, torn-down clusters' tables are not freed.
+    /// Keep it short: while it lives, torn-down clusters' tables are not
+    /// freed.
+    ///
+    /// # Safety
+    /// Until the [`Section`](crate::Section) is dropped, this thread passes
+    /// [`Ctx::NoSleep`] to every call it makes on this map (and on anything
+    /// else sharing its provider). A call given [`Ctx::MaySleep`] leaves only
+    /// its own section to allocate, not the guard's, and would sleep inside
+    /// it: with a host whose grace periods end when a reader sleeps (a
+    /// kernel's non-preemptible RCU) torn-down tables could be freed while
+    /// pins under the guard still use them.
     ///
     /// ```
     /// # #[cfg(feature = "std")] {
@@ -275,7 +282,8 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// let map = VswapMap::new(MapConfig::default(), StdProvider::new(), NoHost).unwrap();
     /// let slots: Vec<u32> = (0..8).map(|_| map.alloc(0, 0, Ctx::NoSleep).unwrap()).collect();
     /// {
-    ///     let _g = map.guard();
+    ///     // SAFETY: every call under the guard is NoSleep (lookups take no ctx).
+    ///     let _g = unsafe { map.guard() };
     ///     for &s in &slots {
     ///         assert_eq!(map.lookup(s).unwrap().count, 0);
     ///     }
@@ -283,8 +291,9 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// # }
     /// ```
     #[inline]
-    pub fn guard(&self) -> crate::Section<'_, P> {
-        self.space.guard()
+    pub unsafe fn guard(&self) -> crate::Section<'_, P> {
+        // SAFETY: the caller's contract is this function's.
+        unsafe { self.space.guard() }
     }
 
     /// Give back the tables of torn-down clusters whose grace period (the

@@ -244,15 +244,28 @@ pub unsafe extern "C" fn vswap_log_for_each_live(
     })
 }
 
-fn take_pending(e: &EngineInner, segment: u32) -> Option<Flushed> {
+/// Take flushed segment `segment`'s place for its commit: it stays
+/// `Reserved` (no flush can take it) until the commit has finished, then
+/// `end_pending` frees it or puts the flush back for another try (found by
+/// review: freed at once, a racing flush could take the place and a failed
+/// commit then had nowhere to put its flush back).
+fn take_pending(e: &EngineInner, segment: u32) -> Option<(usize, Flushed)> {
     let mut pending = e.flushes.lock();
-    pending.iter_mut().find_map(|p| match *p {
+    pending.iter_mut().enumerate().find_map(|(i, p)| match *p {
         Pending::Flushed(f) if f.segment() == segment => {
-            *p = Pending::Free;
-            Some(f)
+            *p = Pending::Reserved;
+            Some((i, f))
         }
         _ => None,
     })
+}
+
+/// End a commit that `take_pending` started on place `i`: free it, or (the
+/// commit failed) hand the flush back to it.
+fn end_pending(e: &EngineInner, i: usize, retry: Option<Flushed>) {
+    if let Some(p) = e.flushes.lock().get_mut(i) {
+        *p = retry.map_or(Pending::Free, Pending::Flushed);
+    }
 }
 
 /// The host wrote flushed segment `segment`: store each owner's new
@@ -269,17 +282,17 @@ pub unsafe extern "C" fn vswap_log_commit(e: *mut vswap_engine, segment: u32) ->
         // SAFETY: NULL or a live handle (the caller's contract).
         let e = unsafe { eng(e) }?;
         log_of(e)?;
-        let Some(f) = take_pending(e, segment) else {
+        let Some((i, f)) = take_pending(e, segment) else {
             return Err(Code(-VSWAP_ENOENT));
         };
         match e.engine.log_commit(&f) {
-            Ok(n) => Ok(i32::try_from(n).unwrap_or(i32::MAX)),
+            Ok(n) => {
+                end_pending(e, i, None);
+                Ok(i32::try_from(n).unwrap_or(i32::MAX))
+            }
             Err(err) => {
-                // Keep it for another try.
-                let mut pending = e.flushes.lock();
-                if let Some(p) = pending.iter_mut().find(|p| matches!(p, Pending::Free)) {
-                    *p = Pending::Flushed(f);
-                }
+                // Keep it for another try, in the place it had.
+                end_pending(e, i, Some(f));
                 Err(err.into())
             }
         }

@@ -45,7 +45,6 @@
 //! `unsafe fn`: a wrong count would let a cluster die with slots allocated).
 
 use super::*;
-use bitvec::slice::BitSlice;
 
 /// One cluster's directory record. Lives in a leaf page that is never freed
 /// while the space exists.
@@ -200,12 +199,12 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         unsafe { core::slice::from_raw_parts(self.top.as_ptr(), self.top_len) }
     }
 
-    /// The listed-cluster bitmap and its summary (fixed spaces), borrowed
-    /// for as long as the list lock's `Lists` is.
+    /// The listed-cluster bitmap and its summary words (fixed spaces),
+    /// borrowed for as long as the list lock's `Lists` is.
     pub(super) fn listed_bits<'l>(
         &'l self,
         _l: &'l mut Lists,
-    ) -> Option<(&'l mut BitSlice<u64>, &'l mut BitSlice<u64>)> {
+    ) -> Option<(&'l mut [u64], &'l mut [u64])> {
         let p = self.listed?;
         // SAFETY: the space made `listed_words + summary_words` words at `p`
         // and frees them only when dropped; they are reached only through
@@ -214,13 +213,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         let all = unsafe {
             core::slice::from_raw_parts_mut(p.as_ptr(), self.listed_words + self.summary_words)
         };
-        let (bits, summary) = all.split_at_mut_checked(self.listed_words)?;
-        let clusters = (self.clusters as usize).min(bits.len() * 64);
-        // The `try_` forms: no panic path.
-        let bits = BitSlice::try_from_slice_mut(bits)
-            .ok()?
-            .get_mut(..clusters)?;
-        Some((bits, BitSlice::try_from_slice_mut(summary).ok()?))
+        all.split_at_mut_checked(self.listed_words)
     }
 
     pub(super) fn tindex(&self) -> &[AtomicPtr<TLeaf<W>>] {

@@ -148,6 +148,10 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             self.try_teardown(idx, e);
         } else if freed && old & CACHED == 0 && list_of(old) != List::Nonfull {
             self.move_nonfull(idx, e);
+        } else if !freed && self.hid_room(old, n) {
+            // A short-lived reference made a failing allocation skip this
+            // cluster (see `hid_room`): its drop is room made for it.
+            self.room_made();
         }
         // After the move, which is under the list lock as every scan's
         // announcement is: a failing allocation that announced before the
@@ -160,6 +164,22 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         if freed {
             self.room_made();
         }
+    }
+
+    /// Whether dropping `n` references from lifetime word `old` (not a
+    /// free) uncovers room that a failing allocation may have skipped while
+    /// the references were held (found by review): `steal` skips a cached
+    /// cluster whose references say every slot is taken (above `csize`),
+    /// and the take-back skips a cached one holding more than its cache's
+    /// hold; a transient reference (another order's claim attempt, a
+    /// steal's `try_ref`, `Pin::outside`) is counted in both. The unref
+    /// that crosses back is an RMW on the same word after the skipping
+    /// read, so its `room_made` sees that scan's announcement.
+    #[inline]
+    pub(super) fn hid_room(&self, old: u64, n: u64) -> bool {
+        let c = self.csize() as u64;
+        let (before, after) = (refs(old), refs(old).saturating_sub(n));
+        (before > c && after <= c) || (old & CACHED != 0 && after == 1)
     }
 
     pub(super) fn try_teardown(&self, idx: u32, e: &DirEntry<W>) {

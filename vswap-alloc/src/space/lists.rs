@@ -62,9 +62,6 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     pub(super) fn link(&self, l: &mut Lists, idx: u32, e: &DirEntry<W>, list: List) {
         let (_, s) = e.update(|s| with_list(s, list));
         let o = order_of(s) as usize;
-        if matches!(list, List::Nonfull | List::Frag) {
-            self.mark_listed(l, idx, true);
-        }
         if list == List::Frag {
             let (Some(&tail), Some(&head)) = (l.frag_tail.get(o), l.frag.get(o)) else {
                 return;
@@ -85,6 +82,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             if let Some(c) = l.counts.get_mut(list as usize) {
                 *c += 1;
             }
+            self.mark_listed(l, idx, true);
             return;
         }
         let Some(head) = self.head(l, list, order_of(s)) else {
@@ -98,6 +96,9 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         }
         if let Some(c) = l.counts.get_mut(list as usize) {
             *c += 1;
+        }
+        if list == List::Nonfull {
+            self.mark_listed(l, idx, true);
         }
     }
 
@@ -219,37 +220,50 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
 
     /// (Fixed spaces) set or clear cluster `idx`'s bit in the `listed`
     /// bitmap (on a nonfull or frag list) and its word's summary bit. Under
-    /// the list lock (`l`).
+    /// the list lock (`l`). Plain words and shifts: bitvec's proxy
+    /// references (`BitRef`) are rejected by Miri's Stacked Borrows model.
     pub(super) fn mark_listed(&self, l: &mut Lists, idx: u32, on: bool) {
         let Some((bits, summary)) = self.listed_bits(l) else {
             return;
         };
-        // `get_mut`, not `set`: no panic path (the index is in range anyway).
         let i = idx as usize;
-        let Some(mut bit) = bits.get_mut(i) else {
+        let Some(word) = bits.get_mut(i / 64) else {
             return;
         };
-        *bit = on;
-        drop(bit);
+        let bit = 1u64 << (i % 64);
+        if on {
+            *word |= bit;
+        } else {
+            *word &= !bit;
+        }
+        let any = *word != 0;
         let w = i / 64;
-        let any = bits
-            .get(w * 64..((w + 1) * 64).min(bits.len()))
-            .is_some_and(|b| b.any());
-        if let Some(mut s) = summary.get_mut(w) {
-            *s = any;
+        if let Some(s) = summary.get_mut(w / 64) {
+            let sb = 1u64 << (w % 64);
+            if any {
+                *s |= sb;
+            } else {
+                *s &= !sb;
+            }
         }
     }
 
     /// (Fixed spaces) the lowest-numbered cluster on a nonfull or frag list.
-    /// Under the list lock (`l`): two `first_one` searches (the summary,
-    /// then one word).
+    /// Under the list lock (`l`): a scan of the summary words (one per
+    /// 4,096 clusters), then one word.
     pub(super) fn first_listed(&self, l: &mut Lists) -> Option<u32> {
         let (bits, summary) = self.listed_bits(l)?;
-        let w = summary.first_one()?;
-        let b = bits
-            .get(w * 64..((w + 1) * 64).min(bits.len()))?
-            .first_one()?;
-        u32::try_from(w * 64 + b).ok()
+        let (si, s) = summary.iter().enumerate().find(|(_, s)| **s != 0)?;
+        let w = si * 64 + s.trailing_zeros() as usize;
+        let word = *bits.get(w)?;
+        if word == 0 {
+            return None;
+        }
+        let c = w * 64 + word.trailing_zeros() as usize;
+        if c as u64 >= self.clusters {
+            return None;
+        }
+        u32::try_from(c).ok()
     }
 
     /// The first free into a full, fragmented or unlisted cluster moves it to

@@ -237,12 +237,13 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
 
     /// A claim of `n` slots in cluster `idx` failed: give back the
     /// references of the words it did not keep; if it rolled words back to
-    /// 0, that is room made.
+    /// 0, that is a free (room made, and a filed cluster moves to
+    /// `nonfull`).
     pub(super) fn missed(&self, idx: u32, e: &DirEntry<W>, n: u64, miss: Miss) {
-        self.unref(idx, e, n - miss.kept, false);
-        if miss.undone {
-            self.room_made();
-        }
+        // Words set back to 0 are a free: the cluster may have left its
+        // cache and been filed full meanwhile, and only a free moves it back
+        // to `nonfull` (found by review: the run rolled back was lost).
+        self.unref(idx, e, n - miss.kept, miss.undone);
     }
 
     /// Take back one empty cluster a per-CPU cache holds (only its hold is

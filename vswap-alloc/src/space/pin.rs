@@ -365,7 +365,8 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
 /// fn on_another_thread<T: Send>(_: T) {}
 /// fn f(s: &SlotSpace<NoMem>) {
 ///     // would end the wrong thread's section:
-///     on_another_thread(s.guard());
+///     // SAFETY: (no call is made under the guard)
+///     on_another_thread(unsafe { s.guard() });
 /// }
 /// ```
 #[must_use = "the section ends when the guard is dropped"]
@@ -387,8 +388,19 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     /// Enter a read-side section that spans many operations (see
     /// [`Section`]). Costs one section; pins taken under it cost the nesting
     /// only.
+    ///
+    /// # Safety
+    /// Until the [`Section`] is dropped, this thread passes
+    /// [`Ctx::NoSleep`] to every call it makes on any space or map that
+    /// shares this provider. A call given [`Ctx::MaySleep`] leaves only its
+    /// own section to allocate, not this one, and would sleep inside it:
+    /// with a host whose grace periods end when a reader sleeps (a kernel's
+    /// non-preemptible RCU) torn-down tables could then be freed while pins
+    /// taken under the guard still use them. (Found by review: as a safe
+    /// function this was a use-after-free reachable from safe code in
+    /// kernel mode.)
     #[inline]
-    pub fn guard(&self) -> Section<'_, P> {
+    pub unsafe fn guard(&self) -> Section<'_, P> {
         self.provider.read_lock();
         Section {
             _thread: core::marker::PhantomData,

@@ -921,3 +921,102 @@ fn failing_allocations_after_frees_visit_a_bounded_number_of_clusters() {
         );
     }
 }
+
+// Found by review (issue 14 item 3). A steal skips a cached cluster whose
+// references say it is full, and the take-back skips a cached cluster
+// holding more than its cache's hold; a short-lived reference (here
+// `Pin::outside`'s) counts in both, so its drop must clear the exhausted
+// marks. A claim rolled back into a cluster that was filed full meanwhile is
+// a free. Each fails without its fix.
+#[test]
+fn a_short_lived_reference_on_a_full_looking_cluster_does_not_hide_its_room() {
+    let p = StdProvider::new();
+    let s = SlotSpace::new(Geometry::tiny(2, 8, 2), &p, u64::MAX).unwrap();
+    let a: Vec<u32> = (0..3)
+        .map(|_| s.alloc(0, 0, Ctx::MaySleep, INIT).unwrap())
+        .collect();
+    // CPU 1 fills the other cluster.
+    for _ in 0..4 {
+        s.alloc(0, 1, Ctx::MaySleep, INIT).unwrap();
+    }
+    free(&s, a[1], 1);
+    let pin = s.pin(a[0]).unwrap();
+    let inner = pin
+        .outside(Ctx::MaySleep, || s.alloc(0, 1, Ctx::MaySleep, INIT))
+        .unwrap();
+    drop(pin);
+    let after = s.alloc(0, 1, Ctx::MaySleep, INIT);
+    assert!(
+        after.is_ok() || inner.is_ok(),
+        "slot {} free but NoSpace",
+        a[1]
+    );
+}
+
+/// Emulates: T1 (order 1, another CPU) has claimed w2 of CPU0's cached
+/// cluster 0 and is about to CAS w3; S (order-0 steal) takes w3; CPU0's
+/// owner refills (cluster 0 filed Full); T1's CAS on w3 fails and it rolls
+/// w2 back (`missed` with `undone`).
+#[test]
+fn a_rolled_back_claim_into_a_cluster_filed_meanwhile_is_found() {
+    let p = StdProvider::new();
+    let s = dev(&p, 2, 12, FIXED, &[]);
+    let _ = s.alloc(1, 0, Ctx::MaySleep, INIT).unwrap();
+    let a = s.alloc(1, 0, Ctx::MaySleep, INIT).unwrap();
+    let c0 = a >> 2;
+    let e0 = s.entry(c0).unwrap();
+    let w = s.words_of(e0);
+    let g = if a % 4 == 0 { 2 } else { 0 };
+    // T1's partial claim of group 2..4.
+    assert!(e0.try_ref(2, Some(1)));
+    w[g].cas(0, INIT).unwrap();
+    // S: an order-0 steal of w3.
+    assert!(e0.try_ref(1, None));
+    w[g + 1].cas(0, INIT).unwrap();
+    // CPU0's next order-1 allocation: no run in cluster 0, refill -> cluster 1.
+    let b = s.alloc(1, 0, Ctx::MaySleep, INIT).unwrap();
+    std::eprintln!("b = {b}; cluster 0 after refill: {:?}", s.cluster_state(c0));
+    // T1's CAS on w3 failed: roll w2 back.
+    w[g].cas(INIT, 0).unwrap();
+    s.missed(
+        c0,
+        e0,
+        2,
+        super::percpu::Miss {
+            kept: 0,
+            undone: true,
+        },
+    );
+    let mut got = Vec::new();
+    while let Ok(x) = s.alloc(0, 1, Ctx::MaySleep, INIT) {
+        got.push(x);
+    }
+    std::eprintln!("order-0 got {got:?}; cluster 0: {:?}", s.cluster_state(c0));
+    assert!(
+        got.contains(&(4 * c0 + g as u32)),
+        "slot 2 is free but allocation fails"
+    );
+}
+
+#[test]
+fn a_short_lived_reference_does_not_hide_an_empty_cached_cluster() {
+    let p = StdProvider::new();
+    let s = SlotSpace::new(Geometry::tiny(2, 8, 2), &p, u64::MAX).unwrap();
+    // CPU 1 takes three slots of one cluster; CPU 0 an order-1 run of the
+    // other.
+    for _ in 0..3 {
+        s.alloc(0, 1, Ctx::MaySleep, INIT).unwrap();
+    }
+    let x = s.alloc(1, 0, Ctx::MaySleep, INIT).unwrap();
+    free(&s, x, 2);
+    let pin = s.pin(x).unwrap();
+    let inner = pin
+        .outside(Ctx::MaySleep, || s.alloc(0, 1, Ctx::MaySleep, INIT))
+        .unwrap();
+    drop(pin);
+    let after = s.alloc(0, 1, Ctx::MaySleep, INIT);
+    assert!(
+        after.is_ok() || inner.is_ok(),
+        "an empty cached cluster, but NoSpace"
+    );
+}
