@@ -182,16 +182,13 @@ pub const HOST_LOCK_ALIGN: usize = 8;
 #[cfg(all(feature = "host-lock", not(feature = "std"), not(vswap_loom)))]
 pub use host_lock::{Mutex, MutexGuard};
 
-/// Kernel mode's slow-path lock: the host's `spinlock_t`, through the
-/// link-time hooks `vswap_host_spin_*` (see the [module docs](self)).
-#[cfg(all(feature = "host-lock", not(feature = "std"), not(vswap_loom)))]
-pub mod host_lock {
-    use core::cell::UnsafeCell;
+/// The link-time hooks of kernel mode's lock, declared in every build (a
+/// declaration that nothing calls links nothing): so that vswap-ffi can
+/// check its own declarations against these whatever features the build
+/// unified (`cargo build --workspace --no-default-features` turns this
+/// crate's `std` on through other members while vswap-ffi's is off).
+pub mod host_lock_hooks {
     use core::ffi::{c_ulong, c_void};
-    use core::marker::PhantomData;
-    use core::ops::{Deref, DerefMut};
-
-    use super::{HOST_LOCK_ALIGN, HOST_LOCK_SIZE};
 
     unsafe extern "C" {
         /// Initialise an unlocked host lock in `HOST_LOCK_SIZE` bytes at
@@ -204,6 +201,21 @@ pub mod host_lock {
         /// that took it, with the flags that call returned.
         pub fn vswap_host_spin_unlock(lock: *mut c_void, flags: c_ulong);
     }
+}
+
+/// Kernel mode's slow-path lock: the host's `spinlock_t`, through the
+/// link-time hooks `vswap_host_spin_*` (see the [module docs](self)).
+#[cfg(all(feature = "host-lock", not(feature = "std"), not(vswap_loom)))]
+pub mod host_lock {
+    use core::cell::UnsafeCell;
+    use core::ffi::c_ulong;
+    use core::marker::PhantomData;
+    use core::ops::{Deref, DerefMut};
+
+    pub use super::host_lock_hooks::{
+        vswap_host_spin_init, vswap_host_spin_lock, vswap_host_spin_unlock,
+    };
+    use super::{HOST_LOCK_ALIGN, HOST_LOCK_SIZE};
 
     /// The storage the host's lock lives in (opaque to Rust).
     #[repr(C, align(8))]

@@ -161,15 +161,15 @@ pub mod lock_hooks {
     // The hooks vswap-alloc calls are these: same names, same signatures.
     const _: [unsafe extern "C" fn(*mut c_void); 2] = [
         vswap_host_spin_init,
-        vswap_alloc::sync::host_lock::vswap_host_spin_init,
+        vswap_alloc::sync::host_lock_hooks::vswap_host_spin_init,
     ];
     const _: [unsafe extern "C" fn(*mut c_void) -> c_ulong; 2] = [
         vswap_host_spin_lock,
-        vswap_alloc::sync::host_lock::vswap_host_spin_lock,
+        vswap_alloc::sync::host_lock_hooks::vswap_host_spin_lock,
     ];
     const _: [unsafe extern "C" fn(*mut c_void, c_ulong); 2] = [
         vswap_host_spin_unlock,
-        vswap_alloc::sync::host_lock::vswap_host_spin_unlock,
+        vswap_alloc::sync::host_lock_hooks::vswap_host_spin_unlock,
     ];
 }
 
