@@ -172,10 +172,6 @@ unsafe impl<W> ZeroInit for TEntry<W> {
     }
 }
 
-/// A leaf of the table index: the entries of `TLEAF_LEN` consecutive
-/// clusters.
-pub(super) type TLeaf<W> = TEntry<W>;
-
 /// Length of the table index's top array for a space of `clusters`.
 pub(super) fn tindex_len(clusters: u64) -> usize {
     (clusters.div_ceil(TLEAF_LEN as u64) as usize).min(MAX_TLEAVES)
@@ -216,7 +212,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         all.split_at_mut_checked(self.listed_words)
     }
 
-    pub(super) fn tindex(&self) -> &[AtomicPtr<TLeaf<W>>] {
+    pub(super) fn tindex(&self) -> &[AtomicPtr<TEntry<W>>] {
         // SAFETY: the table index's top array holds `tindex_len` initialised
         // pointers for the space's whole life.
         unsafe { core::slice::from_raw_parts(self.tindex.as_ptr(), self.tindex_len) }
@@ -226,12 +222,10 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     #[inline(always)]
     pub(super) fn indexed(&self, idx: u32) -> Indexed<'_, W> {
         let i = idx as usize;
-        let t = i / TLEAF_LEN;
-        if t >= self.tindex_len {
+        let Some(top) = self.tindex().get(i / TLEAF_LEN) else {
             return Indexed::Beyond;
-        }
-        // SAFETY: `t < tindex_len`, the length of the top array.
-        let leaf = unsafe { &*self.tindex.as_ptr().add(t) }.load(Ordering::Acquire);
+        };
+        let leaf = top.load(Ordering::Acquire);
         if leaf.is_null() {
             return Indexed::NoLeaf;
         }
@@ -335,7 +329,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         let leaf_slot = unsafe { &*mid.add(m) };
         self.install::<DirEntry<W>>(leaf_slot, 1 << self.geo.dir_leaf_shift, ctx)?;
         if let Some(slot) = self.tindex().get(idx as usize / TLEAF_LEN) {
-            self.install::<TLeaf<W>>(slot, TLEAF_LEN, ctx)?;
+            self.install::<TEntry<W>>(slot, TLEAF_LEN, ctx)?;
         }
         self.entry(idx).ok_or(Error::NoMem)
     }

@@ -191,18 +191,18 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     /// (until a free moves it to `nonfull`), and an order-0 one is never
     /// fragmented.
     pub(super) fn file(&self, l: &mut Lists, idx: u32, e: &DirEntry<W>) {
-        let words = self.words_of(e);
+        // One pass over the words, in runs of the cluster's order.
         let run = 1usize << order_of(e.state.load(Ordering::Acquire));
-        let full = words.iter().all(|w| w.get(Ordering::Relaxed) != 0);
-        let list = if full {
-            List::Full
-        } else if words
-            .chunks(run)
-            .any(|g| g.iter().all(|w| w.get(Ordering::Relaxed) == 0))
-        {
-            List::Nonfull
-        } else {
-            List::Frag
+        let (mut any_free, mut run_free) = (false, false);
+        for g in self.words_of(e).chunks(run) {
+            let free = g.iter().filter(|w| w.get(Ordering::Relaxed) == 0).count();
+            any_free |= free > 0;
+            run_free |= free == g.len();
+        }
+        let list = match (any_free, run_free) {
+            (false, _) => List::Full,
+            (true, true) => List::Nonfull,
+            (true, false) => List::Frag,
         };
         self.link(l, idx, e, list);
     }
@@ -226,18 +226,16 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         let Some((bits, summary)) = self.listed_bits(l) else {
             return;
         };
-        let i = idx as usize;
-        let Some(word) = bits.get_mut(i / 64) else {
+        let (w, bit) = (idx as usize / 64, 1u64 << (idx % 64));
+        let Some(word) = bits.get_mut(w) else {
             return;
         };
-        let bit = 1u64 << (i % 64);
         if on {
             *word |= bit;
         } else {
             *word &= !bit;
         }
         let any = *word != 0;
-        let w = i / 64;
         if let Some(s) = summary.get_mut(w / 64) {
             let sb = 1u64 << (w % 64);
             if any {

@@ -54,7 +54,7 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
-use dir::{Mid, TLEAF_LEN, TLeaf, tindex_len};
+use dir::{Mid, TEntry, TLEAF_LEN, tindex_len};
 use lists::{Fifo, Lists};
 use percpu::PerCpu;
 pub use pin::{Pin, Section};
@@ -146,7 +146,7 @@ pub struct SlotSpace<P: Provider, W: SlotWord = AtomicU64> {
     top_len: usize,
     /// The table index's top array (see "The table index" in `dir`):
     /// `tindex_len` pointers to dense leaves of slot-table pointers.
-    tindex: NonNull<AtomicPtr<TLeaf<W>>>,
+    tindex: NonNull<AtomicPtr<TEntry<W>>>,
     tindex_len: usize,
     /// (Fixed spaces; touched only under the list lock) one bit per cluster
     /// on a nonfull or frag list, then one summary bit per word of those:
@@ -215,7 +215,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         let top = alloc_table::<AtomicPtr<Mid<W>>, P>(&provider, top_len, Ctx::MaySleep)?;
         let tindex_len = tindex_len(geo.clusters());
         let tindex =
-            match alloc_table::<AtomicPtr<TLeaf<W>>, P>(&provider, tindex_len, Ctx::MaySleep) {
+            match alloc_table::<AtomicPtr<TEntry<W>>, P>(&provider, tindex_len, Ctx::MaySleep) {
                 Ok(t) => t,
                 Err(e) => {
                     // SAFETY: `top` is ours and unused.
@@ -287,7 +287,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             reserved,
             mem_dir: AtomicU64::new(
                 (top_len * core::mem::size_of::<AtomicPtr<Mid<W>>>()
-                    + tindex_len * core::mem::size_of::<AtomicPtr<TLeaf<W>>>()
+                    + tindex_len * core::mem::size_of::<AtomicPtr<TEntry<W>>>()
                     + (listed_words + summary_words) * core::mem::size_of::<u64>())
                     as u64,
             ),

@@ -341,37 +341,59 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     /// `steal` of one slot from the lowest-numbered listed cluster (fixed
     /// spaces).
     fn steal_lowest(&self, init: u64, step: u64) -> Option<u32> {
-        let mut tries = {
-            let l = self.lists.lock();
-            let c = |x: List| l.counts.get(x as usize).copied().unwrap_or(0);
-            c(List::Frag) + c(List::Nonfull)
-        };
-        while tries > 0 {
-            tries -= 1;
+        // Each listed cluster at most once per call (the count when first
+        // looked at: one that a racing free refiled could come back).
+        let mut tries = None;
+        loop {
             let idx = {
                 let mut l = self.lists.lock();
+                let left = tries.get_or_insert_with(|| {
+                    let c = |x: List| l.counts.get(x as usize).copied().unwrap_or(0);
+                    c(List::Frag) + c(List::Nonfull)
+                });
+                *left = left.checked_sub(1)?;
                 self.first_listed(&mut l)?
             };
             #[cfg(test)]
             self.scanned.fetch_add(1, Ordering::Relaxed);
             let e = self.entry(idx)?;
-            if e.try_ref(1, None) {
-                match claim(self.words_of(e), 0, 1, init, step) {
-                    Ok(at) => return Some((idx << self.geo.cluster_shift) | at as u32),
-                    Err(miss) => self.missed(idx, e, 1, miss),
-                }
+            if let Some(slot) = self.take_from(idx, e, 0, None, init, step) {
+                return Some(slot);
             }
             // Nothing free there (claimed meanwhile): file it by its fill.
             let mut l = self.lists.lock();
             self.refile(&mut l, idx, e);
         }
-        None
+    }
+
+    /// Claim `2^order` slots (of a cluster of `want`, any if `None`) from
+    /// cluster `idx`, scanning from its start: its references first, given
+    /// back on a miss. The steals' one step.
+    fn take_from(
+        &self,
+        idx: u32,
+        e: &DirEntry<W>,
+        order: u32,
+        want: Option<u32>,
+        init: u64,
+        step: u64,
+    ) -> Option<u32> {
+        let n = 1u64 << order;
+        if !e.try_ref(n, want) {
+            return None;
+        }
+        match claim(self.words_of(e), 0, n as usize, init, step) {
+            Ok(at) => Some((idx << self.geo.cluster_shift) | at as u32),
+            Err(miss) => {
+                self.missed(idx, e, n, miss);
+                None
+            }
+        }
     }
 
     /// `steal` from the CPUs' cached clusters: of `order`, or (`any`) of
     /// every order, the order-0 ones first.
     fn steal_cached(&self, order: u32, any: bool, init: u64, step: u64) -> Option<u32> {
-        let n = 1u64 << order;
         let want = if any { None } else { Some(order) };
         let cpus = if self.policy.rotational {
             1
@@ -405,12 +427,8 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
                 if refs(e.state.fetch_add(0, Ordering::AcqRel)) > self.csize() as u64 {
                     continue;
                 }
-                if !e.try_ref(n, want) {
-                    continue;
-                }
-                match claim(self.words_of(e), 0, n as usize, init, step) {
-                    Ok(at) => return Some((idx << self.geo.cluster_shift) | at as u32),
-                    Err(miss) => self.missed(idx, e, n, miss),
+                if let Some(slot) = self.take_from(idx, e, order, want, init, step) {
+                    return Some(slot);
                 }
             }
         }

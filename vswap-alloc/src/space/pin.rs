@@ -155,9 +155,8 @@ impl<P: Provider, W: SlotWord> Pin<'_, P, W> {
         // that waits for this section), so a reference taken now holds the
         // incarnation whose table the pin shows (a reuse before the grace
         // period keeps the same table).
-        let entry = self.entry;
-        if !entry.try_ref(1, None) {
-            let s = entry.state.load(Ordering::Acquire);
+        if !self.entry.try_ref(1, None) {
+            let s = self.entry.state.load(Ordering::Acquire);
             return Err(if s & (LIVE | DYING) == LIVE {
                 Error::Again
             } else {
@@ -171,7 +170,7 @@ impl<P: Provider, W: SlotWord> Pin<'_, P, W> {
         self.space.provider.read_lock();
         // Inside the new section: a teardown this unref causes retires the
         // tables with a grace period that waits for this pin.
-        self.space.unref(self.idx, entry, 1, false);
+        self.space.unref(self.idx, self.entry, 1, false);
         Ok(r)
     }
 
