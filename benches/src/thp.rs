@@ -80,6 +80,14 @@
 //! touched are the same as in the other mode; with the test's 100% it is
 //! [`SwapIn::Free`] exactly).
 //!
+//! The test's `-a` ([`Config::aligned`]) makes the mTHP area's swap-ins
+//! whole random 64 KiB ranges (256 a iteration, each written page by page);
+//! the published runs of the kernel's allocator series used it
+//! (`thp_swap_allocator_test -a`). [`SwapIn::Large`] is the large-folio
+//! swap-in of Linux 6.13 and later on zram: a fault in a range that went out
+//! whole brings the whole range back, so with it the test's random 4 KiB
+//! touches free whole runs as `-a` does.
+//!
 //! Allocators: any [`PhysSlots`]; this module adds [`FirstFit`], a naive
 //! first-fit bitmap, and [`FirstFitOldSlot`], first-fit that gives an
 //! order-0 allocation the slot its owner held last when it is free (which
@@ -89,7 +97,7 @@
 //!
 //! Page contents and compression (only slots count); the per-CPU swap slot
 //! cache of older kernels (batches of 64 order-0 slots); readahead; large
-//! folio swap-in (the test's `-a`, aligned swap-in, is not replayed);
+//! folio swap-in of anything but a whole 64 KiB range ([`SwapIn::Large`]);
 //! reclaim that fails for reasons other than a slot (a folio referenced or
 //! locked meanwhile); a 64 KiB fault that gets a small folio; shared pages
 //! (each page has one mapping). The warm-up's counters are kept apart
@@ -125,6 +133,14 @@ pub enum SwapIn {
     /// The page keeps its slot in the swap cache while it stays clean; a
     /// write frees it.
     KeepClean,
+    /// Large-folio swap-in, as Linux 6.13 and later do on a synchronous
+    /// device such as zram (`alloc_swap_folio` / `can_swapin_thp`): a fault
+    /// in a 64 KiB range whose 16 pages are all swapped out, to 16
+    /// consecutive slots starting at a slot aligned to 16, brings the whole
+    /// range back as one 64 KiB folio and frees the run; any other fault
+    /// brings back the one page, as in [`SwapIn::Free`]. Slots are freed at
+    /// swap-in.
+    Large,
 }
 
 impl SwapIn {
@@ -133,6 +149,7 @@ impl SwapIn {
         match self {
             Self::Free => "freed at swap-in (the test)",
             Self::KeepClean => "kept while clean (swap cache)",
+            Self::Large => "freed, 64 KiB folio swap-in (6.13+)",
         }
     }
 }
@@ -146,8 +163,12 @@ pub struct Config {
     pub mthp_folios: usize,
     /// Pages of the small area (0: without `-s`).
     pub small_pages: usize,
-    /// Random 4 KiB touches of the mTHP area per iteration.
+    /// Random 4 KiB touches of the mTHP area per iteration (with
+    /// [`Config::aligned`], `swapins / 16` random 64 KiB ranges).
     pub swapins: usize,
+    /// The test's `-a`: the mTHP area's swap-ins write whole random
+    /// 64 KiB-aligned ranges instead of random 4 KiB pages.
+    pub aligned: bool,
     /// Random 64 KiB `MADV_DONTNEED`s of the mTHP area per iteration.
     pub dontneeds: usize,
     /// Random 4 KiB touches of the small area per iteration.
@@ -176,6 +197,7 @@ impl Config {
             mthp_folios: TEST_MTHP_PAGES / FOLIO_PAGES,
             small_pages: if small { TEST_SMALL_PAGES } else { 0 },
             swapins: 4096,
+            aligned: false,
             dontneeds: 256,
             small_swapins: if small { 256 } else { 0 },
             iterations: 100,
@@ -238,6 +260,8 @@ pub struct Counters {
     pub runs_freed: u64,
     /// Order-0 slots that went to a page that held that very slot last.
     pub own_slot: u64,
+    /// 64 KiB ranges swapped in as one folio ([`SwapIn::Large`]).
+    pub large_in: u64,
 }
 
 impl Counters {
@@ -282,6 +306,7 @@ impl Run {
             broke: a.broke + c.broke,
             runs_freed: a.runs_freed + c.runs_freed,
             own_slot: a.own_slot + c.own_slot,
+            large_in: a.large_in + c.large_in,
         })
     }
 
@@ -390,13 +415,43 @@ impl<D: PhysSlots> Sim<'_, D> {
         }
     }
 
+    /// The first slot of range `r`'s pages when all 16 are swapped out to
+    /// consecutive slots from a slot aligned to 16 (a large swap-in can
+    /// bring them back as one folio).
+    fn whole_run(&self, r: usize) -> Option<u64> {
+        let pages = self.pages.get(r * FOLIO_PAGES..(r + 1) * FOLIO_PAGES)?;
+        let Some(&Page::Out(base)) = pages.first() else {
+            return None;
+        };
+        let whole = base % FOLIO_PAGES as u64 == 0
+            && pages
+                .iter()
+                .zip(base..)
+                .all(|(pg, off)| *pg == Page::Out(off));
+        whole.then_some(base)
+    }
+
     /// A 4 KiB touch of page `p`.
     fn touch(&mut self, p: usize) {
         if p < self.mthp_pages() && self.large.get(p / FOLIO_PAGES) == Some(&true) {
             return;
         }
+        if self.cfg.swapin == SwapIn::Large && p < self.mthp_pages() {
+            let r = p / FOLIO_PAGES;
+            if let Some(base) = self.whole_run(r) {
+                self.free(base, FOLIO_PAGES as u64);
+                if let Some(pages) = self.pages.get_mut(r * FOLIO_PAGES..(r + 1) * FOLIO_PAGES) {
+                    pages.fill(Page::Resident);
+                }
+                if let Some(l) = self.large.get_mut(r) {
+                    *l = true;
+                }
+                self.c.large_in += 1;
+                return;
+            }
+        }
         let write = match self.cfg.swapin {
-            SwapIn::Free => true,
+            SwapIn::Free | SwapIn::Large => true,
             SwapIn::KeepClean => self.wrng.below(100) < u64::from(self.cfg.write_pct),
         };
         let Some(pg) = self.pages.get_mut(p) else {
@@ -524,9 +579,18 @@ impl<D: PhysSlots> Sim<'_, D> {
     fn iteration(&mut self) {
         let mthp = self.mthp_pages() as u64;
         let folios = self.cfg.mthp_folios as u64;
-        for _ in 0..self.cfg.swapins {
-            let p = self.rng.below(mthp) as usize;
-            self.touch(p);
+        if self.cfg.aligned {
+            for _ in 0..self.cfg.swapins / FOLIO_PAGES {
+                let r = self.rng.below(folios) as usize;
+                for p in r * FOLIO_PAGES..(r + 1) * FOLIO_PAGES {
+                    self.touch(p);
+                }
+            }
+        } else {
+            for _ in 0..self.cfg.swapins {
+                let p = self.rng.below(mthp) as usize;
+                self.touch(p);
+            }
         }
         for _ in 0..self.cfg.dontneeds {
             let r = self.rng.below(folios) as usize;
@@ -820,6 +884,61 @@ mod tests {
             assert!(c.small >= c.fallback * 16);
         }
         assert_eq!(d.0.used(), 1 + 64 * 16);
+    }
+
+    #[test]
+    fn large_swapin_brings_whole_ranges_back() {
+        // Room for everything: every range goes out whole, so every touch
+        // of a swapped-out range brings the whole range back and no page of
+        // the mTHP area ever needs an order-0 slot.
+        for aligned in [false, true] {
+            let cfg = Config {
+                aligned,
+                ..tiny(SwapIn::Large, 0)
+            };
+            let r = run(&FirstFit::new(cfg.device_slots), &cfg);
+            for c in &r.iters {
+                assert!(c.large_in > 0);
+                assert_eq!(c.small, 0);
+                assert_eq!(c.fallback, 0);
+                // Every range that came back goes out whole again.
+                assert!(c.swpout >= c.large_in);
+            }
+        }
+    }
+
+    #[test]
+    fn large_swapin_needs_an_aligned_whole_run() {
+        // Order-0 slots only, packed from slot 1: a range's 16 slots are
+        // consecutive but never start at a multiple of 16, so no large
+        // swap-in happens and the run is exactly the 4 KiB one.
+        let free = tiny(SwapIn::Free, 16);
+        let large = Config {
+            swapin: SwapIn::Large,
+            ..free
+        };
+        let a = run(&NoLarge(FirstFit::new(free.device_slots)), &free);
+        let b = run(&NoLarge(FirstFit::new(free.device_slots)), &large);
+        assert_eq!(a, b);
+        assert_eq!(b.sum(20).large_in, 0);
+    }
+
+    #[test]
+    fn aligned_swapins_split_whole_ranges() {
+        // `-a` without large swap-in: a touched range comes back page by
+        // page, so its 16 pages go out at order 0 (room for everything, no
+        // fallback): order-0 slots come in multiples of 16.
+        let cfg = Config {
+            aligned: true,
+            ..tiny(SwapIn::Free, 0)
+        };
+        let r = run(&FirstFit::new(cfg.device_slots), &cfg);
+        for c in &r.iters {
+            assert_eq!(c.small % 16, 0);
+            assert_eq!(c.fallback, 0);
+            assert_eq!(c.large_in, 0);
+        }
+        assert!(r.sum(20).small > 0);
     }
 
     #[test]

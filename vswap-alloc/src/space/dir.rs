@@ -195,12 +195,19 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         unsafe { core::slice::from_raw_parts(self.top.as_ptr(), self.top_len) }
     }
 
-    /// The listed-cluster bitmap and its summary words (fixed spaces),
-    /// borrowed for as long as the list lock's `Lists` is.
+    /// The bitmap of the clusters on `list`'s lists (fixed spaces; `Frag` or
+    /// `Nonfull`, of any order) and its summary words, borrowed for as long
+    /// as the list lock's `Lists` is.
     pub(super) fn listed_bits<'l>(
         &'l self,
         _l: &'l mut Lists,
+        list: List,
     ) -> Option<(&'l mut [u64], &'l mut [u64])> {
+        let kind = match list {
+            List::Frag => 0,
+            List::Nonfull => 1,
+            List::Full | List::None => return None,
+        };
         let p = self.listed?;
         // SAFETY: the space made `listed_words + summary_words` words at `p`
         // and frees them only when dropped; they are reached only through
@@ -209,7 +216,11 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         let all = unsafe {
             core::slice::from_raw_parts_mut(p.as_ptr(), self.listed_words + self.summary_words)
         };
-        all.split_at_mut_checked(self.listed_words)
+        let (bits, summary) = all.split_at_mut_checked(self.listed_words)?;
+        let (per, sper) = (self.listed_words / 2, self.summary_words / 2);
+        let bits = bits.get_mut(kind * per..(kind + 1) * per)?;
+        let summary = summary.get_mut(kind * sper..(kind + 1) * sper)?;
+        Some((bits, summary))
     }
 
     pub(super) fn tindex(&self) -> &[AtomicPtr<TEntry<W>>] {

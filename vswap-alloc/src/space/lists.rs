@@ -82,7 +82,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             if let Some(c) = l.counts.get_mut(list as usize) {
                 *c += 1;
             }
-            self.mark_listed(l, idx, true);
+            self.mark_listed(l, idx, List::Frag, true);
             return;
         }
         let Some(head) = self.head(l, list, order_of(s)) else {
@@ -98,7 +98,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             *c += 1;
         }
         if list == List::Nonfull {
-            self.mark_listed(l, idx, true);
+            self.mark_listed(l, idx, List::Nonfull, true);
         }
     }
 
@@ -110,7 +110,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             return;
         }
         if matches!(list, List::Nonfull | List::Frag) {
-            self.mark_listed(l, idx, false);
+            self.mark_listed(l, idx, list, false);
         }
         let (prev, next) = (e.prev(), e.next());
         if prev == 0 {
@@ -218,12 +218,12 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         self.file(l, idx, e);
     }
 
-    /// (Fixed spaces) set or clear cluster `idx`'s bit in the `listed`
-    /// bitmap (on a nonfull or frag list) and its word's summary bit. Under
-    /// the list lock (`l`). Plain words and shifts: bitvec's proxy
+    /// (Fixed spaces) set or clear cluster `idx`'s bit in the bitmap of
+    /// `list` (nonfull or frag, of any order) and its word's summary bit.
+    /// Under the list lock (`l`). Plain words and shifts: bitvec's proxy
     /// references (`BitRef`) are rejected by Miri's Stacked Borrows model.
-    pub(super) fn mark_listed(&self, l: &mut Lists, idx: u32, on: bool) {
-        let Some((bits, summary)) = self.listed_bits(l) else {
+    pub(super) fn mark_listed(&self, l: &mut Lists, idx: u32, list: List, on: bool) {
+        let Some((bits, summary)) = self.listed_bits(l, list) else {
             return;
         };
         let (w, bit) = (idx as usize / 64, 1u64 << (idx % 64));
@@ -246,18 +246,39 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         }
     }
 
-    /// (Fixed spaces) the lowest-numbered cluster on a nonfull or frag list.
-    /// Under the list lock (`l`): a scan of the summary words (one per
-    /// 4,096 clusters), then one word.
-    pub(super) fn first_listed(&self, l: &mut Lists) -> Option<u32> {
-        let (bits, summary) = self.listed_bits(l)?;
-        let (si, s) = summary.iter().enumerate().find(|(_, s)| **s != 0)?;
-        let w = si * 64 + s.trailing_zeros() as usize;
-        let word = *bits.get(w)?;
-        if word == 0 {
-            return None;
-        }
-        let c = w * 64 + word.trailing_zeros() as usize;
+    /// (Fixed spaces) the lowest-numbered cluster on a `list` list (nonfull
+    /// or frag) of any order. Under the list lock (`l`): a scan of the
+    /// summary words (one per 4,096 clusters), then one word.
+    pub(super) fn first_listed(&self, l: &mut Lists, list: List) -> Option<u32> {
+        self.next_listed(l, list, 0)
+    }
+
+    /// (Fixed spaces) the lowest-numbered cluster at or above `from` on a
+    /// `list` list (nonfull or frag) of any order. Under the list lock
+    /// (`l`): the word holding `from`, then a scan of the summary words.
+    pub(super) fn next_listed(&self, l: &mut Lists, list: List, from: u32) -> Option<u32> {
+        let (bits, summary) = self.listed_bits(l, list)?;
+        let from = from as usize;
+        let w = from / 64;
+        let here = *bits.get(w)? & (u64::MAX << (from % 64));
+        let c = if here != 0 {
+            w * 64 + here.trailing_zeros() as usize
+        } else {
+            // The summary bits of the words above `w`.
+            let w = w + 1;
+            let mut si = w / 64;
+            let mut s = *summary.get(si)? & (u64::MAX << (w % 64));
+            while s == 0 {
+                si += 1;
+                s = *summary.get(si)?;
+            }
+            let w = si * 64 + s.trailing_zeros() as usize;
+            let word = *bits.get(w)?;
+            if word == 0 {
+                return None;
+            }
+            w * 64 + word.trailing_zeros() as usize
+        };
         if c as u64 >= self.clusters {
             return None;
         }

@@ -148,8 +148,9 @@ pub struct SlotSpace<P: Provider, W: SlotWord = AtomicU64> {
     /// `tindex_len` pointers to dense leaves of slot-table pointers.
     tindex: NonNull<AtomicPtr<TEntry<W>>>,
     tindex_len: usize,
-    /// (Fixed spaces; touched only under the list lock) one bit per cluster
-    /// on a nonfull or frag list, then one summary bit per word of those:
+    /// (Fixed spaces; touched only under the list lock) two bitmaps, one bit
+    /// per cluster on a frag list, then one per cluster on a nonfull list,
+    /// then their summary bits (one per word, frag's then nonfull's):
     /// `listed_words + summary_words` plain words (see `steal`).
     listed: Option<NonNull<u64>>,
     listed_words: usize,
@@ -234,14 +235,16 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
                 return Err(e);
             }
         };
-        // A device's listed-cluster bitmap (see `steal`); the virtual space
+        // A device's listed-cluster bitmaps (see `steal`); the virtual space
         // steals only from caches and has none.
+        // Two bitmaps, fragmented then nonfull clusters, each with its
+        // summary words after both.
         let listed_words = if policy.fixed {
-            geo.clusters().div_ceil(64) as usize
+            2 * geo.clusters().div_ceil(64) as usize
         } else {
             0
         };
-        let summary_words = listed_words.div_ceil(64);
+        let summary_words = 2 * (listed_words / 2).div_ceil(64);
         let listed = if policy.fixed {
             match alloc_table::<u64, P>(&provider, listed_words + summary_words, Ctx::MaySleep) {
                 Ok(b) => Some(b),

@@ -503,6 +503,73 @@ fn order0_steals_from_higher_order_clusters_on_devices_only() {
     assert_eq!(v.alloc(0, 0, Ctx::MaySleep, 1), Err(Error::NoSpace));
 }
 
+/// Issue 14 item 2: an order-0 steal fills a fragmented cluster's hole
+/// (which no request of that cluster's order can use) before it breaks up a
+/// nonfull cluster's free run, even a lower-numbered one.
+#[test]
+fn order0_steals_fill_fragmented_clusters_before_breaking_runs() {
+    let p = StdProvider::new();
+    // 4 clusters of 8 slots, runs of order 2 (4 slots); slot 0 reserved.
+    let s = dev(&p, 3, 32, FIXED, &[]);
+    let big: Vec<u32> =
+        core::iter::from_fn(|| s.alloc_with(2, 1, Ctx::MaySleep, 1, 1).ok()).collect();
+    assert_eq!(big, [4, 8, 12, 16, 20, 24, 28]);
+    // Cluster 0's three free slots (no run: fragmented) go to order 0.
+    let small: Vec<u32> = (0..3)
+        .map(|_| s.alloc_with(0, 0, Ctx::MaySleep, 1, 0).unwrap())
+        .collect();
+    assert_eq!(small, [1, 2, 3]);
+    // Cluster 2 gets a one-slot hole: CPU 1's order-2 cache takes it and
+    // finds no run in it.
+    dev_free(&s, 17, 1);
+    assert_eq!(s.alloc_with(2, 1, Ctx::MaySleep, 1, 1), Err(Error::NoSpace));
+    // Cluster 1 gets a whole run: CPU 1 moves there, and lets cluster 2 go
+    // fragmented.
+    dev_free(&s, 8, 4);
+    assert_eq!(s.alloc_with(2, 1, Ctx::MaySleep, 1, 1), Ok(8));
+    let st = s.cluster_state(2);
+    assert!(
+        matches!(st, ClusterState::Live { frag: true, .. }),
+        "{st:?}"
+    );
+    // Cluster 0 gets a whole run: nonfull, and lower-numbered than 2.
+    dev_free(&s, 4, 4);
+    let st = s.cluster_state(0);
+    assert!(
+        matches!(st, ClusterState::Live { nonfull: true, .. }),
+        "{st:?}"
+    );
+    // Order 0 takes the hole, not the run, which order 2 then gets.
+    assert_eq!(s.alloc_with(0, 0, Ctx::MaySleep, 1, 0), Ok(17));
+    assert_eq!(s.alloc_with(2, 1, Ctx::MaySleep, 1, 1), Ok(4));
+}
+
+/// Issue 14 item 2: on a device, a request of order > 0 that finds no
+/// cluster of its order takes a free run from a nonfull cluster of another
+/// order (order-0 clusters that frees mostly emptied hold them), and the
+/// cluster keeps its order.
+#[test]
+fn higher_orders_steal_runs_from_order0_clusters_on_devices() {
+    let p = StdProvider::new();
+    let s = dev(&p, 3, 32, FIXED, &[]);
+    let small: Vec<u32> =
+        core::iter::from_fn(|| s.alloc_with(0, 0, Ctx::MaySleep, 1, 0).ok()).collect();
+    assert_eq!(small.len(), 31);
+    assert_eq!(s.alloc_with(2, 1, Ctx::MaySleep, 1, 1), Err(Error::NoSpace));
+    // A whole run in order-0 cluster 1 and a hole in cluster 2.
+    dev_free(&s, 8, 4);
+    dev_free(&s, 17, 1);
+    assert_eq!(s.alloc_with(2, 1, Ctx::MaySleep, 1, 1), Ok(8));
+    let st = s.cluster_state(1);
+    assert!(matches!(st, ClusterState::Live { order: 0, .. }), "{st:?}");
+    // No run left: the order-2 request fails, order 0 still gets the hole.
+    assert_eq!(s.alloc_with(2, 1, Ctx::MaySleep, 1, 1), Err(Error::NoSpace));
+    assert_eq!(s.alloc_with(0, 0, Ctx::MaySleep, 1, 0), Ok(17));
+    // Freed again, the run goes back to its own cluster's room.
+    dev_free(&s, 8, 4);
+    assert_eq!(s.alloc_with(2, 0, Ctx::MaySleep, 1, 1), Ok(8));
+}
+
 #[test]
 fn full_and_frag_clusters_are_listed_and_move_to_nonfull_on_free() {
     let p = StdProvider::new();
