@@ -160,6 +160,23 @@ impl Model {
             ClusterState::Discard | ClusterState::Retiring => false,
             ClusterState::Live { order: o, .. } => (o == order || order == 0) && self.has_run(c, n),
         }) || (!self.discard && self.empty_cached(dev))
+            || self.steals_run(dev, order)
+    }
+
+    /// Above order 0, a request with nothing of its order takes a free run
+    /// from one of the 8 lowest-numbered nonfull clusters of other orders.
+    fn steals_run(&self, dev: &Dev<'_>, order: u32) -> bool {
+        let n = 1u64 << order;
+        order > 0
+            && (0..self.clusters)
+                .filter(|&c| {
+                    matches!(
+                        dev.space().cluster_state(c as u32),
+                        ClusterState::Live { order: o, cached: false, nonfull: true, .. } if o != order
+                    )
+                })
+                .take(8)
+                .any(|c| self.has_run(c, n))
     }
 
     /// Whether a CPU caches a cluster with no data and no reserved slot.
