@@ -90,9 +90,23 @@ impl<W> DirEntry<W> {
     /// Add `n` references if the cluster is live (and of `order`, if given).
     #[inline]
     pub(super) fn try_ref(&self, n: u64, order: Option<u32>) -> bool {
+        self.try_ref_below(n, order, REFS_LIMIT - 1)
+    }
+
+    /// [`DirEntry::try_ref`], and only if the references would not exceed
+    /// `limit`: a cached cluster holds its cache's hold plus one reference
+    /// per slot in use or being claimed, so with `limit` = slots + 1 a
+    /// cluster whose slots are all taken is refused without a scan of its
+    /// words (issue 14: a failing allocation scanned the 512 words of its
+    /// full cached cluster first). A short-lived reference can make a
+    /// cluster with room look full: the allocation then takes the slow
+    /// path, whose steal reads the references again with an RMW, and the
+    /// reference's drop makes room (`unref`), as for the steal's own skip.
+    #[inline]
+    pub(super) fn try_ref_below(&self, n: u64, order: Option<u32>, limit: u64) -> bool {
         let mut s = self.state.load(Ordering::Acquire);
         loop {
-            if s & (LIVE | DYING) != LIVE || refs(s) + n >= REFS_LIMIT {
+            if s & (LIVE | DYING) != LIVE || refs(s) + n > limit {
                 return false;
             }
             if let Some(o) = order {

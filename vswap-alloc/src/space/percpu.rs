@@ -166,7 +166,8 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
                 None => return Err(cur),
             },
         };
-        if !e.try_ref(n, Some(order)) {
+        // Not when every slot is taken: the cache's hold plus one per slot.
+        if !e.try_ref_below(n, Some(order), self.csize() as u64 + 1) {
             return Err(cur);
         }
         // Our reference keeps the cluster live: its table (published before

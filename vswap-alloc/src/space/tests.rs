@@ -1023,6 +1023,37 @@ fn a_short_lived_reference_on_a_full_looking_cluster_does_not_hide_its_room() {
     );
 }
 
+/// The same on the cluster's own CPU: its cached allocation refuses a
+/// cluster whose references say every slot is taken (no word scan), and a
+/// short-lived reference can make one with a free slot look so. The slot
+/// must not be lost: the allocation finds it, or the one after the
+/// reference is dropped does.
+#[test]
+fn a_short_lived_reference_on_a_full_looking_cached_cluster_does_not_hide_its_room() {
+    let p = StdProvider::new();
+    let s = SlotSpace::new(Geometry::tiny(2, 8, 2), &p, u64::MAX).unwrap();
+    let a: Vec<u32> = (0..3)
+        .map(|_| s.alloc(0, 0, Ctx::MaySleep, INIT).unwrap())
+        .collect();
+    for _ in 0..4 {
+        s.alloc(0, 1, Ctx::MaySleep, INIT).unwrap();
+    }
+    free(&s, a[1], 1);
+    let pin = s.pin(a[0]).unwrap();
+    let inner = pin
+        .outside(Ctx::MaySleep, || s.alloc(0, 0, Ctx::MaySleep, INIT))
+        .unwrap();
+    drop(pin);
+    match inner {
+        Ok(slot) => assert_eq!(slot, a[1]),
+        Err(e) => {
+            assert_eq!(e, Error::NoSpace);
+            assert_eq!(s.alloc(0, 0, Ctx::MaySleep, INIT), Ok(a[1]));
+        }
+    }
+    assert_eq!(s.alloc(0, 0, Ctx::MaySleep, INIT), Err(Error::NoSpace));
+}
+
 /// Emulates: T1 (order 1, another CPU) has claimed w2 of CPU0's cached
 /// cluster 0 and is about to CAS w3; S (order-0 steal) takes w3; CPU0's
 /// owner refills (cluster 0 filed Full); T1's CAS on w3 fails and it rolls
