@@ -216,6 +216,7 @@ impl<P: Provider> PhysDevice<P> {
                 .get((off - base) as usize)
                 .ok_or(Error::OutOfRange)?;
             clear_one(w, owner)?;
+            pin.note_free((off - base) as u32);
             freed(off);
             // SAFETY: our CAS turned this allocated word (not 0, not
             // RESERVED) of this cluster to 0, once; counted here only.

@@ -1358,3 +1358,22 @@ fn a_device_never_allocates_after_creation() {
     p.fail_after(None);
     p.again_on_nosleep(false);
 }
+
+/// Issue 14 item 3: a single-slot free leaves its offset as a hint, and the
+/// cluster's next allocation takes that slot when its cursor's is taken,
+/// before scanning (on a nearly full device the scan from the cursor walked
+/// the cluster to find the one slot a free left).
+#[test]
+fn an_allocation_takes_the_slot_freed_last_before_scanning() {
+    let p = StdProvider::new();
+    let dev = PhysDevice::new(tiny(4, 64, 2, false, false), &[], &p).unwrap();
+    let got: Vec<u64> = (0..15)
+        .map(|i| dev.alloc(0, 0, 1 + i, Ctx::NoSleep).unwrap())
+        .collect();
+    assert_eq!(got, (1..16).collect::<Vec<_>>());
+    // The cursor wrapped to slot 0 (the header); 3 is below 11 in a scan.
+    assert_eq!(dev.free(3, 1, Some(3)), Ok(1));
+    assert_eq!(dev.free(11, 1, Some(11)), Ok(1));
+    assert_eq!(dev.alloc(0, 0, 100, Ctx::NoSleep), Ok(11));
+    assert_eq!(dev.alloc(0, 0, 101, Ctx::NoSleep), Ok(3));
+}

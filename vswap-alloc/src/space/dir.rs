@@ -64,7 +64,11 @@ pub struct DirEntry<W> {
     /// `next` only.
     pub(super) links: AtomicU64,
     pub(super) ext: AtomicPtr<ClusterExt>,
-    /// (`RETIRING`, under the list lock) the host's grace-period cookie.
+    /// (`RETIRING`, under the list lock) the host's grace-period cookie;
+    /// while `LIVE`, a hint: the offset in the cluster of a slot freed last
+    /// (stored by device frees before their `unref`, so never after a
+    /// teardown that the unref allows; read by allocations, masked to the
+    /// cluster, so any value is harmless).
     pub(super) cookie: AtomicU64,
     /// (Fixed spaces, `RETIRING`, under the list lock) the optional tables
     /// taken off the cluster at its teardown, freed when the grace period
@@ -95,7 +99,8 @@ impl<W> DirEntry<W> {
 
     /// [`DirEntry::try_ref`], and only if the references would not exceed
     /// `limit`: a cached cluster holds its cache's hold plus one reference
-    /// per slot in use or being claimed, so with `limit` = slots + 1 a
+    /// per slot in use, being claimed or being freed (a device's free drops
+    /// it right after zeroing the word), so with `limit` = slots + 1 a
     /// cluster whose slots are all taken is refused without a scan of its
     /// words (issue 14: a failing allocation scanned the 512 words of its
     /// full cached cluster first). A short-lived reference can make a

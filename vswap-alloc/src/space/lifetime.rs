@@ -148,6 +148,12 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             self.try_teardown(idx, e);
         } else if freed && old & CACHED == 0 && list_of(old) != List::Nonfull {
             self.move_nonfull(idx, e);
+        } else if !freed && self.hid_file(old, n) {
+            // A short-lived reference made an order-0 cluster look full to
+            // its filing (`file` decides by references): its drop is the
+            // free word's move to `nonfull`, and room made.
+            self.move_nonfull(idx, e);
+            self.room_made();
         } else if !freed && self.hid_room(old, n) {
             // A short-lived reference made a failing allocation skip this
             // cluster (see `hid_room`): its drop is room made for it.
@@ -164,6 +170,25 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         if freed {
             self.room_made();
         }
+    }
+
+    /// Whether dropping `n` references from lifetime word `old` (not a
+    /// free) uncovers a free word of an uncached order-0 device cluster that its
+    /// filing may have taken for full: `file` files an order-0 cluster
+    /// `full` when its references reach the cluster size, and a short-lived
+    /// reference (a steal's `try_ref`, a failed claim's, `Pin::outside`)
+    /// counts. The drop that crosses back below the size moves it to
+    /// `nonfull` (also when the RMW lands while the filing holds the list
+    /// lock: the move waits for the lock, then finds it filed).
+    #[inline]
+    pub(super) fn hid_file(&self, old: u64, n: u64) -> bool {
+        let c = self.csize() as u64;
+        self.policy.fixed
+            && old & CACHED == 0
+            && order_of(old) == 0
+            && list_of(old) != List::Nonfull
+            && refs(old) >= c
+            && refs(old).saturating_sub(n) < c
     }
 
     /// Whether dropping `n` references from lifetime word `old` (not a

@@ -330,3 +330,76 @@ fn a_free_into_another_orders_full_cluster_racing_an_order0_steal_is_never_lost(
     let seen = *seen.lock().unwrap();
     assert_eq!(seen, [true, true], "both outcomes reached");
 }
+
+/// Issue 14: a device files an order-0 cluster it lets go of by its
+/// references, not its words (`file`), so a short-lived reference (a
+/// steal's or a failed claim's) can make a cluster with a free slot look
+/// full to the filing. A device of three 2-slot clusters: CPU 0 holds slots
+/// 2, 3 and 5; slot 4 is free in its cached cluster 2 and slot 1 in cluster
+/// 0 (`nonfull`). One thread takes and drops a reference on cluster 2 while
+/// CPU 0 allocates: it gets slot 4, or (the reference hiding it) moves to
+/// cluster 0 for slot 1 and files cluster 2. Either way the next allocation
+/// gets the other slot: the drop moves a cluster filed `full` meanwhile (or
+/// being filed: it waits for the list lock) to `nonfull`.
+#[test]
+fn a_short_lived_reference_racing_an_order0_filing_never_loses_the_slot() {
+    let bound = std::env::var("LOOM_MAX_PREEMPTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seen = StdArc::new(StdMutex::new([false; 2]));
+    let seen2 = seen.clone();
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(bound);
+    b.check(move || {
+        let policy = Policy {
+            fixed: true,
+            ..Policy::default()
+        };
+        let s = Arc::new(
+            SlotSpace::<StdProvider, AtomicU64>::with_policy(
+                Geometry::tiny(1, 6, 2),
+                policy,
+                StdProvider::new(),
+                u64::MAX,
+                &[],
+            )
+            .unwrap(),
+        );
+        for want in 1..6 {
+            assert_eq!(s.alloc(0, 0, Ctx::MaySleep, 5), Ok(want));
+        }
+        for slot in [4, 1] {
+            let pin = s.pin(slot).unwrap();
+            let off = (slot - pin.base()) as usize;
+            assert_eq!(pin.words()[off].swap(0, Ordering::AcqRel), 5);
+            // SAFETY: the slot was allocated and we zeroed its word.
+            unsafe { pin.release(1) };
+        }
+        let s1 = s.clone();
+        let t = loom::thread::spawn(move || {
+            let e = s1.entry(2).unwrap();
+            if e.try_ref(1, None) {
+                s1.unref(2, e, 1, false);
+            }
+        });
+        let a = s.alloc(0, 0, Ctx::MaySleep, 5);
+        t.join().unwrap();
+        let b = s.alloc(0, 0, Ctx::MaySleep, 5);
+        let mut seen = seen2.lock().unwrap();
+        match a {
+            Ok(4) => {
+                assert_eq!(b, Ok(1), "slot 1 lost");
+                seen[0] = true;
+            }
+            Ok(1) => {
+                assert_eq!(b, Ok(4), "slot 4 lost");
+                seen[1] = true;
+            }
+            other => panic!("allocation got {other:?}"),
+        }
+        assert_eq!(s.alloc(0, 0, Ctx::MaySleep, 5), Err(Error::NoSpace));
+    });
+    let seen = *seen.lock().unwrap();
+    assert_eq!(seen, [true, true], "both outcomes reached");
+}

@@ -10,7 +10,10 @@
 //! cluster (tables made with the lock dropped). The cluster it lets go of is
 //! filed by its fill: `full`; `nonfull[order]` if a naturally aligned free run
 //! of its order is left; else `frag[order]` (so a fragmented cluster never
-//! has a run of its own order, and none of order 0 is fragmented). The first
+//! has a run of its own order, and none of order 0 is fragmented; a device's
+//! order-0 cluster is filed by its references, not a scan of its words, and
+//! the drop of a short-lived reference that made it look full moves it to
+//! `nonfull`: `lists::file`, `lifetime::hid_file`). The first
 //! free into a `full`, `frag` or unlisted cluster moves it to
 //! `nonfull[order]`; frees into a cached or nonfull cluster take no lock. CPUs
 //! that share a number only slow each other down: the cache slot is read
@@ -166,8 +169,17 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
                 None => return Err(cur),
             },
         };
-        // Not when every slot is taken: the cache's hold plus one per slot.
-        if !e.try_ref_below(n, Some(order), self.csize() as u64 + 1) {
+        // On a device, not when every slot is taken: the cache's hold plus
+        // one per slot. Not in a virtual space: a free there zeroes the word
+        // and drops its reference only after the host released the backend,
+        // and the slot may be taken again in between (the scan finds the
+        // zero word; vswap-core's memcg-reuse regression test needs that).
+        let limit = if self.policy.fixed {
+            self.csize() as u64 + 1
+        } else {
+            REFS_LIMIT - 1
+        };
+        if !e.try_ref_below(n, Some(order), limit) {
             return Err(cur);
         }
         // Our reference keeps the cluster live: its table (published before
@@ -177,7 +189,11 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             None => self.words_of(e),
         };
         let hint = pc.cursor.load(Ordering::Relaxed) as usize;
-        match claim(words, hint, n as usize, init, step) {
+        // The cursor's word taken: a slot freed last, if the free left a
+        // hint (devices), before a scan from the cursor.
+        let fixed = self.policy.fixed;
+        let alt = || fixed.then(|| e.cookie.load(Ordering::Relaxed) as usize);
+        match claim(words, hint, alt, n as usize, init, step) {
             Ok(at) => {
                 pc.cursor.store((at + n as usize) as u32, Ordering::Relaxed);
                 Ok((idx << self.geo.cluster_shift) | at as u32)
@@ -430,7 +446,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         if !e.try_ref(n, want) {
             return None;
         }
-        match claim(self.words_of(e), 0, n as usize, init, step) {
+        match claim(self.words_of(e), 0, || None, n as usize, init, step) {
             Ok(at) => Some((idx << self.geo.cluster_shift) | at as u32),
             Err(miss) => {
                 self.missed(idx, e, n, miss);
@@ -649,13 +665,15 @@ pub(super) struct Miss {
     pub(super) undone: bool,
 }
 
-/// Claim `n` naturally aligned free words, scanning from `hint`; word `i` of
+/// Claim `n` naturally aligned free words, scanning from `hint` (for one
+/// word, the word at `alt()` is tried after `hint`'s); word `i` of
 /// the run gets `init + i * step`. Returns the offset of the run, or what a
 /// failed claim left behind.
 #[inline]
 pub(super) fn claim<W: SlotWord>(
     words: &[W],
     hint: usize,
+    alt: impl FnOnce() -> Option<usize>,
     n: usize,
     init: u64,
     step: u64,
@@ -671,6 +689,14 @@ pub(super) fn claim<W: SlotWord>(
         if let Some(w) = words.get(hint & (len - 1)) {
             if w.get(Ordering::Relaxed) == 0 && w.cas(0, init).is_ok() {
                 return Ok(hint & (len - 1));
+            }
+        }
+        // Then the second hint (a device's slot freed last), if any.
+        if let Some(a) = alt() {
+            if let Some(w) = words.get(a & (len - 1)) {
+                if w.get(Ordering::Relaxed) == 0 && w.cas(0, init).is_ok() {
+                    return Ok(a & (len - 1));
+                }
             }
         }
     }

@@ -59,6 +59,15 @@ impl<P: Provider, W: SlotWord> Pin<'_, P, W> {
     pub fn base(&self) -> u32 {
         self.idx << self.space.geo.cluster_shift
     }
+    /// Note that the slot at `off` in the cluster was just freed (its word
+    /// zeroed by the caller, not yet released): the next allocation from
+    /// this cluster tries it before scanning (issue 14: on a nearly full
+    /// device a refill's cluster has one free slot, which a scan from the
+    /// cursor walked the cluster to find). A hint only.
+    #[inline]
+    pub(crate) fn note_free(&self, off: u32) {
+        self.entry.cookie.store(u64::from(off), Ordering::Relaxed);
+    }
     /// The cluster's slot words.
     ///
     /// Writing them cannot make the space free memory that is in use: a

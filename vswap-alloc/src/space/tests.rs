@@ -1054,6 +1054,44 @@ fn a_short_lived_reference_on_a_full_looking_cached_cluster_does_not_hide_its_ro
     assert_eq!(s.alloc(0, 0, Ctx::MaySleep, INIT), Err(Error::NoSpace));
 }
 
+/// A device files an order-0 cluster it lets go of by its references (no
+/// scan): a short-lived reference makes one with a free slot look full and
+/// it is filed `full`; the reference's drop must move it to `nonfull`, or
+/// the slot is lost until some free.
+#[test]
+fn a_short_lived_reference_over_an_order0_filing_does_not_lose_the_slot() {
+    let p = StdProvider::new();
+    let s = dev(&p, 3, 32, FIXED, &[]);
+    let a: Vec<u32> = (0..7)
+        .map(|_| s.alloc_with(0, 0, Ctx::MaySleep, 1, 0).unwrap())
+        .collect();
+    assert_eq!(a, [1, 2, 3, 4, 5, 6, 7]);
+    dev_free(&s, 3, 1);
+    // The short-lived reference (a steal's or a failed claim's).
+    let e0 = s.entry(0).unwrap();
+    assert!(e0.try_ref(1, None));
+    // CPU 0's cache looks full: it moves on and files cluster 0.
+    assert_eq!(
+        s.alloc_with(0, 0, Ctx::MaySleep, 1, 0).map(|x| x >> 3),
+        Ok(1)
+    );
+    let st = s.cluster_state(0);
+    assert!(
+        matches!(st, ClusterState::Live { full: true, .. }),
+        "{st:?}"
+    );
+    s.unref(0, e0, 1, false);
+    let st = s.cluster_state(0);
+    assert!(
+        matches!(st, ClusterState::Live { nonfull: true, .. }),
+        "{st:?}"
+    );
+    let rest: Vec<u32> =
+        core::iter::from_fn(|| s.alloc_with(0, 1, Ctx::MaySleep, 1, 0).ok()).collect();
+    assert!(rest.contains(&3), "slot 3 lost: {rest:?}");
+    assert_eq!(rest.len() + 7, 31, "every free slot allocated");
+}
+
 /// Emulates: T1 (order 1, another CPU) has claimed w2 of CPU0's cached
 /// cluster 0 and is about to CAS w3; S (order-0 steal) takes w3; CPU0's
 /// owner refills (cluster 0 filed Full); T1's CAS on w3 fails and it rolls
