@@ -101,7 +101,9 @@ impl<P: Provider> PhysDevice<P> {
             discard: cfg.discard,
             rotational: cfg.rotational,
         };
-        let space = SlotSpace::with_policy(cfg.geometry, policy, provider, RESERVED, bad)?;
+        let mut space = SlotSpace::with_policy(cfg.geometry, policy, provider, RESERVED, bad)?;
+        // No pins are handed out: every word in use holds a reference.
+        space.own_words();
         let mut distinct = 0;
         for (i, b) in bad.iter().enumerate() {
             if *b != 0 && !bad.iter().take(i).any(|x| x == b) {
@@ -185,6 +187,11 @@ impl<P: Provider> PhysDevice<P> {
     ///   later cluster that a racing free emptied and tore down meanwhile
     ///   frees nothing here: still `Ok` with the count of what this call
     ///   freed, never an error once a slot was freed).
+    ///
+    /// `freed` runs inside the read-side section, after the slot's word is
+    /// cleared and before the cluster's occupancy drops: it must not sleep
+    /// and must not unwind (a panic out of it leaves the slot counted as in
+    /// use, so it is never handed out again; review of 2026-12-03).
     ///
     /// # Performance
     /// A single-slot free is one read-side section, one CAS (the clear) and

@@ -183,7 +183,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     #[inline]
     pub(super) fn hid_file(&self, old: u64, n: u64) -> bool {
         let c = self.csize() as u64;
-        self.policy.fixed
+        self.own_words
             && old & CACHED == 0
             && order_of(old) == 0
             && list_of(old) != List::Nonfull

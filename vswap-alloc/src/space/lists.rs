@@ -199,12 +199,12 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         // word. As many or more means full, or a short-lived reference
         // hides a free word: that reference's drop moves the cluster to
         // `nonfull` (`unref`; under the list lock, so it waits for this
-        // filing to end). Devices only: their words are reached only through
-        // `PhysDevice`, which keeps that invariant; a virtual space's caller
-        // may set a free word through `Pin::words` without a reference, and
-        // a cluster so blocked must be filed full by its words, not refilled
-        // forever.
-        if self.policy.fixed && order_of(st) == 0 {
+        // filing to end). `PhysDevice`'s spaces only (`own_words`): their
+        // words are reached only through it, which keeps that invariant; a
+        // caller of any other space may set a free word through `Pin::words`
+        // without a reference, and a cluster so blocked must be filed full
+        // by its words, not refilled forever.
+        if self.own_words && order_of(st) == 0 {
             let list = if refs(st) < self.csize() as u64 {
                 List::Nonfull
             } else {

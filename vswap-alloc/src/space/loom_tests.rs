@@ -356,16 +356,17 @@ fn a_short_lived_reference_racing_an_order0_filing_never_loses_the_slot() {
             fixed: true,
             ..Policy::default()
         };
-        let s = Arc::new(
-            SlotSpace::<StdProvider, AtomicU64>::with_policy(
-                Geometry::tiny(1, 6, 2),
-                policy,
-                StdProvider::new(),
-                u64::MAX,
-                &[],
-            )
-            .unwrap(),
-        );
+        let mut space = SlotSpace::<StdProvider, AtomicU64>::with_policy(
+            Geometry::tiny(1, 6, 2),
+            policy,
+            StdProvider::new(),
+            u64::MAX,
+            &[],
+        )
+        .unwrap();
+        // As `PhysDevice` does: order-0 clusters filed by their references.
+        space.own_words();
+        let s = Arc::new(space);
         for want in 1..6 {
             assert_eq!(s.alloc(0, 0, Ctx::MaySleep, 5), Ok(want));
         }

@@ -153,6 +153,13 @@ pub struct SlotSpace<P: Provider, W: SlotWord = AtomicU64> {
     /// then their summary bits (one per word, frag's then nonfull's):
     /// `listed_words + summary_words` plain words (see `steal`).
     listed: Option<NonNull<u64>>,
+    /// Set by `PhysDevice` (`own_words`), whose words nobody else reaches:
+    /// every word in use then holds a reference, and order-0 clusters are
+    /// filed by their references (`lists::file`). Not on a space built
+    /// through the public constructors, whose `Pin::words` a caller may
+    /// use to block free words without references (review of 2026-12-03:
+    /// filing such a blocked cluster `nonfull` refilled it forever).
+    own_words: bool,
     listed_words: usize,
     summary_words: usize,
     percpu: NonNull<PerCpu>,
@@ -272,6 +279,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             tindex,
             tindex_len,
             listed,
+            own_words: false,
             listed_words,
             summary_words,
             percpu,
@@ -354,6 +362,13 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     }
 
     #[inline]
+    /// (For `PhysDevice`) declare that no caller reaches this space's words
+    /// (no pins handed out): order-0 clusters are then filed by their
+    /// references, without a scan.
+    pub(crate) fn own_words(&mut self) {
+        self.own_words = true;
+    }
+
     fn csize(&self) -> usize {
         1 << self.geo.cluster_shift
     }

@@ -81,6 +81,9 @@ pub(super) struct Fallback {
     pub(super) scan: Option<u64>,
     /// Whether it took back an empty cached cluster already.
     pub(super) reclaimed: bool,
+    /// Whether a steal stopped at its bound with clusters left unlooked at
+    /// (`steal_run`): then the order is not marked exhausted.
+    pub(super) truncated: bool,
 }
 
 impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
@@ -232,7 +235,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
                     let Some(seen) = fb.scan else {
                         return Err(err);
                     };
-                    if let Some(slot) = self.steal(order, init, step) {
+                    if let Some(slot) = self.steal(order, init, step, &mut fb) {
                         return Ok(slot);
                     }
                     // Empty clusters the per-CPU caches hold: take one back
@@ -253,7 +256,13 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
                             None => {}
                         }
                     }
-                    self.end_scan(order, seen);
+                    // A bounded steal that left clusters unlooked at has
+                    // not shown that nothing can serve the order (review of
+                    // 2026-12-03): no exhausted mark, the next call looks
+                    // again.
+                    if !fb.truncated {
+                        self.end_scan(order, seen);
+                    }
                     return Err(err);
                 }
                 Err(e) => return Err(e),
@@ -356,7 +365,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     /// the first free moves them to `nonfull`), full ones no free slot. Cost:
     /// O(CPU numbers x orders) cached clusters, plus the listed clusters
     /// found full (each leaves the bitmap until a free).
-    pub(super) fn steal(&self, order: u32, init: u64, step: u64) -> Option<u32> {
+    pub(super) fn steal(&self, order: u32, init: u64, step: u64, fb: &mut Fallback) -> Option<u32> {
         let any = order == 0 && self.policy.fixed;
         if any {
             if let Some(slot) = self.steal_lowest(init, step) {
@@ -367,7 +376,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             return Some(slot);
         }
         if self.policy.fixed && order > 0 {
-            return self.steal_run(order, init, step);
+            return self.steal_run(order, init, step, fb);
         }
         None
     }
@@ -378,14 +387,23 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     /// of other orders in it are the counterpart of order 0 stealing from
     /// higher orders' clusters. Issue 14: on the kernel's mTHP test with
     /// `-a` the only free runs left when an order-4 request failed were in
-    /// order-0 clusters that frees had mostly emptied.
-    fn steal_run(&self, order: u32, init: u64, step: u64) -> Option<u32> {
+    /// order-0 clusters that frees had mostly emptied. Only the
+    /// lowest-numbered [`STEAL_RUN_TRIES`] are looked at, so a run in a
+    /// higher one is not found (a known limit, for a bounded cost); when
+    /// more were left the call sets `fb.truncated`, and the order is not
+    /// marked exhausted.
+    fn steal_run(&self, order: u32, init: u64, step: u64, fb: &mut Fallback) -> Option<u32> {
         let mut from = 0;
-        for _ in 0..STEAL_RUN_TRIES {
+        for tried in 0..=STEAL_RUN_TRIES {
             let idx = {
                 let mut l = self.lists.lock();
                 self.next_listed(&mut l, List::Nonfull, from)?
             };
+            if tried == STEAL_RUN_TRIES {
+                // One more nonfull cluster left: stop at the bound.
+                fb.truncated = true;
+                return None;
+            }
             from = idx.checked_add(1)?;
             #[cfg(test)]
             self.scanned.fetch_add(1, Ordering::Relaxed);

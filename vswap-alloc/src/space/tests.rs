@@ -1061,7 +1061,8 @@ fn a_short_lived_reference_on_a_full_looking_cached_cluster_does_not_hide_its_ro
 #[test]
 fn a_short_lived_reference_over_an_order0_filing_does_not_lose_the_slot() {
     let p = StdProvider::new();
-    let s = dev(&p, 3, 32, FIXED, &[]);
+    let mut s = dev(&p, 3, 32, FIXED, &[]);
+    s.own_words();
     let a: Vec<u32> = (0..7)
         .map(|_| s.alloc_with(0, 0, Ctx::MaySleep, 1, 0).unwrap())
         .collect();
@@ -1090,6 +1091,28 @@ fn a_short_lived_reference_over_an_order0_filing_does_not_lose_the_slot() {
         core::iter::from_fn(|| s.alloc_with(0, 1, Ctx::MaySleep, 1, 0).ok()).collect();
     assert!(rest.contains(&3), "slot 3 lost: {rest:?}");
     assert_eq!(rest.len() + 7, 31, "every free slot allocated");
+}
+
+/// Review of 2026-12-03: filing order-0 clusters by their references is
+/// only for `PhysDevice`'s spaces. On a fixed space built through the
+/// public constructor a caller may block free words through `Pin::words`
+/// (no reference): two clusters so blocked were filed `nonfull` by their
+/// references and refilled one after the other forever. Filed by their
+/// words, the allocation fails.
+#[test]
+fn blocked_free_words_on_a_public_fixed_space_do_not_livelock_allocation() {
+    let p = StdProvider::new();
+    let s = dev(&p, 2, 12, FIXED, &[]);
+    let got: Vec<u32> =
+        core::iter::from_fn(|| s.alloc_with(0, 0, Ctx::MaySleep, 1, 0).ok()).collect();
+    assert_eq!(got.len(), 11);
+    for slot in [1, 5] {
+        dev_free(&s, slot, 1);
+        let pin = s.pin(slot).unwrap();
+        let off = (slot - pin.base()) as usize;
+        pin.words()[off].cas(0, 7).unwrap();
+    }
+    assert_eq!(s.alloc_with(0, 0, Ctx::MaySleep, 1, 0), Err(Error::NoSpace));
 }
 
 /// Emulates: T1 (order 1, another CPU) has claimed w2 of CPU0's cached
