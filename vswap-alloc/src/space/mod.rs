@@ -154,8 +154,11 @@ pub struct SlotSpace<P: Provider, W: SlotWord = AtomicU64> {
     /// `listed_words + summary_words` plain words (see `steal`).
     listed: Option<NonNull<u64>>,
     /// Set by `PhysDevice` (`own_words`), whose words nobody else reaches:
-    /// every word in use then holds a reference, and order-0 clusters are
-    /// filed by their references (`lists::file`). Not on a space built
+    /// every word in use then holds a reference and every free drops it
+    /// right after zeroing the word, so order-0 clusters are filed by their
+    /// references (`lists::file`), a cached claim refuses a cluster whose
+    /// references say it is full (`alloc_cached`), and a free's offset is
+    /// the next claim's second hint (`Pin::note_free`). Not on a space built
     /// through the public constructors, whose `Pin::words` a caller may
     /// use to block free words without references (review of 2026-12-03:
     /// filing such a blocked cluster `nonfull` refilled it forever).

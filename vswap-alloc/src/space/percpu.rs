@@ -172,12 +172,13 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
                 None => return Err(cur),
             },
         };
-        // On a device, not when every slot is taken: the cache's hold plus
-        // one per slot. Not in a virtual space: a free there zeroes the word
-        // and drops its reference only after the host released the backend,
-        // and the slot may be taken again in between (the scan finds the
-        // zero word; vswap-core's memcg-reuse regression test needs that).
-        let limit = if self.policy.fixed {
+        // On a `PhysDevice`'s space (`own_words`), not when every slot is
+        // taken: the cache's hold plus one per slot. Not elsewhere: a
+        // virtual space's free zeroes the word and drops its reference only
+        // after the host released the backend, and the slot may be taken
+        // again in between (the scan finds the zero word; vswap-core's
+        // memcg-reuse regression test needs that).
+        let limit = if self.own_words {
             self.csize() as u64 + 1
         } else {
             REFS_LIMIT - 1
@@ -193,9 +194,9 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         };
         let hint = pc.cursor.load(Ordering::Relaxed) as usize;
         // The cursor's word taken: a slot freed last, if the free left a
-        // hint (devices), before a scan from the cursor.
-        let fixed = self.policy.fixed;
-        let alt = || fixed.then(|| e.cookie.load(Ordering::Relaxed) as usize);
+        // hint (only `PhysDevice`'s frees do), before a scan from the cursor.
+        let own = self.own_words;
+        let alt = || own.then(|| e.cookie.load(Ordering::Relaxed) as usize);
         match claim(words, hint, alt, n as usize, init, step) {
             Ok(at) => {
                 pc.cursor.store((at + n as usize) as u32, Ordering::Relaxed);
@@ -702,20 +703,16 @@ pub(super) fn claim<W: SlotWord>(
     if len == 0 {
         return Err(miss);
     }
-    // The common case first: one slot, free at the hint.
+    // The common case first: one slot, free at the hint, then at the
+    // second hint (a device's slot freed last), if any.
+    let take = |at: usize| {
+        let at = at & (len - 1);
+        let w = words.get(at)?;
+        (w.get(Ordering::Relaxed) == 0 && w.cas(0, init).is_ok()).then_some(at)
+    };
     if n == 1 {
-        if let Some(w) = words.get(hint & (len - 1)) {
-            if w.get(Ordering::Relaxed) == 0 && w.cas(0, init).is_ok() {
-                return Ok(hint & (len - 1));
-            }
-        }
-        // Then the second hint (a device's slot freed last), if any.
-        if let Some(a) = alt() {
-            if let Some(w) = words.get(a & (len - 1)) {
-                if w.get(Ordering::Relaxed) == 0 && w.cas(0, init).is_ok() {
-                    return Ok(a & (len - 1));
-                }
-            }
+        if let Some(at) = take(hint).or_else(|| alt().and_then(take)) {
+            return Ok(at);
         }
     }
     let sh = n.trailing_zeros();

@@ -1002,14 +1002,7 @@ fn failing_allocations_after_frees_visit_a_bounded_number_of_clusters() {
 fn a_short_lived_reference_on_a_full_looking_cluster_does_not_hide_its_room() {
     let p = StdProvider::new();
     let s = SlotSpace::new(Geometry::tiny(2, 8, 2), &p, u64::MAX).unwrap();
-    let a: Vec<u32> = (0..3)
-        .map(|_| s.alloc(0, 0, Ctx::MaySleep, INIT).unwrap())
-        .collect();
-    // CPU 1 fills the other cluster.
-    for _ in 0..4 {
-        s.alloc(0, 1, Ctx::MaySleep, INIT).unwrap();
-    }
-    free(&s, a[1], 1);
+    let a = one_free_slot_in_cpu0s_cluster(&s, |x| free(&s, x, 1));
     let pin = s.pin(a[0]).unwrap();
     let inner = pin
         .outside(Ctx::MaySleep, || s.alloc(0, 1, Ctx::MaySleep, INIT))
@@ -1023,7 +1016,24 @@ fn a_short_lived_reference_on_a_full_looking_cluster_does_not_hide_its_room() {
     );
 }
 
-/// The same on the cluster's own CPU: its cached allocation refuses a
+/// Two 4-slot clusters: CPU 0 holds slots 1..=3 in its cached cluster and
+/// frees slot 2 again (returned with the others), CPU 1 fills the other.
+fn one_free_slot_in_cpu0s_cluster<W: SlotWord>(
+    s: &SlotSpace<&StdProvider, W>,
+    free: impl Fn(u32),
+) -> Vec<u32> {
+    let a: Vec<u32> = (0..3)
+        .map(|_| s.alloc(0, 0, Ctx::MaySleep, INIT).unwrap())
+        .collect();
+    for _ in 0..4 {
+        s.alloc(0, 1, Ctx::MaySleep, INIT).unwrap();
+    }
+    free(a[1]);
+    a
+}
+
+/// The same on the cluster's own CPU, on a space whose words only its
+/// owner reaches (as `PhysDevice`'s): its cached allocation refuses a
 /// cluster whose references say every slot is taken (no word scan), and a
 /// short-lived reference can make one with a free slot look so. The slot
 /// must not be lost: the allocation finds it, or the one after the
@@ -1031,14 +1041,9 @@ fn a_short_lived_reference_on_a_full_looking_cluster_does_not_hide_its_room() {
 #[test]
 fn a_short_lived_reference_on_a_full_looking_cached_cluster_does_not_hide_its_room() {
     let p = StdProvider::new();
-    let s = SlotSpace::new(Geometry::tiny(2, 8, 2), &p, u64::MAX).unwrap();
-    let a: Vec<u32> = (0..3)
-        .map(|_| s.alloc(0, 0, Ctx::MaySleep, INIT).unwrap())
-        .collect();
-    for _ in 0..4 {
-        s.alloc(0, 1, Ctx::MaySleep, INIT).unwrap();
-    }
-    free(&s, a[1], 1);
+    let mut s = dev(&p, 2, 8, FIXED, &[]);
+    s.own_words();
+    let a = one_free_slot_in_cpu0s_cluster(&s, |x| dev_free(&s, x, 1));
     let pin = s.pin(a[0]).unwrap();
     let inner = pin
         .outside(Ctx::MaySleep, || s.alloc(0, 0, Ctx::MaySleep, INIT))
