@@ -1881,18 +1881,27 @@ fn nearly_full_section(w: &mut String, floor: f64) {
          fragmented, then nonfull, cluster (two bitmaps), any request from the CPUs' cached \
          clusters and, above order 0, from runs in at most 8 nonfull clusters of other orders; \
          a full device's failures after the first \
-         are O(1) (the exhausted marks). The medians above the empty device's are the refills: \
-         at 90% use a cluster's order-0 cache has about 50 free slots, so every ~50 allocations \
-         take the list lock, and each claim scans past allocated words from its cursor. In \
-         the 98% steady state before the changes of 2026-12-03 (measured with `perf` on the \
-         same churn; 400,000 rounds: 2,133 ns median) the time was the claims' word scans and \
-         the filing scan of each cluster let go: a refill got a nonfull cluster whose one \
-         free slot a free had left and scanned up to 512 words to find it. Now a device free \
-         leaves its offset as a hint that the next claim tries after its cursor's word, a \
-         cached claim refuses a cluster whose references say it is full without a scan, and \
-         an order-0 device cluster is filed by its references (the drop of a short-lived \
-         reference that made it look full moves it to `nonfull`). What is left at 98% is \
-         the refills themselves (a list lock about every 10 allocations) and the scans for \
-         clusters with several holes."
+         are O(1) (the exhausted marks). The medians above the empty device's are refills, not scans \
+         (counted on 2026-12-04 with temporary counters on this churn, 400,000 rounds after \
+         the random part was freed, AMD EPYC: a claim loads 4.4 slot words on average, but \
+         67% of the timed calls at 98% use and 33% at 90% take the refill path). At 98% use \
+         a random free leaves a full cluster with one free slot and files it `nonfull`; a \
+         refill gets such a cluster, the timed call takes its slot, the churn's free gives it \
+         back and the churn's allocation takes it again through the free hint, so the CPU's \
+         next allocation finds its cluster full and refills again. A refill is the list lock, \
+         the unlink of the new cluster and the filing of the old one (both touch neighbours' \
+         directory records), the exchange of the cache word, and first touches of the new \
+         cluster's record and table, which the random churn over 16 MiB of slot words has left \
+         out of cache. Before 2026-12-04 a refill started its claim at slot 0 and then tried the \
+         free hint: two cold table lines, and `perf` put 74% of `alloc_slow`'s samples on the \
+         first word load; a device cluster's cursor now starts at the hint (`alloc_slow` 13.6% \
+         -> 5.5% of samples; three interleaved A/B runs of the churn at 98%: median 110-210 -> \
+         120-141 ns, p90 260-391 -> 260-280 ns; this section's own medians vary by about a \
+         third from run to run). Earlier (2026-12-03) \
+         the free hint itself, the cached claim's refusal of a cluster whose references say it \
+         is full, and filing by references took the 98% steady state from 2,133 ns. What is \
+         left is the refill's own cost, paid on most calls at 98% use by this churn; v5's \
+         refill is a spinlock and a list pop over a byte map (1 B per slot where a device word \
+         is 4 B)."
     );
 }

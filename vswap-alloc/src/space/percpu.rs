@@ -668,7 +668,14 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         garbage: &mut Garbage<W>,
     ) {
         let old = pc.cur.swap(idx + 1, Ordering::AcqRel);
-        pc.cursor.store(0, Ordering::Relaxed);
+        // A listed cluster of a `PhysDevice` is there because of a free (or
+        // it was let go with room): start at the slot freed last, where a
+        // scan from slot 0 would load lines that are all taken first.
+        let start = match self.entry(idx) {
+            Some(e) if self.own_words => e.cookie.load(Ordering::Relaxed) as u32,
+            _ => 0,
+        };
+        pc.cursor.store(start, Ordering::Relaxed);
         if old != 0 && old != idx + 1 {
             self.drop_hold(l, old - 1, garbage);
         }
