@@ -4,7 +4,8 @@
 //! devices, counts up to `u32::MAX`, stale writeback descriptors; writeout
 //! of arbitrary pages, relocation, evacuation (host callbacks that fail,
 //! answer -EBUSY, and see folios handed back), device add / remove, mTHP
-//! swap-in check, readahead, swapoff of the virtual layer (to memory or to a
+//! swap-in check, readahead, host-chosen slots of an addressed engine
+//! (`vswap_alloc_at`), swapoff of the virtual layer (to memory or to a
 //! direct map), the flash log device path (writeout, zswap writeback kept
 //! in its virtual slot: begin and abort, flush, commit, GC), and
 //! a standalone direct-mode map through the `vswap_map_*` calls. The checks:
@@ -216,6 +217,9 @@ fuzz_target!(|data: &[u8]| {
     cfg.geometry.dir_mid_shift = 1;
     let flags = inp.u8();
     cfg.placement = u32::from(flags & 1);
+    // A quarter of the inputs get an addressed engine (the host picks its
+    // slots: `vswap_alloc_at`; `vswap_alloc` refused).
+    cfg.addressed = flags & 0x0c == 0x0c;
     // Half the inputs get a flash log device as device 3.
     let lc = vswap_log_config {
         segments: 6 + u32::from(flags >> 4 & 3),
@@ -284,7 +288,16 @@ fuzz_target!(|data: &[u8]| {
                     } else {
                         VSWAP_NO_MEMCG
                     };
-                    if check(
+                    if k & 0x20 != 0 {
+                        // A host-chosen slot: stale, new, or anything.
+                        if check(
+                            "alloc_at",
+                            vswap_alloc_at(e, slot, a >> 8 & 3, memcg, sleep),
+                        ) == 0
+                        {
+                            slots.push(slot);
+                        }
+                    } else if check(
                         "alloc",
                         vswap_alloc(e, small, a >> 8 & 3, memcg, sleep, &mut s),
                     ) == 0

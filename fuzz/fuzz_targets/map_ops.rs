@@ -7,8 +7,9 @@
 //! `swapin_range_check` (`Op::CacheClearRange`, `Op::SwapinCheck`, and the
 //! folio sequences of `Op::RangeSeq`).
 //!
-//! Input: 3 header bytes (cluster shift 2..=4, slots 40..=320, CPUs 2..=4),
-//! then 18 bytes per operation (`make_op(t, k, a, b, c)`).
+//! Input: 3 header bytes (cluster shift 2..=4, slots 40..=320, CPUs 2..=4;
+//! the top bit of the third: an addressed map, whose slots `alloc_at`
+//! takes), then 18 bytes per operation (`make_op(t, k, a, b, c)`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -26,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let shift = 2 + u32::from(hdr[0]) % 3;
     let slots = 40 + u64::from(hdr[1]) % 281;
-    let cpus = 2 + u32::from(hdr[2]) % 3;
+    let cpus = 2 + u32::from(hdr[2] & 0x7f) % 3;
+    let addressed = hdr[2] & 0x80 != 0;
     let ops: Vec<model::Op> = rest
         .chunks_exact(OP_BYTES)
         .take(MAX_OPS)
@@ -37,5 +39,5 @@ fuzz_target!(|data: &[u8]| {
             model::make_op(c[0], c[1], a, b, w)
         })
         .collect();
-    model::run_case(shift, slots, cpus, &ops);
+    model::run_case(shift, slots, cpus, addressed, &ops);
 });

@@ -100,6 +100,7 @@ impl<P: Provider> PhysDevice<P> {
             fixed: true,
             discard: cfg.discard,
             rotational: cfg.rotational,
+            addressed: false,
         };
         let mut space = SlotSpace::with_policy(cfg.geometry, policy, provider, RESERVED, bad)?;
         // No pins are handed out: every word in use holds a reference.

@@ -75,6 +75,14 @@ use crate::word::*;
 pub struct MapConfig {
     /// Shape of the virtual slot space.
     pub geometry: Geometry,
+    /// The host chooses the slots: they are taken with
+    /// [`VswapMap::alloc_at`] (or [`Engine::alloc_at`](crate::Engine::alloc_at)),
+    /// and [`VswapMap::alloc`] fails with [`Error::BadConfig`]. For a swap
+    /// device whose offsets the kernel's own swap allocator chooses: the
+    /// slot is the device offset. Tables are still made on demand and go
+    /// back when a cluster's last slot is freed (see
+    /// [`Policy::addressed`](vswap_alloc::Policy::addressed)).
+    pub addressed: bool,
 }
 
 /// Largest swap count (inline or in the side table).
@@ -181,7 +189,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// A new, empty map.
     pub fn new(cfg: MapConfig, provider: P, host: H) -> Result<Self> {
         Ok(Self {
-            space: SlotSpace::new(cfg.geometry, provider, RESERVED)?,
+            space: Self::space(cfg, provider)?,
             host,
             side: SideTable::new(cfg.geometry.cluster_slots() as usize),
         })
@@ -203,7 +211,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
         provider: P,
         init_host: impl FnOnce(*mut H),
     ) -> Result<()> {
-        let space = SlotSpace::new(cfg.geometry, provider, RESERVED)?;
+        let space = Self::space(cfg, provider)?;
         // SAFETY: `place` is valid for writes (contract); each field is
         // written once through a raw pointer, without reading the rest.
         unsafe {
@@ -213,6 +221,15 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             init_host(core::ptr::addr_of_mut!((*place).host));
         }
         Ok(())
+    }
+
+    /// The slot space of a virtual map (addressed or not).
+    fn space(cfg: MapConfig, provider: P) -> Result<SlotSpace<P>> {
+        let policy = vswap_alloc::Policy {
+            addressed: cfg.addressed,
+            ..vswap_alloc::Policy::default()
+        };
+        SlotSpace::with_policy(cfg.geometry, policy, provider, RESERVED, &[])
     }
 
     /// A *direct-mode* device: the map's slots are the slots of a physical
@@ -234,6 +251,7 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
             fixed: true,
             discard,
             rotational,
+            addressed: false,
         };
         Ok(Self {
             space: SlotSpace::with_policy(cfg.geometry, policy, provider, RESERVED, bad)?,
@@ -379,9 +397,49 @@ impl<P: Provider, H: Host> VswapMap<P, H> {
     /// Allocate `2^order` naturally aligned slots on `cpu`. Each has no backend,
     /// count 0, and the cache flag set (the folio is in the swap cache); the
     /// caller adds one count per page-table reference with [`dup`](Self::dup).
+    /// An addressed map ([`MapConfig::addressed`]) fails with
+    /// [`Error::BadConfig`]: its host takes slots with
+    /// [`alloc_at`](Self::alloc_at).
     #[inline]
     pub fn alloc(&self, order: u32, cpu: u32, ctx: Ctx) -> Result<u32> {
         self.space.alloc(order, cpu, ctx, INIT)
+    }
+
+    /// (Addressed maps, [`MapConfig::addressed`]) take slot `slot`: as
+    /// [`alloc`](Self::alloc) had returned it, with no backend, count 0 and
+    /// the cache flag set. The cluster's tables are made first if it has
+    /// none, with `ctx`.
+    ///
+    /// # Errors
+    /// Nothing changed on any of them:
+    /// - [`Error::BadConfig`]: the map is not addressed;
+    /// - [`Error::OutOfRange`]: slot 0 (a zero swap entry means "none"),
+    ///   `u32::MAX`, or a slot outside the map;
+    /// - [`Error::WrongState`]: the slot is allocated already;
+    /// - [`Error::NoMem`], [`Error::Again`] (not without sleeping, with
+    ///   [`Ctx::NoSleep`]; or the slot's cluster, emptied less than a grace
+    ///   period ago, waits with its cache or memcg tables for that grace
+    ///   period: retry later).
+    ///
+    /// ```
+    /// use vswap_core::{Backend, Ctx, Error, MapConfig, NoHost, Put, StdProvider, VswapMap};
+    /// let cfg = MapConfig { addressed: true, ..MapConfig::default() };
+    /// let map = VswapMap::new(cfg, StdProvider::new(), NoHost).unwrap();
+    /// map.alloc_at(4242, Ctx::MaySleep).unwrap();         // the host chose 4242
+    /// assert_eq!(map.alloc_at(4242, Ctx::MaySleep), Err(Error::WrongState));
+    /// map.dup(4242, 1, Ctx::MaySleep).unwrap();
+    /// map.store(4242, Backend::None, Backend::Zero).unwrap();
+    /// assert_eq!(map.cache_clear(4242, 0, Ctx::MaySleep).unwrap(), Put::Live);
+    /// assert_eq!(map.put(4242, 1).unwrap(), Put::Freed);
+    /// assert_eq!(map.alloc(0, 0, Ctx::MaySleep), Err(Error::BadConfig));
+    /// ```
+    pub fn alloc_at(&self, slot: u32, ctx: Ctx) -> Result<()> {
+        self.space.alloc_at(slot, INIT, ctx)
+    }
+
+    /// Is this an addressed map ([`MapConfig::addressed`])?
+    pub fn is_addressed(&self) -> bool {
+        self.space.policy().addressed
     }
 
     /// Add `n` swap counts to a live slot.

@@ -102,7 +102,7 @@ impl<P: Provider, H: Host> SwapOps for VswapMap<P, H> {
 /// use vswap_core::{Ctx, Geometry, MapConfig, NoHost, Put, StdProvider, VswapMap};
 /// let p = StdProvider::new();
 /// let virt = VswapMap::new(MapConfig::default(), &p, NoHost).unwrap();
-/// let disk = MapConfig { geometry: Geometry { slots: 1 << 16, ..Geometry::default() } };
+/// let disk = MapConfig { geometry: Geometry { slots: 1 << 16, ..Geometry::default() }, ..MapConfig::default() };
 /// let direct = VswapMap::direct(disk, false, false, &[], &p, NoHost).unwrap();
 /// let mut swap = Swap::new();
 /// swap.set_virtual(&virt);

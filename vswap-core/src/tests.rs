@@ -27,6 +27,7 @@ fn map(p: &StdProvider) -> VswapMap<&StdProvider, Rec> {
     VswapMap::new(
         MapConfig {
             geometry: Geometry::tiny(3, 256, 2),
+            ..MapConfig::default()
         },
         p,
         Rec::default(),
@@ -263,6 +264,7 @@ fn engine_built_in_place_works_and_drops() {
     let cfg = EngineConfig {
         map: MapConfig {
             geometry: Geometry::tiny(2, 64, 2),
+            ..MapConfig::default()
         },
         page_size: 64,
         ..EngineConfig::default()
@@ -340,6 +342,7 @@ fn free_reports_the_freeing_owners_memcg_when_the_slot_is_reused() {
     };
     let cfg = MapConfig {
         geometry: Geometry::tiny(2, 4, 1),
+        ..MapConfig::default()
     };
     let m = VswapMap::new(cfg, &p, &host).unwrap();
     // Slots 1..=3 all taken; ids differ, so the cluster has an id table.
@@ -373,6 +376,7 @@ fn cache_word_does_not_survive_into_the_next_owner() {
     let p = StdProvider::new();
     let cfg = MapConfig {
         geometry: Geometry::tiny(2, 4, 1),
+        ..MapConfig::default()
     };
     let m = VswapMap::new(cfg, &p, NoHost).unwrap();
     let a = m.alloc(0, 0, S).unwrap();
@@ -447,6 +451,7 @@ fn overflowed_count_operations_cost_o1_and_stay_exact() {
     let m = VswapMap::new(
         MapConfig {
             geometry: Geometry::tiny(3, 1 << 14, 2),
+            ..MapConfig::default()
         },
         &p,
         NoHost,
@@ -546,6 +551,7 @@ fn same_filled_values_of_every_width_round_trip() {
     let m = VswapMap::new(
         MapConfig {
             geometry: Geometry::tiny(3, 256, 2),
+            ..MapConfig::default()
         },
         &p,
         &host,
@@ -638,6 +644,7 @@ fn owned_release_frees_only_the_named_owners_device_slots() {
     let cfg = EngineConfig {
         map: MapConfig {
             geometry: Geometry::tiny(2, 64, 2),
+            ..MapConfig::default()
         },
         page_size: 64,
         ..EngineConfig::default()

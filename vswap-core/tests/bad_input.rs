@@ -42,6 +42,7 @@ fn new_map<'a>(p: &'a StdProvider, h: &'a RecHost) -> Map<'a> {
     VswapMap::new(
         MapConfig {
             geometry: Geometry::tiny(SHIFT, 64, 2),
+            ..MapConfig::default()
         },
         p,
         h,

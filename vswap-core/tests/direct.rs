@@ -29,6 +29,7 @@ fn direct<'a>(
     VswapMap::direct(
         MapConfig {
             geometry: Geometry::tiny(3, slots, 2),
+            ..MapConfig::default()
         },
         discard,
         false,
@@ -92,6 +93,7 @@ fn virtual_and_direct_side_by_side() {
     let v = VswapMap::new(
         MapConfig {
             geometry: Geometry::tiny(3, 64, 2),
+            ..MapConfig::default()
         },
         &p,
         NoHost,
@@ -150,6 +152,7 @@ fn swapoff_of_the_virtual_layer_to_direct_slots_and_to_memory() {
         let cfg = EngineConfig {
             map: MapConfig {
                 geometry: Geometry::tiny(3, 256, 2),
+                ..MapConfig::default()
             },
             placement: Placement::Deferred,
             charge: ChargePolicy::None,

@@ -90,6 +90,7 @@ fn cfg(placement: Placement, charge: ChargePolicy) -> EngineConfig {
     EngineConfig {
         map: MapConfig {
             geometry: Geometry::tiny(4, 4096, 2),
+            ..MapConfig::default()
         },
         placement,
         charge,
@@ -820,4 +821,101 @@ fn writeout_stores_every_repeated_word_as_same_filled() {
         assert_eq!(e.put(s, 1), Ok(Put::Freed));
     }
     assert_eq!(e.map().stats().side_bytes, 0);
+}
+
+fn addressed(charge: ChargePolicy) -> EngineConfig {
+    let mut c = cfg(Placement::Deferred, charge);
+    c.map.addressed = true;
+    c
+}
+
+/// An addressed engine (a swap device under the kernel's own swap
+/// allocator): the host picks every slot; each class of page goes to its
+/// backend; every free gives its backend back once; the tables go too.
+#[test]
+fn an_addressed_engine_stores_at_the_slots_its_host_chooses() {
+    let p = StdProvider::new();
+    let e = engine(&p, addressed(ChargePolicy::None));
+    e.add_device(0, 1, device(&p, 64)).unwrap();
+    assert_eq!(e.alloc(0, 0, None, S), Err(Error::BadConfig));
+    let pages = [
+        page(|_| 0),
+        page(|_| 0xff),
+        page(|i| b"zz-compressible"[i % 15]),
+        page(|i| (i * 37 + 11) as u8),
+    ];
+    let slots: Vec<u32> = (1..=40u32).map(|i| i * 97 % 4093 + 1).collect();
+    let mut want = HashMap::new();
+    for (i, &s) in slots.iter().enumerate() {
+        e.alloc_at(s, (i % 2) as u32, None, S).unwrap();
+        assert_eq!(e.alloc_at(s, 0, None, S), Err(Error::WrongState));
+        e.map().dup(s, 1, S).unwrap();
+        let b = e.writeout(s, &pages[i % 4], 0).unwrap();
+        assert_eq!(e.cache_clear(s, 0, S).unwrap(), Put::Live);
+        let kind = match b {
+            Backend::Zero => 0,
+            Backend::Same(v) => {
+                assert_eq!(v, u64::MAX);
+                1
+            }
+            Backend::Zswap(_) => 2,
+            Backend::Phys { .. } => 3,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(kind, i % 4, "slot {s}: {b:?}");
+        want.insert(s, b);
+    }
+    for (&s, &b) in &want {
+        assert_eq!(e.map().lookup(s).unwrap().backend, b);
+    }
+    // The slots in between were never taken.
+    assert_eq!(
+        e.map().lookup(slots[0] + 1).map(|_| ()),
+        Err(Error::NotAllocated)
+    );
+    for &s in &slots {
+        assert_eq!(e.put(s, 1).unwrap(), Put::Freed);
+        assert_eq!(e.map().lookup(s).map(|_| ()), Err(Error::NotAllocated));
+    }
+    assert!(
+        e.host().zswap.lock().unwrap().is_empty(),
+        "a zswap object kept"
+    );
+    let phys = e.host().take_phys();
+    assert_eq!(phys.len(), 10);
+    assert!(phys.iter().all(|(_, n)| *n == 1), "{phys:?}");
+    e.map().reclaim();
+    let st = e.map().stats();
+    assert_eq!(st.live_slots, 0);
+    // Only cluster 0 (slot 0 reserved) may keep its table.
+    assert!(st.memory.live_clusters <= 1, "{st:?}");
+}
+
+/// A host that picks slots has the same failure contract as `alloc`:
+/// nothing taken, nothing charged.
+#[test]
+fn alloc_at_failures_leave_the_slot_free_and_nothing_charged() {
+    let p = StdProvider::new();
+    let e = engine(&p, addressed(ChargePolicy::EverySlot));
+    *e.host().limit.lock().unwrap() = Some(1);
+    e.alloc_at(10, 0, Some(5), S).unwrap();
+    assert_eq!(e.alloc_at(11, 0, Some(5), S), Err(Error::NoSpace));
+    assert_eq!(e.map().lookup(11).map(|_| ()), Err(Error::NotAllocated));
+    assert_eq!(e.host().charges.lock().unwrap()[&5], 1);
+    assert_eq!(e.alloc_at(12, 2, Some(5), S), Err(Error::BadCpu));
+    assert_eq!(e.alloc_at(0, 0, None, S), Err(Error::OutOfRange));
+    assert_eq!(e.alloc_at(4096, 0, None, S), Err(Error::OutOfRange));
+    assert_eq!(e.map().lookup(12).map(|_| ()), Err(Error::NotAllocated));
+    *e.host().limit.lock().unwrap() = None;
+    e.alloc_at(11, 0, Some(5), S).unwrap();
+    assert_eq!(e.map().memcg(11), Ok(Some(5)));
+    assert_eq!(e.host().charges.lock().unwrap()[&5], 2);
+    // Freed: uncharged.
+    for s in [10, 11] {
+        assert_eq!(e.cache_clear(s, 0, S).unwrap(), Put::Freed);
+    }
+    assert_eq!(e.host().charges.lock().unwrap()[&5], 0);
+    // A virtual engine refuses host-chosen slots.
+    let v = engine(&p, cfg(Placement::Deferred, ChargePolicy::None));
+    assert_eq!(v.alloc_at(10, 0, None, S), Err(Error::BadConfig));
 }

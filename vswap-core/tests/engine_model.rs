@@ -855,6 +855,7 @@ impl<'a> Run<'a> {
         let cfg = EngineConfig {
             map: MapConfig {
                 geometry: Geometry::tiny(case.map_shift, VSLOTS, CPUS),
+                ..MapConfig::default()
             },
             placement: case.placement,
             charge: case.charge,
@@ -1665,6 +1666,7 @@ impl<'a> Run<'a> {
             VswapMap::direct(
                 MapConfig {
                     geometry: Geometry::tiny(2, 2048, CPUS),
+                    ..MapConfig::default()
                 },
                 false,
                 false,
@@ -2069,6 +2071,7 @@ fn moves_do_not_spin_on_a_slot_that_died_locked() {
     let cfg = EngineConfig {
         map: MapConfig {
             geometry: Geometry::tiny(2, 64, CPUS),
+            ..MapConfig::default()
         },
         placement: Placement::Deferred,
         charge: ChargePolicy::None,
@@ -2131,6 +2134,7 @@ fn a_writeback_that_ended_changes_nothing() {
     let cfg = EngineConfig {
         map: MapConfig {
             geometry: Geometry::tiny(2, 64, CPUS),
+            ..MapConfig::default()
         },
         placement: Placement::Deferred,
         charge: ChargePolicy::PhysicalOnly,

@@ -457,6 +457,7 @@ fn run(placement: Placement) {
     let cfg = EngineConfig {
         map: MapConfig {
             geometry: Geometry::tiny(8, 8192, THREADS),
+            ..MapConfig::default()
         },
         placement,
         charge: ChargePolicy::PhysicalOnly,

@@ -235,6 +235,7 @@ fn engine(p: &StdProvider, policy: GcPolicy) -> Sim<'_> {
     let cfg = EngineConfig {
         map: MapConfig {
             geometry: Geometry::tiny(4, 1024, 2),
+            ..MapConfig::default()
         },
         charge: ChargePolicy::PhysicalOnly,
         page_size: PAGE as u32,

@@ -108,6 +108,7 @@ fn fixture(cluster_shift: u32, slots: u64, cpus: u32, mark: Option<Arc<AtomicU64
     };
     let cfg = MapConfig {
         geometry: Geometry::tiny(cluster_shift, slots, cpus),
+        ..MapConfig::default()
     };
     let map = Arc::new(VswapMap::new(cfg, prov.clone(), host.clone()).unwrap());
     Fixture { map, prov, host }
@@ -1110,6 +1111,7 @@ fn m11a_last_put_races_realloc_and_set_memcg() {
         let host = MemcgHost::default();
         let cfg = MapConfig {
             geometry: Geometry::tiny(2, 4, 1),
+            ..MapConfig::default()
         };
         let map = Arc::new(VswapMap::new(cfg, prov.clone(), host.clone()).unwrap());
         for (i, id) in [10u16, 11, 12].into_iter().enumerate() {

@@ -345,6 +345,7 @@ fn engine(placement: Placement, devs: &[(u8, u8)]) -> EFx {
     let cfg = EngineConfig {
         map: MapConfig {
             geometry: Geometry::tiny(2, 4, 1),
+            ..MapConfig::default()
         },
         placement,
         ..EngineConfig::default()
@@ -809,6 +810,7 @@ fn e3d_log_writeback_commit_races_put() {
         let cfg = EngineConfig {
             map: MapConfig {
                 geometry: Geometry::tiny(2, 4, 1),
+                ..MapConfig::default()
             },
             charge: ChargePolicy::PhysicalOnly,
             ..EngineConfig::default()

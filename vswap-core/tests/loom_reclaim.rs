@@ -38,6 +38,7 @@ fn one_slot_cluster(backend: Backend) -> (Arc<Map>, TestProvider) {
     let prov = TestProvider::default();
     let cfg = MapConfig {
         geometry: Geometry::tiny(1, 6, 3),
+        ..MapConfig::default()
     };
     let map = Arc::new(VswapMap::new(cfg, prov.clone(), NoHost).unwrap());
     let s1 = map.alloc(0, 0, Ctx::MaySleep).unwrap();

@@ -608,6 +608,21 @@ impl Model {
     }
 
     /// A freshly allocated range: check it and record it.
+    /// `alloc_at`: only in an addressed map; slot 0, `u32::MAX` and slots
+    /// outside the map are out of range; an allocated (or zombie) slot is
+    /// taken.
+    fn alloc_at(&mut self, slot: u32, addressed: bool) -> R<()> {
+        if !addressed {
+            return Err(Error::BadConfig);
+        }
+        self.chk(slot)?;
+        if self.s.contains_key(&slot) {
+            return Err(Error::WrongState);
+        }
+        self.on_alloc(slot, 0);
+        Ok(())
+    }
+
     fn on_alloc(&mut self, slot: u32, order: u32) {
         let n = 1u32 << order;
         assert_ne!(slot, 0, "slot 0 handed out");
@@ -717,10 +732,16 @@ enum BSel {
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Op {
+    /// In an addressed map: `alloc` refused, then `alloc_at` of a slot the
+    /// step picks (a freed one one time in four).
     Alloc {
         order: u32,
         cpu: u32,
         nosleep: bool,
+    },
+    /// `alloc_at` (refused unless the map is addressed).
+    AllocAt {
+        s: Sel,
     },
     Dup {
         s: Sel,
@@ -886,7 +907,8 @@ pub(crate) fn make_op(t: u8, k: u8, a: u32, b: u32, c: u64) -> Op {
     let align = b & 0x100 != 0 || b & 0x200 != 0;
     let g = BGen((b >> 16) as u8, c);
     match t % 100 {
-        0..=11 => Op::Alloc {
+        10..=11 => Op::AllocAt { s },
+        0..=9 => Op::Alloc {
             order: if b & 0x400 != 0 { b % 3 } else { b % 7 },
             cpu: if b & 0x8000 != 0 { a % 6 } else { a % 3 },
             nosleep: c & 1 == 1,
@@ -987,6 +1009,8 @@ struct Run<'a> {
     p: &'a StdProvider,
     m: Model,
     step: usize,
+    /// The map is addressed (`MapConfig::addressed`).
+    addressed: bool,
 }
 
 impl Run<'_> {
@@ -1005,6 +1029,23 @@ impl Run<'_> {
                 [0, sl - 1, sl, sl + 1, u32::MAX, 1][k as usize % 6]
             }
             Sel::Exact(x) => x,
+        }
+    }
+
+    /// `alloc_at`, retried while it says `Again` only because the slot's
+    /// cluster waits with optional tables for a grace period (other test
+    /// threads' read-side sections delay it; the model has no grace
+    /// periods).
+    fn alloc_at(&self, slot: u32, ctx: Ctx) -> R<()> {
+        let t = std::time::Instant::now();
+        loop {
+            match self.map.alloc_at(slot, ctx) {
+                Err(Error::Again) if self.addressed && t.elapsed().as_secs() < 10 => {
+                    self.map.reclaim();
+                    std::thread::yield_now();
+                }
+                r => return r,
+            }
         }
     }
 
@@ -1094,7 +1135,23 @@ impl Run<'_> {
             } => {
                 let ctx = if nosleep { Ctx::NoSleep } else { Ctx::MaySleep };
                 let r = self.map.alloc(order, cpu, ctx);
-                if order > self.m.shift {
+                if self.addressed {
+                    let want = if order > self.m.shift {
+                        Error::BadOrder
+                    } else if cpu >= self.m.cpus {
+                        Error::BadCpu
+                    } else {
+                        Error::BadConfig
+                    };
+                    same!(r, Err(want), "-");
+                    let m = &self.m;
+                    let slot = match m.freed.iter().nth(st % m.freed.len().max(1)) {
+                        Some(&f) if st % 4 == 0 => f,
+                        _ => (st as u64 * 2_654_435_761 % (m.slots + u64::from(m.csize()))) as u32,
+                    };
+                    let got = self.alloc_at(slot, ctx);
+                    same!(got, self.m.alloc_at(slot, true), slot);
+                } else if order > self.m.shift {
                     same!(r, Err(Error::BadOrder), "-");
                 } else if cpu >= self.m.cpus {
                     same!(r, Err(Error::BadCpu), "-");
@@ -1112,6 +1169,11 @@ impl Run<'_> {
                         Err(e) => panic!("step {st}: alloc({order}, {cpu}) failed: {e:?}"),
                     }
                 }
+            }
+            Op::AllocAt { s } => {
+                let slot = self.resolve(s);
+                let got = self.alloc_at(slot, ctx);
+                same!(got, self.m.alloc_at(slot, self.addressed), slot);
             }
             Op::Dup { s, n } => {
                 let slot = self.resolve(s);
@@ -1496,11 +1558,15 @@ impl Run<'_> {
     }
 }
 
-pub(crate) fn run_case(shift: u32, slots: u64, cpus: u32, ops: &[Op]) {
+pub(crate) fn run_case(shift: u32, slots: u64, cpus: u32, addressed: bool, ops: &[Op]) {
     let p = StdProvider::new();
     let host = RecHost::default();
     let geo = Geometry::tiny(shift, slots, cpus);
-    let map = VswapMap::new(MapConfig { geometry: geo }, &p, &host).unwrap();
+    let cfg = MapConfig {
+        geometry: geo,
+        addressed,
+    };
+    let map = VswapMap::new(cfg, &p, &host).unwrap();
     let gslots = map.geometry().slots();
     let mut run = Run {
         map,
@@ -1508,6 +1574,7 @@ pub(crate) fn run_case(shift: u32, slots: u64, cpus: u32, ops: &[Op]) {
         p: &p,
         m: Model::new(gslots, shift, cpus),
         step: 0,
+        addressed,
     };
     for (i, &op) in ops.iter().enumerate() {
         run.exec(op);
@@ -1542,9 +1609,10 @@ proptest! {
         shift in 2u32..=4,
         slots in 40u64..=320,
         cpus in 2u32..=4,
+        addressed in prop::bool::weighted(0.25),
         ops in prop::collection::vec(op_strategy(), 1..if cfg!(miri) { 30 } else { 400 }),
     ) {
-        run_case(shift, slots, cpus, &ops);
+        run_case(shift, slots, cpus, addressed, &ops);
     }
 }
 
@@ -1582,5 +1650,6 @@ fn fill_free_refill() {
             });
         }
     }
-    run_case(2, 64, 2, &ops);
+    run_case(2, 64, 2, false, &ops);
+    run_case(2, 64, 2, true, &ops);
 }

@@ -49,6 +49,7 @@ fn new_map<'a>(p: &'a StdProvider, h: &'a RecHost) -> Map<'a> {
     VswapMap::new(
         MapConfig {
             geometry: Geometry::tiny(SHIFT, u64::from(SLOTS), 2),
+            ..MapConfig::default()
         },
         p,
         h,
@@ -441,6 +442,7 @@ fn cache_clear_range_nomem_changes_nothing() {
     let map = VswapMap::new(
         MapConfig {
             geometry: Geometry::tiny(SHIFT, u64::from(SLOTS), 2),
+            ..MapConfig::default()
         },
         &p,
         &h,

@@ -533,7 +533,15 @@ impl Worker<'_, '_> {
 fn stress(geo: Geometry, threads: u32, shared_cpu: bool, iters: u32) {
     let p = StdProvider::new();
     let track = Track::default();
-    let map = VswapMap::new(MapConfig { geometry: geo }, &p, &track).unwrap();
+    let map = VswapMap::new(
+        MapConfig {
+            geometry: geo,
+            ..MapConfig::default()
+        },
+        &p,
+        &track,
+    )
+    .unwrap();
     let baseline = p.bytes_in_use();
     let base_stats = map.stats();
     assert_eq!(baseline, base_stats.total_bytes());
@@ -726,6 +734,7 @@ fn refill_race_on_a_shared_cpu_keeps_exact_accounting() {
     let map = VswapMap::new(
         MapConfig {
             geometry: Geometry::tiny(shift, 256, 1),
+            ..MapConfig::default()
         },
         &gate,
         NoHost,

@@ -396,6 +396,13 @@ struct vswap_engine_config {
      * length.
      */
     uint32_t page_size;
+    /**
+     * The host chooses the virtual slots (a swap device under the
+     * kernel's own swap allocator: the slot is the device offset): they are
+     * taken with `vswap_alloc_at`, and `vswap_alloc` returns -EINVAL.
+     * Tables are still made on demand. Default false.
+     */
+    bool addressed;
 };
 
 /**
@@ -1067,6 +1074,28 @@ int32_t vswap_alloc(struct vswap_engine *e,
                     uint32_t *slot);
 
 /**
+ * (An engine created with `addressed`) take virtual slot `slot`, which the
+ * host chose (a swap device's offset): as `vswap_alloc` would have returned
+ * it (count 0, in the swap cache), with memcg id `memcg` (0..=65535, or
+ * `VSWAP_NO_MEMCG`), and a device slot under eager placement. The cluster's
+ * tables are made first if it has none (with `may_sleep`).
+ *
+ * Returns 0; -EINVAL for a NULL engine, an engine that is not addressed, a
+ * CPU outside the engine's or a memcg id out of range; -ERANGE for slot 0,
+ * `UINT32_MAX` or a slot outside the space; -EEXIST if the slot is
+ * allocated already; -ENOSPC if the memcg charge is refused; -ENOMEM
+ * (`may_sleep`) or -EAGAIN (not `may_sleep`) when `alloc` returns NULL, and
+ * -EAGAIN while the slot's cluster, emptied less than a grace period ago,
+ * waits with its cache or memcg tables for that grace period (retry
+ * later). Nothing is changed on an error.
+ */
+int32_t vswap_alloc_at(struct vswap_engine *e,
+                       uint32_t slot,
+                       uint32_t cpu,
+                       uint32_t memcg,
+                       bool may_sleep);
+
+/**
  * Add `n` swap counts (page-table references) to a live slot.
  *
  * Returns 0; -EINVAL for a NULL engine; -ERANGE for slot 0 or a slot
@@ -1537,6 +1566,19 @@ int32_t vswap_map_create(const struct vswap_geometry *geometry,
                          struct vswap_map **out_map);
 
 /**
+ * Create an *addressed* virtual map: as `vswap_map_create`, but the host
+ * chooses the slots and takes them with `vswap_map_alloc_at` (a swap
+ * device under the kernel's own swap allocator: the slot is the device
+ * offset); `vswap_map_alloc` returns -EINVAL. Tables are made when a
+ * cluster's first slot is taken and go back when its last is freed.
+ *
+ * Returns 0 and sets `*out`; as `vswap_map_create` otherwise.
+ */
+int32_t vswap_map_create_addressed(const struct vswap_geometry *geometry,
+                                   const struct vswap_host_ops *ops,
+                                   struct vswap_map **out_map);
+
+/**
  * Create a direct-mode map: the slots of a device of `cfg->geometry.slots`
  * pages, each carrying its own core word, the slot being its own location.
  * All tables are made now; bad slots are never handed out; with `discard`,
@@ -1570,6 +1612,12 @@ int32_t vswap_map_alloc(struct vswap_map *m,
                         uint32_t cpu,
                         bool may_sleep,
                         uint32_t *slot);
+
+/**
+ * As `vswap_alloc_at`, without memcg or devices: -EINVAL unless the map
+ * was made by `vswap_map_create_addressed`.
+ */
+int32_t vswap_map_alloc_at(struct vswap_map *m, uint32_t slot, bool may_sleep);
 
 /**
  * As `vswap_dup`.

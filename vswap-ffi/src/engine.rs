@@ -84,6 +84,7 @@ pub unsafe extern "C" fn vswap_engine_config_default(cfg: *mut vswap_engine_conf
             log: core::ptr::null(),
             log_dev: 0,
             page_size: VSWAP_PAGE_SIZE,
+            addressed: false,
         };
         // SAFETY: checked by `out`; writable by the caller's contract.
         unsafe { write(cfg, c) };
@@ -433,6 +434,40 @@ pub unsafe extern "C" fn vswap_alloc(
         let s = e.engine.alloc(order, cpu, memcg, ctx(may_sleep))?;
         // SAFETY: checked by `out`; writable by the caller's contract.
         unsafe { write(slot, s) };
+        Ok(0)
+    })
+}
+
+/// (An engine created with `addressed`) take virtual slot `slot`, which the
+/// host chose (a swap device's offset): as `vswap_alloc` would have returned
+/// it (count 0, in the swap cache), with memcg id `memcg` (0..=65535, or
+/// `VSWAP_NO_MEMCG`), and a device slot under eager placement. The cluster's
+/// tables are made first if it has none (with `may_sleep`).
+///
+/// Returns 0; -EINVAL for a NULL engine, an engine that is not addressed, a
+/// CPU outside the engine's or a memcg id out of range; -ERANGE for slot 0,
+/// `UINT32_MAX` or a slot outside the space; -EEXIST if the slot is
+/// allocated already; -ENOSPC if the memcg charge is refused; -ENOMEM
+/// (`may_sleep`) or -EAGAIN (not `may_sleep`) when `alloc` returns NULL, and
+/// -EAGAIN while the slot's cluster, emptied less than a grace period ago,
+/// waits with its cache or memcg tables for that grace period (retry
+/// later). Nothing is changed on an error.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vswap_alloc_at(
+    e: *mut vswap_engine,
+    slot: u32,
+    cpu: u32,
+    memcg: u32,
+    may_sleep: bool,
+) -> i32 {
+    guard(|| {
+        // SAFETY: NULL or a live handle (the caller's contract).
+        let e = unsafe { eng(e) }?;
+        let memcg = match memcg {
+            VSWAP_NO_MEMCG => None,
+            m => Some(u16::try_from(m).map_err(|_| Code(-VSWAP_EINVAL))?),
+        };
+        e.engine.alloc_at(slot, cpu, memcg, ctx(may_sleep))?;
         Ok(0)
     })
 }

@@ -9,7 +9,7 @@ use crate::engine::bad_slots;
 use crate::host::{Handle, HostOps, create_handle, destroy_handle, vswap_host_ops};
 use crate::slots;
 use crate::types::*;
-use crate::util::{Code, guard, guard_void, out, ptr, read, write};
+use crate::util::{Code, ctx, guard, guard_void, out, ptr, read, write};
 
 /// A standalone map (virtual or direct mode). Opaque; thread-safe.
 pub struct vswap_map {
@@ -50,11 +50,45 @@ pub unsafe extern "C" fn vswap_map_create(
     ops: *const vswap_host_ops,
     out_map: *mut *mut vswap_map,
 ) -> i32 {
+    // SAFETY: forwarded with the caller's contract.
+    unsafe { create_virtual(geometry, ops, out_map, false) }
+}
+
+/// Create an *addressed* virtual map: as `vswap_map_create`, but the host
+/// chooses the slots and takes them with `vswap_map_alloc_at` (a swap
+/// device under the kernel's own swap allocator: the slot is the device
+/// offset); `vswap_map_alloc` returns -EINVAL. Tables are made when a
+/// cluster's first slot is taken and go back when its last is freed.
+///
+/// Returns 0 and sets `*out`; as `vswap_map_create` otherwise.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vswap_map_create_addressed(
+    geometry: *const vswap_geometry,
+    ops: *const vswap_host_ops,
+    out_map: *mut *mut vswap_map,
+) -> i32 {
+    // SAFETY: forwarded with the caller's contract.
+    unsafe { create_virtual(geometry, ops, out_map, true) }
+}
+
+/// `vswap_map_create` and `vswap_map_create_addressed`.
+///
+/// # Safety
+/// As `vswap_map_create`.
+unsafe fn create_virtual(
+    geometry: *const vswap_geometry,
+    ops: *const vswap_host_ops,
+    out_map: *mut *mut vswap_map,
+    addressed: bool,
+) -> i32 {
     guard(|| {
         let dst = out(out_map)?;
         // SAFETY: NULL or valid pointers (the caller's contract).
         let (g, ops) = unsafe { (read(geometry)?, read(ops)?) };
-        let cfg = MapConfig { geometry: g.into() };
+        let cfg = MapConfig {
+            geometry: g.into(),
+            addressed,
+        };
         let h = create_handle(ops, |host, place| {
             place.write(MapInner {
                 map: VswapMap::new(cfg, host, host)?,
@@ -89,6 +123,7 @@ pub unsafe extern "C" fn vswap_map_create_direct(
         let bad = unsafe { bad_slots(&cfg) }?;
         let mc = MapConfig {
             geometry: cfg.geometry.into(),
+            ..MapConfig::default()
         };
         let h = create_handle(ops, |host, place| {
             place.write(MapInner {
@@ -138,6 +173,18 @@ pub unsafe extern "C" fn vswap_map_alloc(
         // SAFETY: NULL or a live handle (the caller's contract).
         let m = unsafe { map(m) }?;
         slots::alloc(&m.map, order, cpu, may_sleep, slot)
+    })
+}
+
+/// As `vswap_alloc_at`, without memcg or devices: -EINVAL unless the map
+/// was made by `vswap_map_create_addressed`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vswap_map_alloc_at(m: *mut vswap_map, slot: u32, may_sleep: bool) -> i32 {
+    guard(|| {
+        // SAFETY: NULL or a live handle (the caller's contract).
+        let m = unsafe { map(m) }?;
+        m.map.alloc_at(slot, ctx(may_sleep))?;
+        Ok(0)
     })
 }
 

@@ -231,6 +231,11 @@ pub struct vswap_engine_config {
     /// `vswap_writeout` and `vswap_log_writeout` take pages of exactly this
     /// length.
     pub page_size: u32,
+    /// The host chooses the virtual slots (a swap device under the
+    /// kernel's own swap allocator: the slot is the device offset): they are
+    /// taken with `vswap_alloc_at`, and `vswap_alloc` returns -EINVAL.
+    /// Tables are still made on demand. Default false.
+    pub addressed: bool,
 }
 
 impl vswap_engine_config {
@@ -249,6 +254,7 @@ impl vswap_engine_config {
         Ok(vswap_core::EngineConfig {
             map: vswap_core::MapConfig {
                 geometry: self.geometry.into(),
+                addressed: self.addressed,
             },
             placement,
             charge,

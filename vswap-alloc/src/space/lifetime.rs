@@ -146,7 +146,13 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         let old = e.state.fetch_sub(n, Ordering::AcqRel);
         if refs(old) == n {
             self.try_teardown(idx, e);
-        } else if freed && old & CACHED == 0 && list_of(old) != List::Nonfull {
+        } else if freed
+            && old & CACHED == 0
+            && list_of(old) != List::Nonfull
+            && !self.policy.addressed
+        {
+            // (An addressed space's clusters are never listed: see
+            // `addressed`.)
             self.move_nonfull(idx, e);
         } else if !freed && self.hid_file(old, n) {
             // A short-lived reference made an order-0 cluster look full to
@@ -331,7 +337,11 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             return;
         }
         e.state.store(0, Ordering::Release);
-        self.fifo_push(&mut l.free, idx);
+        // An addressed space takes its clusters by index (`alloc_at`), never
+        // from the free FIFO.
+        if !self.policy.addressed {
+            self.fifo_push(&mut l.free, idx);
+        }
     }
 
     /// Give tables back to the provider (never under the list lock).

@@ -7,7 +7,8 @@
 use super::*;
 use super::{dir::*, lifetime::*};
 
-/// A FIFO of cluster indices linked through `DirEntry::links` (next only).
+/// A FIFO of cluster indices linked both ways through `DirEntry::links`
+/// (the retire FIFO loses members from its middle: `fifo_remove`).
 #[derive(Clone, Copy, Default)]
 pub(super) struct Fifo {
     pub(super) head: u32,
@@ -143,19 +144,37 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         let idx = f.head.checked_sub(1)?;
         let e = self.entry(idx)?;
         f.head = e.next();
-        if f.head == 0 {
-            f.tail = 0;
+        match f.head.checked_sub(1).and_then(|h| self.entry(h)) {
+            Some(h) => h.set_links(0, h.next()),
+            None => f.tail = 0,
         }
         f.len -= 1;
         e.set_links(0, 0);
         Some(idx)
     }
 
+    /// Take cluster `idx` out of FIFO `f` wherever it is (the FIFOs are
+    /// linked both ways, as the lists are). The caller knows it is in `f`.
+    pub(super) fn fifo_remove(&self, f: &mut Fifo, idx: u32) {
+        let Some(e) = self.entry(idx) else { return };
+        let (prev, next) = (e.prev(), e.next());
+        match prev.checked_sub(1).and_then(|p| self.entry(p)) {
+            Some(p) => p.set_links(p.prev(), next),
+            None => f.head = next,
+        }
+        match next.checked_sub(1).and_then(|n| self.entry(n)) {
+            Some(n) => n.set_links(prev, n.next()),
+            None => f.tail = prev,
+        }
+        f.len -= 1;
+        e.set_links(0, 0);
+    }
+
     pub(super) fn fifo_push(&self, f: &mut Fifo, idx: u32) {
         let Some(e) = self.entry(idx) else { return };
-        e.set_links(0, 0);
+        e.set_links(f.tail, 0);
         match f.tail.checked_sub(1).and_then(|t| self.entry(t)) {
-            Some(t) => t.set_links(0, idx + 1),
+            Some(t) => t.set_links(t.prev(), idx + 1),
             None => f.head = idx + 1,
         }
         f.tail = idx + 1;
@@ -166,8 +185,9 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     pub(super) fn fifo_push_front(&self, l: &mut Lists, idx: u32) {
         let Some(e) = self.entry(idx) else { return };
         e.set_links(0, l.free.head);
-        if l.free.head == 0 {
-            l.free.tail = idx + 1;
+        match l.free.head.checked_sub(1).and_then(|h| self.entry(h)) {
+            Some(h) => h.set_links(idx + 1, h.next()),
+            None => l.free.tail = idx + 1,
         }
         l.free.head = idx + 1;
         l.free.len += 1;

@@ -162,6 +162,7 @@ fn a_fresh_cluster_on_a_shared_cpu_number_is_not_taken_back() {
             fixed: true,
             discard: true,
             rotational: false,
+            addressed: false,
         };
         let s = Arc::new(
             SlotSpace::<StdProvider>::with_policy(
@@ -403,4 +404,106 @@ fn a_short_lived_reference_racing_an_order0_filing_never_loses_the_slot() {
     });
     let seen = *seen.lock().unwrap();
     assert_eq!(seen, [true, true], "both outcomes reached");
+}
+
+fn addressed(clusters: u64) -> SlotSpace<StdProvider, AtomicU64> {
+    let policy = Policy {
+        addressed: true,
+        ..Policy::default()
+    };
+    SlotSpace::with_policy(
+        Geometry::tiny(1, 2 * clusters, 2),
+        policy,
+        StdProvider::new(),
+        u64::MAX,
+        &[],
+    )
+    .unwrap()
+}
+
+fn preemptions() -> usize {
+    std::env::var("LOOM_MAX_PREEMPTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
+/// Addressed spaces (`addressed`): slot 3 is the only slot taken in
+/// cluster 1; one thread frees it (the cluster dies: `DYING`, then
+/// `RETIRING`, then perhaps `FREE` with its table gone) while another
+/// takes slot 2 of the same cluster. The take always succeeds, on the
+/// live cluster, the retiring one taken back, or a new table; slot 2
+/// then reads its value, slot 3 is free, and when slot 2 goes too every
+/// table is given back.
+#[test]
+fn alloc_at_racing_the_free_of_its_clusters_last_slot() {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(preemptions());
+    b.check(|| {
+        let s = Arc::new(addressed(2));
+        let base = s.memory().words;
+        s.alloc_at(3, 5, Ctx::MaySleep).unwrap();
+        let s1 = s.clone();
+        let t = loom::thread::spawn(move || {
+            let pin = s1.pin(3).unwrap();
+            assert_eq!(pin.words()[1].swap(0, Ordering::AcqRel), 5);
+            // SAFETY: slot 3 was allocated and we zeroed its word.
+            unsafe { pin.release(1) };
+        });
+        assert_eq!(s.alloc_at(2, 6, Ctx::MaySleep), Ok(()));
+        t.join().unwrap();
+        let pin = s.pin(2).unwrap();
+        assert_eq!(pin.words()[0].load(Ordering::Relaxed), 6);
+        assert_eq!(pin.words()[1].load(Ordering::Relaxed), 0);
+        assert_eq!(pin.words()[0].swap(0, Ordering::AcqRel), 6);
+        // SAFETY: slot 2 was allocated and we zeroed its word.
+        unsafe { pin.release(1) };
+        s.poll_all();
+        let m = s.memory();
+        assert_eq!(
+            (m.live_clusters, m.retiring_clusters, m.words),
+            (0, 0, base)
+        );
+    });
+}
+
+/// Two takes in a cluster that has no table yet (each may make one with
+/// the list lock dropped): both succeed, one table is published and the
+/// other given back; two takes of one slot: exactly one wins.
+#[test]
+fn alloc_at_racing_alloc_at() {
+    for same in [false, true] {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(preemptions());
+        b.check(move || {
+            let s = Arc::new(addressed(2));
+            let s1 = s.clone();
+            let theirs = if same { 2 } else { 3 };
+            let t = loom::thread::spawn(move || s1.alloc_at(theirs, 7, Ctx::MaySleep));
+            let mine = s.alloc_at(2, 6, Ctx::MaySleep);
+            let other = t.join().unwrap();
+            let pin = s.pin(2).unwrap();
+            if same {
+                assert!(mine.is_ok() != other.is_ok(), "{mine:?} {other:?}");
+                let lost = if mine.is_ok() { other } else { mine };
+                assert_eq!(lost, Err(Error::WrongState));
+                let want = if mine.is_ok() { 6 } else { 7 };
+                assert_eq!(pin.words()[0].load(Ordering::Relaxed), want);
+            } else {
+                assert_eq!((mine, other), (Ok(()), Ok(())));
+                assert_eq!(pin.words()[0].load(Ordering::Relaxed), 6);
+                assert_eq!(pin.words()[1].load(Ordering::Relaxed), 7);
+            }
+            drop(pin);
+            // One table (two 8-byte words) for cluster 1, and the loser's
+            // given back: the provider holds what the same takes made one
+            // after the other do.
+            let m = s.memory();
+            assert_eq!((m.live_clusters, m.words), (1, 16));
+            let r = addressed(2);
+            r.alloc_at(2, 6, Ctx::MaySleep).unwrap();
+            let _ = r.alloc_at(theirs, 7, Ctx::MaySleep);
+            assert_eq!(s.provider().bytes_in_use(), r.provider().bytes_in_use());
+        });
+    }
 }

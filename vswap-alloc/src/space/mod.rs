@@ -11,6 +11,7 @@
 //! - `pin`: read-side access to a live cluster's tables ([`Pin`]);
 //! - `lists`: the nonfull / frag / full lists and the free, discard and retire FIFOs;
 //! - `percpu`: per-CPU allocation, refills, stealing and take-back;
+//! - `addressed`: slots the host chooses ([`Policy::addressed`]);
 //! - `full`: how failing allocations on a full space stay O(1);
 //! - `discard`: the host's discard of emptied device clusters;
 //! - `stats`: memory, list counts and cluster states.
@@ -41,6 +42,9 @@ use crate::slotword::SlotWord;
 use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, Mutex, Ordering, ZeroInit};
 use crate::{Error, Result};
 
+mod addressed;
+#[cfg(test)]
+mod addressed_tests;
 mod dir;
 mod discard;
 mod full;
@@ -129,6 +133,13 @@ pub struct Policy {
     pub discard: bool,
     /// One sequential allocation cursor for all CPUs (rotational disks).
     pub rotational: bool,
+    /// (Virtual only) the host chooses the slots: they are taken with
+    /// [`SlotSpace::alloc_at`], never handed out by
+    /// [`alloc`](SlotSpace::alloc) (which fails with [`Error::BadConfig`]).
+    /// A cluster's tables are made when its first slot is taken and go back
+    /// (after a grace period) when its last is freed; no per-CPU caches.
+    /// For a swap device whose offsets the kernel's swap allocator chooses.
+    pub addressed: bool,
 }
 
 /// A space of slot words, allocated per CPU and in naturally aligned runs of
@@ -219,6 +230,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         if reserved == 0
             || (W::BITS < 64 && reserved >> W::BITS != 0)
             || (!policy.fixed && (policy.discard || policy.rotational || !bad.is_empty()))
+            || (policy.fixed && policy.addressed)
         {
             return Err(Error::BadConfig);
         }

@@ -223,6 +223,11 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         init: u64,
         step: u64,
     ) -> Result<u32> {
+        // No cluster ever reaches an addressed space's caches: every call
+        // ends here.
+        if self.policy.addressed {
+            return Err(Error::BadConfig);
+        }
         let mut fb = Fallback::default();
         loop {
             match self.refill(pc, order, cur, ctx, &mut fb) {
@@ -618,26 +623,8 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
                 return Ok(());
             }
         }
-        let words = self.words_of(e);
-        if !self.policy.fixed {
-            // Slot 0 (a zero swap entry means "none") and slot 2^32 - 1 (the
-            // device reverse map's reserved marker) are never handed out.
-            if idx == 0 {
-                if let Some(w) = words.first() {
-                    w.put(self.reserved, Ordering::Relaxed);
-                }
-            }
-            if (u64::from(idx) + 1) << self.geo.cluster_shift > u64::from(u32::MAX) {
-                if let Some(w) = words.get((u32::MAX - (idx << self.geo.cluster_shift)) as usize) {
-                    w.put(self.reserved, Ordering::Relaxed);
-                }
-            }
-        }
         // The cache's hold, plus slots that are never handed out.
-        let held = 1 + words
-            .iter()
-            .filter(|w| w.get(Ordering::Relaxed) != 0)
-            .count() as u64;
+        let held = 1 + self.reserve_words(idx, e);
         e.state.store(
             LIVE | CACHED | FRESH | (u64::from(order) << ORDER_SHIFT) | held,
             Ordering::Release,
@@ -658,6 +645,31 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         drop(l);
         self.collect(garbage);
         Ok(())
+    }
+
+    /// A cluster about to go live: in a virtual space, set the words of
+    /// slot 0 (a zero swap entry means "none") and slot 2^32 - 1 (the device
+    /// reverse map's reserved marker), which are never handed out. Returns
+    /// how many words are not 0 (those, and words hostile safe code set in
+    /// free slots, are counted as held). Under the list lock.
+    pub(super) fn reserve_words(&self, idx: u32, e: &DirEntry<W>) -> u64 {
+        let words = self.words_of(e);
+        if !self.policy.fixed {
+            if idx == 0 {
+                if let Some(w) = words.first() {
+                    w.put(self.reserved, Ordering::Relaxed);
+                }
+            }
+            if (u64::from(idx) + 1) << self.geo.cluster_shift > u64::from(u32::MAX) {
+                if let Some(w) = words.get((u32::MAX - (idx << self.geo.cluster_shift)) as usize) {
+                    w.put(self.reserved, Ordering::Relaxed);
+                }
+            }
+        }
+        words
+            .iter()
+            .filter(|w| w.get(Ordering::Relaxed) != 0)
+            .count() as u64
     }
 
     pub(super) fn install_cache(

@@ -118,9 +118,15 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         let l = self.lists.lock();
         let never = self.clusters - u64::from(l.bump);
         let [_, nonfull, frag, full] = l.counts.map(u64::from);
-        let free = never + u64::from(l.free.len);
         let discard = u64::from(l.discard.len + l.discarding);
         let retiring = u64::from(l.retire.len);
+        // An addressed space has no free FIFO: every cluster neither live
+        // nor retiring is free (`live` changes under the list lock).
+        let free = if self.policy.addressed {
+            self.clusters - self.live.load(Ordering::Relaxed) - retiring
+        } else {
+            never + u64::from(l.free.len)
+        };
         ListCounts {
             free,
             nonfull,

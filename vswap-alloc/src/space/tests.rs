@@ -356,6 +356,7 @@ const FIXED: Policy = Policy {
     fixed: true,
     discard: false,
     rotational: false,
+    addressed: false,
 };
 
 #[test]

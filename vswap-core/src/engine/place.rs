@@ -14,6 +14,31 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
     /// refused; `NoMem`/`Again`.
     pub fn alloc(&self, order: u32, cpu: u32, memcg: Option<u16>, ctx: Ctx) -> Result<u32> {
         let slot = self.map.alloc(order, cpu, ctx)?;
+        self.adopt(slot, order, cpu, memcg, ctx).map(|()| slot)
+    }
+
+    /// (An addressed engine: [`MapConfig::addressed`](crate::MapConfig::addressed))
+    /// take slot `slot`, which the host chose (a swap device's offset under
+    /// the kernel's own swap allocator), as [`alloc`](Self::alloc) would
+    /// have returned it: count 0, cached, charged and placed as `alloc`
+    /// charges and places.
+    ///
+    /// # Errors
+    /// Nothing changed on any of them: `BadConfig` (the engine is not
+    /// addressed); `BadCpu`; `OutOfRange` (slot 0, `u32::MAX`, or outside
+    /// the map); `WrongState` (the slot is allocated already); `NoSpace`
+    /// (the charge is refused); `NoMem` / `Again` (see
+    /// [`VswapMap::alloc_at`](crate::VswapMap::alloc_at)).
+    pub fn alloc_at(&self, slot: u32, cpu: u32, memcg: Option<u16>, ctx: Ctx) -> Result<()> {
+        self.check_cpu(cpu)?;
+        self.map.alloc_at(slot, ctx)?;
+        self.adopt(slot, 0, cpu, memcg, ctx)
+    }
+
+    /// A range just allocated (count 0, cached): its memcg charge and, with
+    /// eager placement, its device slots. On failure the range is freed
+    /// again (its cache flag cleared) and nothing is left charged.
+    fn adopt(&self, slot: u32, order: u32, cpu: u32, memcg: Option<u16>, ctx: Ctx) -> Result<()> {
         let n = 1u32 << order;
         let undo = |e: Error| {
             for i in 0..n {
@@ -43,7 +68,7 @@ impl<P: Provider, H: EngineHost> Engine<P, H> {
         if self.cfg.placement == Placement::Eager {
             self.place_eagerly(slot, order, cpu, ctx);
         }
-        Ok(slot)
+        Ok(())
     }
 
     /// Eager placement: device slots for a fresh range, charged per slot under

@@ -1106,6 +1106,87 @@ static void test_writeout_takes_one_page(void)
 	teardown_engine(e);
 }
 
+/* An addressed engine (a swap device under the kernel's own swap
+ * allocator): the host picks each slot; every backend; overwrite refused;
+ * bad input refused with nothing changed; every byte back after the frees.
+ * And the standalone addressed map. */
+static void test_addressed(void)
+{
+	setup();
+	struct vswap_engine_config cfg;
+	struct vswap_engine *e = NULL;
+	OK(vswap_engine_config_default(&cfg));
+	cfg.geometry.slots = 1 << 16;
+	cfg.geometry.cpus = 2;
+	cfg.addressed = true;
+	OK(vswap_engine_create(&cfg, &OPS, &e));
+	OK(add_device(e, 0, 10, 4096));
+	uint32_t s = 0;
+	EXPECT(vswap_alloc(e, 0, 0, VSWAP_NO_MEMCG, true, &s), -VSWAP_EINVAL);
+	EXPECT(s, 0);
+	uint8_t page[PAGE];
+	struct vswap_backend b;
+	struct vswap_entry en;
+	const uint32_t slots[4] = {7, 40000, 40001, 65535};
+	const uint32_t kinds[4] = {VSWAP_BACKEND_ZERO, VSWAP_BACKEND_SAME, VSWAP_BACKEND_ZSWAP,
+				   VSWAP_BACKEND_PHYS};
+	for (int i = 0; i < 4; i++) {
+		OK(vswap_alloc_at(e, slots[i], (uint32_t)i % 2, VSWAP_NO_MEMCG, true));
+		EXPECT(vswap_alloc_at(e, slots[i], 0, VSWAP_NO_MEMCG, true), -VSWAP_EEXIST);
+		OK(vswap_dup(e, slots[i], 1, true));
+		if (i == 0)
+			memset(page, 0, PAGE);
+		else if (i == 1)
+			fill_same(page, UINT64_MAX);
+		else if (i == 2)
+			fill_zswap(page, 4);
+		else
+			fill_random(page, 5);
+		OK(vswap_writeout(e, slots[i], page, PAGE, 0, &b));
+		EXPECT(b.kind, kinds[i]);
+		EXPECT(vswap_cache_clear(e, slots[i], 0, true), VSWAP_LIVE);
+		OK(vswap_lookup(e, slots[i], &en));
+		EXPECT(en.backend.kind, kinds[i]);
+		EXPECT(en.count, 1);
+	}
+	/* The neighbours were never taken. */
+	EXPECT(vswap_lookup(e, 8, &en), -VSWAP_ENOENT);
+	/* Bad input: nothing taken. */
+	EXPECT(vswap_alloc_at(NULL, 9, 0, VSWAP_NO_MEMCG, true), -VSWAP_EINVAL);
+	EXPECT(vswap_alloc_at(e, 0, 0, VSWAP_NO_MEMCG, true), -VSWAP_ERANGE);
+	EXPECT(vswap_alloc_at(e, 1 << 16, 0, VSWAP_NO_MEMCG, true), -VSWAP_ERANGE);
+	EXPECT(vswap_alloc_at(e, UINT32_MAX, 0, VSWAP_NO_MEMCG, true), -VSWAP_ERANGE);
+	EXPECT(vswap_alloc_at(e, 9, 2, VSWAP_NO_MEMCG, true), -VSWAP_EINVAL);
+	EXPECT(vswap_alloc_at(e, 9, 0, 1 << 16, true), -VSWAP_EINVAL);
+	EXPECT(vswap_lookup(e, 9, &en), -VSWAP_ENOENT);
+	for (int i = 0; i < 4; i++)
+		EXPECT(vswap_put(e, slots[i], 1), VSWAP_FREED);
+	EXPECT(atomic_load(&H.zswap_released), 1);
+	EXPECT(atomic_load(&H.phys_released), 1);
+	teardown_engine(e);
+
+	/* A standalone addressed map; a plain one refuses host-chosen slots. */
+	struct vswap_geometry g;
+	OK(vswap_geometry_default(&g));
+	g.slots = 1 << 12;
+	g.cpus = 1;
+	struct vswap_map *m = NULL, *v = NULL;
+	OK(vswap_map_create_addressed(&g, &OPS, &m));
+	OK(vswap_map_create(&g, &OPS, &v));
+	EXPECT(vswap_map_alloc_at(v, 5, true), -VSWAP_EINVAL);
+	EXPECT(vswap_map_alloc_at(NULL, 5, true), -VSWAP_EINVAL);
+	EXPECT(vswap_map_alloc(m, 0, 0, true, &s), -VSWAP_EINVAL);
+	OK(vswap_map_alloc_at(m, 4000, true));
+	EXPECT(vswap_map_alloc_at(m, 4000, true), -VSWAP_EEXIST);
+	EXPECT(vswap_map_alloc_at(m, 4096, true), -VSWAP_ERANGE);
+	OK(vswap_map_dup(m, 4000, 1, true));
+	EXPECT(vswap_map_cache_clear(m, 4000, 0, true), VSWAP_LIVE);
+	EXPECT(vswap_map_put(m, 4000, 1), VSWAP_FREED);
+	vswap_map_destroy(v);
+	vswap_map_destroy(m);
+	EXPECT(atomic_load(&H.bytes), 0);
+}
+
 int main(void)
 {
 	RUN(test_every_backend);
@@ -1125,5 +1206,6 @@ int main(void)
 	RUN(test_failed_moves_report_their_progress);
 	RUN(test_one_cpu_contract);
 	RUN(test_writeout_takes_one_page);
+	RUN(test_addressed);
 	return finish("lifecycle");
 }
