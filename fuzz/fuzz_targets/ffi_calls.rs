@@ -587,7 +587,8 @@ fuzz_target!(|data: &[u8]| {
                         }
                         _ => {
                             let mut f = 0;
-                            match a % 6 {
+                            match a % 7 {
+                                6 => check("map_reclaim", vswap_map_reclaim(direct)),
                                 0 => check(
                                     "map_put_range",
                                     vswap_map_put_range(direct, ds, small % 3, &mut f),
@@ -645,7 +646,8 @@ fuzz_target!(|data: &[u8]| {
                 _ => {
                     let mut owner = 0;
                     let dev = u32::from(k & 1) * inp.u32();
-                    match a % 3 {
+                    match a % 4 {
+                        3 => check("reclaim", vswap_reclaim(e)),
                         0 => check(
                             "device_owner",
                             vswap_device_owner(e, dev, inp.u64() % 40, &mut owner),

@@ -961,6 +961,18 @@ void vswap_engine_destroy(struct vswap_engine *e);
 int32_t vswap_engine_get_stats(struct vswap_engine *e, struct vswap_map_stats *st);
 
 /**
+ * Give back the tables of the virtual map's torn-down clusters whose grace
+ * period has ended. The engine does this by itself whenever it tears a
+ * cluster down or needs a new one; a host that wants an idle engine's
+ * memory back calls it now and then (a kernel: from a timer or a
+ * shrinker). Never sleeps; no callback but `free`.
+ *
+ * Returns how many clusters' tables went back (>= 0), or -EINVAL for a
+ * NULL engine.
+ */
+int32_t vswap_reclaim(struct vswap_engine *e);
+
+/**
  * Add physical device `dev` (`0..VSWAP_MAX_DEVICES`) with `priority`
  * (0..=255, higher is used first; round robin among equals). Its tables are
  * made now, from `ops->alloc`.
@@ -1618,6 +1630,11 @@ int32_t vswap_map_alloc(struct vswap_map *m,
  * was made by `vswap_map_create_addressed`.
  */
 int32_t vswap_map_alloc_at(struct vswap_map *m, uint32_t slot, bool may_sleep);
+
+/**
+ * As `vswap_reclaim`, for a standalone map.
+ */
+int32_t vswap_map_reclaim(struct vswap_map *m);
 
 /**
  * As `vswap_dup`.

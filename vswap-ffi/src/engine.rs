@@ -201,6 +201,23 @@ pub unsafe extern "C" fn vswap_engine_get_stats(
     })
 }
 
+/// Give back the tables of the virtual map's torn-down clusters whose grace
+/// period has ended. The engine does this by itself whenever it tears a
+/// cluster down or needs a new one; a host that wants an idle engine's
+/// memory back calls it now and then (a kernel: from a timer or a
+/// shrinker). Never sleeps; no callback but `free`.
+///
+/// Returns how many clusters' tables went back (>= 0), or -EINVAL for a
+/// NULL engine.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vswap_reclaim(e: *mut vswap_engine) -> i32 {
+    guard(|| {
+        // SAFETY: NULL or a live handle (the caller's contract).
+        let e = unsafe { eng(e) }?;
+        Ok(i32::try_from(e.engine.map().reclaim()).unwrap_or(i32::MAX))
+    })
+}
+
 // ---------------------------------------------------------------- devices
 
 /// Add physical device `dev` (`0..VSWAP_MAX_DEVICES`) with `priority`

@@ -188,6 +188,16 @@ pub unsafe extern "C" fn vswap_map_alloc_at(m: *mut vswap_map, slot: u32, may_sl
     })
 }
 
+/// As `vswap_reclaim`, for a standalone map.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vswap_map_reclaim(m: *mut vswap_map) -> i32 {
+    guard(|| {
+        // SAFETY: NULL or a live handle (the caller's contract).
+        let m = unsafe { map(m) }?;
+        Ok(i32::try_from(m.map.reclaim()).unwrap_or(i32::MAX))
+    })
+}
+
 /// As `vswap_dup`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn vswap_map_dup(

@@ -1163,6 +1163,15 @@ static void test_addressed(void)
 		EXPECT(vswap_put(e, slots[i], 1), VSWAP_FREED);
 	EXPECT(atomic_load(&H.zswap_released), 1);
 	EXPECT(atomic_load(&H.phys_released), 1);
+	/* Emptied clusters' tables go back (here or at the teardown itself):
+	 * only cluster 0, whose slot 0 is reserved, keeps one. */
+	CHECK(vswap_reclaim(e) >= 0);
+	struct vswap_map_stats st;
+	OK(vswap_engine_get_stats(e, &st));
+	EXPECT(st.live_slots, 0);
+	CHECK(st.live_clusters <= 1);
+	EXPECT(vswap_reclaim(NULL), -VSWAP_EINVAL);
+	EXPECT(vswap_map_reclaim(NULL), -VSWAP_EINVAL);
 	teardown_engine(e);
 
 	/* A standalone addressed map; a plain one refuses host-chosen slots. */
@@ -1182,6 +1191,7 @@ static void test_addressed(void)
 	OK(vswap_map_dup(m, 4000, 1, true));
 	EXPECT(vswap_map_cache_clear(m, 4000, 0, true), VSWAP_LIVE);
 	EXPECT(vswap_map_put(m, 4000, 1), VSWAP_FREED);
+	CHECK(vswap_map_reclaim(m) >= 0);
 	vswap_map_destroy(v);
 	vswap_map_destroy(m);
 	EXPECT(atomic_load(&H.bytes), 0);
