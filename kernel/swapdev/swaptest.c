@@ -5,6 +5,7 @@
  * through the swap device under test.
  *
  *   swaptest <MiB> <random ops> <seed> [stats file]
+ *   swaptest --swapon <path> <priority>   (busybox's swapon may lack -p)
  *
  * Fill: every page of an anonymous mapping gets contents from its index and
  * a version: zero pages, 0xff.. pages, other repeated 64-bit words,
@@ -21,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/swap.h>
 #include <time.h>
 
 #define PAGE 4096
@@ -88,6 +90,16 @@ static double now(void)
 
 int main(int argc, char **argv)
 {
+	if (argc == 4 && !strcmp(argv[1], "--swapon")) {
+		int prio = atoi(argv[3]);
+
+		if (swapon(argv[2], SWAP_FLAG_PREFER |
+					    ((prio << SWAP_FLAG_PRIO_SHIFT) & SWAP_FLAG_PRIO_MASK))) {
+			perror("swaptest: swapon");
+			return 1;
+		}
+		return 0;
+	}
 	if (argc != 4 && argc != 5) {
 		fprintf(stderr, "usage: swaptest <MiB> <random ops> <seed> [stats file]\n");
 		return 2;
@@ -114,7 +126,7 @@ int main(int argc, char **argv)
 		char line[512];
 		FILE *f = fopen(argv[4], "r");
 
-		if (f && fgets(line, sizeof(line), f))
+		while (f && fgets(line, sizeof(line), f))
 			printf("swaptest: after fill %s: %s", argv[4], line);
 		if (f)
 			fclose(f);
