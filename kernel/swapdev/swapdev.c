@@ -40,6 +40,8 @@
 #include <linux/module.h>
 #include <linux/mm.h>
 #include <linux/percpu.h>
+#include <linux/pgtable.h>
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/string.h>
@@ -86,7 +88,7 @@ struct vsd {
 	atomic64_t pages_huge;       /* live pool objects, whole pages */
 	atomic64_t compr_bytes;      /* bytes of live pool objects */
 	atomic64_t writes, reads, failed_writes, failed_reads;
-	atomic64_t overwrites, discarded, notify_free, pool_full;
+	atomic64_t overwrites, discarded, notify_free, pool_full, pool_alloc_failed;
 	atomic64_t zero_writes, same_writes;
 	atomic64_t reclaimed;        /* clusters whose tables the timer gave back */
 };
@@ -144,8 +146,10 @@ static bool vsd_zswap_store(void *ctx, uint32_t slot, const uint8_t *page, size_
 				    LZ4_COMPRESSBOUND(PAGE_SIZE), pc->wrkmem);
 	size = (clen > 0 && clen + VSD_HDR < VSD_HUGE) ? clen + VSD_HDR : PAGE_SIZE;
 	h = zs_malloc(d->pool, size, GFP_NOWAIT | __GFP_NOWARN | __GFP_HIGHMEM | __GFP_MOVABLE);
-	if (!h || IS_ERR_VALUE(h))
+	if (!h || IS_ERR_VALUE(h)) {
+		atomic64_inc(&d->pool_alloc_failed);
 		return false;
+	}
 	/* zsmalloc handles are aligned pointers: the low bit is ours. */
 	if (WARN_ON_ONCE(h & VSD_RAW)) {
 		zs_free(d->pool, h);
@@ -208,8 +212,9 @@ static void vsd_free_slot(struct vsd *d, u32 slot)
 	get_cpu();
 	rc = vswap_put(d->e, slot, 1);
 	put_cpu();
-	/* -ENOENT: nothing stored there (never written, or freed already). */
-	WARN_ON_ONCE(rc != VSWAP_FREED && rc != -VSWAP_ENOENT);
+	/* -ENOENT: nothing stored there (never written, or freed already);
+	 * LIVE: a read holds a count, and its put frees the slot. */
+	WARN_ON_ONCE(rc != VSWAP_FREED && rc != VSWAP_LIVE && rc != -VSWAP_ENOENT);
 }
 
 static int vsd_write_slot(struct vsd *d, u32 slot, const u8 *data)
@@ -227,6 +232,21 @@ static int vsd_write_slot(struct vsd *d, u32 slot, const u8 *data)
 		cpu = get_cpu();
 		rc = vswap_alloc_at(d->e, slot, cpu, VSWAP_NO_MEMCG, false);
 	}
+	if (rc == -VSWAP_EAGAIN) {
+		/*
+		 * The cluster's table could not be made without sleeping: make
+		 * it where we may (swap writes come from process context), with
+		 * no I/O, as zram retries with GFP_NOIO. A CPU number that is
+		 * no longer ours only makes us share its caches.
+		 */
+		unsigned int noio;
+
+		put_cpu();
+		noio = memalloc_noio_save();
+		rc = vswap_alloc_at(d->e, slot, raw_smp_processor_id(), VSWAP_NO_MEMCG, true);
+		memalloc_noio_restore(noio);
+		cpu = get_cpu();
+	}
 	if (rc)
 		goto out;
 	/* One reference (the page is stored), then out of the "cache". */
@@ -237,8 +257,6 @@ static int vsd_write_slot(struct vsd *d, u32 slot, const u8 *data)
 		/* Nothing stored: the slot goes back (no count if dup failed). */
 		vswap_put(d->e, slot, 1);
 		vswap_cache_clear(d->e, slot, 0, false);
-		if (rc == -VSWAP_ENOSPC)
-			atomic64_inc(&d->pool_full);
 		goto out;
 	}
 	rc = vswap_cache_clear(d->e, slot, 0, false);
@@ -252,15 +270,20 @@ out:
 	return rc;
 }
 
+static int vsd_read_backend(struct vsd *d, const struct vswap_backend *be, u8 *data);
+
 static int vsd_read_slot(struct vsd *d, u32 slot, u8 *data)
 {
 	struct vswap_entry en;
-	unsigned long h;
-	void *src;
 	int rc;
 
+	/*
+	 * A count for the read: swap never frees a slot it is reading, but a
+	 * second opener (dd, blkid) may read while swap frees or overwrites
+	 * it; the count keeps the pool object until our put.
+	 */
 	get_cpu();
-	rc = vswap_lookup(d->e, slot, &en);
+	rc = vswap_try_get(d->e, slot, false, &en);
 	put_cpu();
 	if (rc == -VSWAP_ENOENT) {
 		memset(data, 0, PAGE_SIZE); /* never written, or freed */
@@ -268,7 +291,18 @@ static int vsd_read_slot(struct vsd *d, u32 slot, u8 *data)
 	}
 	if (rc)
 		return rc;
-	switch (en.backend.kind) {
+	rc = vsd_read_backend(d, &en.backend, data);
+	vsd_free_slot(d, slot); /* our count; frees it if swap let it go meanwhile */
+	return rc;
+}
+
+static int vsd_read_backend(struct vsd *d, const struct vswap_backend *be, u8 *data)
+{
+	unsigned long h;
+	void *src;
+	int rc;
+
+	switch (be->kind) {
 	case VSWAP_BACKEND_ZERO:
 		memset(data, 0, PAGE_SIZE);
 		return 0;
@@ -276,13 +310,13 @@ static int vsd_read_slot(struct vsd *d, u32 slot, u8 *data)
 		size_t i;
 
 		for (i = 0; i < PAGE_SIZE; i += 8)
-			memcpy(data + i, &en.backend.value, 8);
+			memcpy(data + i, &be->value, 8);
 		return 0;
 	}
 	case VSWAP_BACKEND_ZSWAP:
-		h = en.backend.value & ~VSD_RAW;
+		h = be->value & ~VSD_RAW;
 		src = zs_map_object(d->pool, h, ZS_MM_RO);
-		if (en.backend.value & VSD_RAW) {
+		if (be->value & VSD_RAW) {
 			memcpy(data, src, PAGE_SIZE);
 			rc = 0;
 		} else {
@@ -329,12 +363,18 @@ static int vsd_page_io(struct vsd *d, struct bio_vec *bv, sector_t sector, bool 
 	return rc;
 }
 
-static void vsd_discard(struct vsd *d, sector_t sector, unsigned int bytes)
+static void vsd_discard(struct vsd *d, sector_t sector, unsigned int bytes, bool zeroes)
 {
 	u64 first = DIV_ROUND_UP_ULL(sector, VSD_SECTORS_PER_PAGE);
 	u64 end = (sector + (bytes >> SECTOR_SHIFT)) / VSD_SECTORS_PER_PAGE;
 	u64 s;
 
+	/* Zeroes over the header page zero it; a discard leaves it. */
+	if (zeroes && sector == 0 && bytes >= PAGE_SIZE) {
+		spin_lock(&d->header_lock);
+		memset(d->header, 0, PAGE_SIZE);
+		spin_unlock(&d->header_lock);
+	}
 	for (s = max_t(u64, first, 1); s < end && s < d->slots; s++) {
 		vsd_free_slot(d, s);
 		atomic64_inc(&d->discarded);
@@ -352,7 +392,7 @@ static void vsd_submit_bio(struct bio *bio)
 	switch (bio_op(bio)) {
 	case REQ_OP_DISCARD:
 	case REQ_OP_WRITE_ZEROES:
-		vsd_discard(d, sector, bio->bi_iter.bi_size);
+		vsd_discard(d, sector, bio->bi_iter.bi_size, bio_op(bio) == REQ_OP_WRITE_ZEROES);
 		bio_endio(bio);
 		return;
 	case REQ_OP_READ:
@@ -429,8 +469,9 @@ static ssize_t io_stat_show(struct device *dev, struct device_attribute *attr, c
 	struct vsd *d = &vsd;
 
 	/* writes reads failed_writes failed_reads overwrites discarded
-	 * notify_free pool_full zero_writes same_writes reclaimed */
-	return sysfs_emit(buf, "%lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld\n",
+	 * notify_free pool_full zero_writes same_writes reclaimed
+	 * pool_alloc_failed */
+	return sysfs_emit(buf, "%lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld\n",
 			  (long long)atomic64_read(&d->writes), (long long)atomic64_read(&d->reads),
 			  (long long)atomic64_read(&d->failed_writes),
 			  (long long)atomic64_read(&d->failed_reads),
@@ -440,7 +481,8 @@ static ssize_t io_stat_show(struct device *dev, struct device_attribute *attr, c
 			  (long long)atomic64_read(&d->pool_full),
 			  (long long)atomic64_read(&d->zero_writes),
 			  (long long)atomic64_read(&d->same_writes),
-			  (long long)atomic64_read(&d->reclaimed));
+			  (long long)atomic64_read(&d->reclaimed),
+			  (long long)atomic64_read(&d->pool_alloc_failed));
 }
 
 static DEVICE_ATTR_RO(mm_stat);
@@ -526,8 +568,19 @@ static int __init vsd_init(void)
 		pr_err("vswap swapdev: needs 4 KiB pages\n");
 		return -EINVAL;
 	}
+	/*
+	 * A zsmalloc handle is a direct-map address kept in the slot's 50
+	 * sign-extended payload bits: true with 4-level page tables, not with
+	 * 5-level ones (LA57), where every compressed store would be refused.
+	 */
+	if (pgtable_l5_enabled()) {
+		pr_err("vswap swapdev: 5-level page tables: zsmalloc handles do not fit a slot's payload\n");
+		return -EINVAL;
+	}
 	spin_lock_init(&d->header_lock);
-	d->slots = (u64)disksize_mb << (20 - PAGE_SHIFT);
+	/* Slot 2^32 - 1 is reserved by the library: a 16 TiB device is one
+	 * page short. */
+	d->slots = min_t(u64, (u64)disksize_mb << (20 - PAGE_SHIFT), U32_MAX);
 	d->pool_limit_pages = pool_limit_mb << (20 - PAGE_SHIFT);
 	d->header = kzalloc(PAGE_SIZE, GFP_KERNEL);
 	rc = -ENOMEM;
@@ -536,6 +589,7 @@ static int __init vsd_init(void)
 	rc = vsd_alloc_pcpu(d);
 	if (rc)
 		goto fail;
+	rc = -ENOMEM;
 	d->pool = zs_create_pool("vswap0");
 	if (!d->pool)
 		goto fail;
@@ -574,6 +628,8 @@ static int __init vsd_init(void)
 	blk_queue_physical_block_size(d->disk->queue, PAGE_SIZE);
 	blk_queue_io_min(d->disk->queue, PAGE_SIZE);
 	blk_queue_io_opt(d->disk->queue, PAGE_SIZE);
+	/* Whole pages only: direct I/O buffers must be page-aligned. */
+	blk_queue_dma_alignment(d->disk->queue, PAGE_SIZE - 1);
 	d->disk->queue->limits.discard_granularity = PAGE_SIZE;
 	blk_queue_max_discard_sectors(d->disk->queue, UINT_MAX);
 	blk_queue_max_write_zeroes_sectors(d->disk->queue, UINT_MAX);

@@ -63,13 +63,18 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
     /// - [`Error::PayloadTooWide`]: `init` does not fit the word;
     /// - [`Error::OutOfRange`]: `slot` is outside the space, or one of the
     ///   reserved slots (0 and `u32::MAX`);
-    /// - [`Error::WrongState`]: the slot is already allocated (nothing
-    ///   changed);
+    /// - [`Error::WrongState`]: the slot is already allocated;
     /// - [`Error::NoMem`] / [`Error::Again`]: the provider could not make a
     ///   table (`Again`: not without sleeping, with [`Ctx::NoSleep`]);
     ///   [`Error::Again`] also while the slot's cluster, emptied less than a
     ///   grace period ago, waits with cache or memcg tables for that grace
     ///   period to end.
+    ///
+    /// On every error the slot and every other slot are as they were; the
+    /// only other effect an error can have is memory given back: a
+    /// retiring cluster whose grace period had ended may have been finished
+    /// (its tables freed, as a later poll would) before a new table could
+    /// not be made.
     ///
     /// ```
     /// # #[cfg(feature = "std")] {

@@ -32,9 +32,12 @@
 //! - The top array covers at most [`MAX_TLEAVES`] leaves (4 KiB; 2^17
 //!   clusters, 2^26 slots of 512-slot clusters): refills hand out the lowest
 //!   never-used cluster index first and reuse freed ones, so every cluster
-//!   of a map with less than 256 GiB swapped out is in it. A cluster beyond
-//!   it is pinned through its record (a lifetime-word check and the
-//!   record's table pointer).
+//!   of a map with less than 256 GiB swapped out is in it. (An addressed
+//!   space's clusters are the host's offsets: on a device larger than 2^26
+//!   slots the kernel's swap allocator may use clusters beyond it from the
+//!   start.) A cluster beyond it is pinned through its record (a
+//!   lifetime-word check and the record's table pointer): slower, as
+//!   correct.
 //! - The record pointer is written once, when the cluster is first indexed
 //!   (before its table, with release), and never cleared.
 //! - Memory: 16 bytes per cluster (0.03 B per slot), in pages made on use.
@@ -60,8 +63,9 @@ pub struct DirEntry<W> {
     pub(super) state: AtomicU64,
     pub(super) words: AtomicPtr<W>,
     /// List links under the list lock: `prev + 1` in the low half, `next + 1` in
-    /// the high half (0 = none). The free, discard and retire FIFOs use
-    /// `next` only.
+    /// the high half (0 = none). The free, discard and retire FIFOs are
+    /// linked both ways too (an addressed space takes a retiring cluster
+    /// out of the middle of its FIFO).
     pub(super) links: AtomicU64,
     pub(super) ext: AtomicPtr<ClusterExt>,
     /// (`RETIRING`, under the list lock) the host's grace-period cookie;
