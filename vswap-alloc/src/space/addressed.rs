@@ -164,9 +164,7 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             self.make_live(&mut l, idx, e);
             Ok(true)
         } else if let Some(t) = spare.take() {
-            e.words.store(t.as_ptr(), Ordering::Release);
-            self.mem_words
-                .fetch_add(self.table_bytes(), Ordering::Relaxed);
+            self.install_words(e, t);
             self.make_live(&mut l, idx, e);
             Ok(true)
         } else {

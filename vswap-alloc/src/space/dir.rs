@@ -425,10 +425,16 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
             return Ok(());
         }
         let words = alloc_table::<W, P>(&self.provider, self.csize(), ctx)?;
+        self.install_words(e, words);
+        Ok(())
+    }
+
+    /// Publish a fresh slot table (from `alloc_table`) as cluster `e`'s, and
+    /// count it. Its caller owns the cluster's table pointer (it is null).
+    pub(super) fn install_words(&self, e: &DirEntry<W>, words: NonNull<W>) {
         e.words.store(words.as_ptr(), Ordering::Release);
         self.mem_words
             .fetch_add(self.table_bytes(), Ordering::Relaxed);
-        Ok(())
     }
 
     /// Call `f(c)` for the index of every cluster that was live when looked

@@ -683,9 +683,11 @@ impl<P: Provider, W: SlotWord> SlotSpace<P, W> {
         // A listed cluster of a `PhysDevice` is there because of a free (or
         // it was let go with room): start at the slot freed last, where a
         // scan from slot 0 would load lines that are all taken first.
-        let start = match self.entry(idx) {
-            Some(e) if self.own_words => e.cookie.load(Ordering::Relaxed) as u32,
-            _ => 0,
+        let start = if self.own_words {
+            self.entry(idx)
+                .map_or(0, |e| e.cookie.load(Ordering::Relaxed) as u32)
+        } else {
+            0
         };
         pc.cursor.store(start, Ordering::Relaxed);
         if old != 0 && old != idx + 1 {
